@@ -1,0 +1,34 @@
+"""Run every benchmark and print one JSON object per line.
+
+Each line is ``{"metric", "value", "unit"}`` plus ``"baseline"`` and ``"ratio"`` where a
+baseline measured in the same run applies. Usage: ``python -m bench [name ...]`` with names
+from ``SUITES`` (default: all of them, in order).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import time
+
+SUITES = ("verify", "throughput", "prover", "gas")
+
+
+def main(argv: list[str]) -> int:
+    names = argv or list(SUITES)
+    unknown = [name for name in names if name not in SUITES]
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(SUITES)}", file=sys.stderr)
+        return 2
+    for name in names:
+        started = time.perf_counter()
+        module = importlib.import_module(f"bench.{name}")
+        for row in module.run():
+            print(json.dumps(row), flush=True)
+        print(f"bench.{name}: {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
