@@ -1,0 +1,158 @@
+"""The payment store's interface, shared by the gateway (writer of accepted payments) and the
+settlement processor (which batches and settles them).
+
+Mandate lifecycle: ``accepted`` (reserved by the gateway, request served) → ``batched``
+(sealed into a batch: the intent's watermark moved past its nonce) → ``settled`` (the
+batch's transaction succeeded) or ``failed`` (diagnosed as unsettleable, with a reason).
+A batch is ``proving`` → ``submitted`` (transaction hash known) → ``settled`` / ``failed``.
+
+Implementations: ``aep2.sqlite_store.SQLiteStore``. A server database can replace it by
+implementing ``PaymentStore``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+from .eddsa import Signature
+from .intent import SignedIntent
+from .mandate import Mandate
+
+__all__ = [
+    "MandateRecord",
+    "BatchRecord",
+    "ExactPaymentRecord",
+    "Reservation",
+    "PaymentStore",
+]
+
+
+@dataclass(frozen=True)
+class MandateRecord:
+    """A stored mandate. Amounts in token base units, times in unix seconds."""
+
+    payment_id: str
+    mandate: Mandate
+    signature: Signature
+    payer: str
+    asset: str
+    status: str
+    accepted_at: float
+    batch_id: int | None = None
+    tx_hash: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """A settlement batch: its mandates' payment ids and, once submitted, the transaction."""
+
+    batch_id: int
+    status: str
+    payment_ids: tuple[str, ...]
+    time_ref: int
+    tx_hash: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ExactPaymentRecord:
+    """An x402 ``exact`` (EIP-3009) payment the gateway settles as its own facilitator."""
+
+    nonce: str
+    payer: str
+    payee: str
+    asset: str
+    amount: int
+    authorization: dict
+    signature: str
+    status: str
+    tx_hash: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Limits a reservation is checked against, read by the caller before reserving.
+
+    ``escrow_balance`` is the payer's escrowed balance on chain as of ``escrow_block``
+    (base units); mandates settled in later blocks are already out of it.
+    """
+
+    max_amount: int
+    max_per_payment: int
+    escrow_balance: int
+    escrow_block: int
+
+
+class PaymentStore(Protocol):
+    """Durable state of payments. Every method is atomic; reservations are serialised."""
+
+    async def open(self) -> None:
+        """Create or migrate the schema."""
+
+    async def close(self) -> None:
+        """Release the connection."""
+
+    async def save_intent(self, signed_intent: SignedIntent) -> None:
+        """Record a verified intent (idempotent)."""
+
+    async def get_intent(self, intent_id: bytes) -> SignedIntent | None:
+        """A previously saved intent, or ``None``."""
+
+    async def reserve(
+        self, mandate: Mandate, signature: Signature, payer: str, asset: str, limits: Reservation, now: float
+    ) -> str:
+        """Atomically check and record an accepted mandate; returns its payment id.
+
+        Raises ``PaymentError`` with ``nonce_used`` (nonce already reserved),
+        ``nonce_too_low`` (at or below the intent's sealed watermark), ``budget_exceeded``
+        (accepted + batched + settled + amount > max_amount), ``per_payment_cap_exceeded``
+        or ``insufficient_escrow`` (outstanding for the payer and asset + amount > escrow).
+        Committed durably before it returns.
+        """
+
+    async def release(self, payment_id: str) -> None:
+        """Undo an accepted reservation whose request was not served (status ≥ 400)."""
+
+    async def get_mandate(self, payment_id: str) -> MandateRecord | None:
+        """One mandate by payment id."""
+
+    async def accepted_mandates(self) -> list[MandateRecord]:
+        """All ``accepted`` mandates, ordered by intent then nonce."""
+
+    async def seal_batch(self, payment_ids: Sequence[str], time_ref: int) -> BatchRecord:
+        """Create a ``proving`` batch of ``accepted`` mandates, mark them ``batched`` and
+        move each intent's watermark to its highest nonce in the batch, atomically."""
+
+    async def open_batches(self) -> list[BatchRecord]:
+        """Batches neither ``settled`` nor ``failed`` (what a restarted processor resumes)."""
+
+    async def batch_mandates(self, batch_id: int) -> list[MandateRecord]:
+        """The mandates of a batch, ordered by intent then nonce."""
+
+    async def mark_batch_submitted(self, batch_id: int, tx_hash: str) -> None:
+        """Record the transaction hash before waiting for the receipt."""
+
+    async def mark_batch_settled(self, batch_id: int, tx_hash: str, block: int) -> None:
+        """The batch's transaction succeeded: its mandates become ``settled``."""
+
+    async def fail_batch(self, batch_id: int, reason: str, *, retry: bool) -> None:
+        """The batch did not settle: with ``retry`` its mandates go back to ``accepted``
+        (watermarks restored), otherwise they are ``failed`` with ``reason``."""
+
+    async def fail_mandates(self, payment_ids: Sequence[str], reason: str) -> None:
+        """Mark ``accepted`` mandates ``failed`` (they can never settle)."""
+
+    async def save_exact_payment(self, record: ExactPaymentRecord) -> None:
+        """Record an ``exact`` payment; raises ``PaymentError(authorization_used)`` on a reused nonce."""
+
+    async def update_exact_payment(self, nonce: str, status: str, tx_hash: str | None, reason: str | None) -> None:
+        """Move an ``exact`` payment to ``settled`` / ``failed``."""
+
+    async def exact_payments(self, status: str) -> list[ExactPaymentRecord]:
+        """``exact`` payments in one status."""
+
+    async def totals(self) -> dict:
+        """Expected figures for reconciliation: settled totals per payer and per payee."""
