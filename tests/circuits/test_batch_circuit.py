@@ -9,6 +9,7 @@ the witness generator (``WitnessError``): the circuit's constraints do not hold.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -174,10 +175,20 @@ def set_mandate(inputs: dict[str, Any], j: int, **changes: Any) -> dict[str, Any
     return out
 
 
-def assert_unprovable(prover: Prover, inputs: dict[str, Any]) -> None:
+CIRCUIT_SOURCE = (PROJECT_ROOT / "circuits" / "batch.circom").read_text().splitlines()
+
+
+def assert_unprovable(prover: Prover, inputs: dict[str, Any], at: str) -> None:
+    """The witness generator refuses ``inputs`` at the Batch line containing ``at``.
+
+    Pinning the failing constraint keeps a case from passing for an unrelated reason.
+    """
+    lines = {n for n, text in enumerate(CIRCUIT_SOURCE, 1) if at in text}
+    assert lines, f"marker {at!r} not in batch.circom"
     with pytest.raises(WitnessError) as info:
         prover.prove(inputs)
-    assert "Assert Failed" in info.value.stderr or "Not enough values" not in info.value.stderr
+    failed = re.findall(r"Error in template Batch_\d+ line: (\d+)", info.value.stderr)
+    assert failed and int(failed[-1]) in lines, info.value.stderr
 
 
 # --------------------------------------------------------------------------------------
@@ -232,90 +243,111 @@ def _with(index: int, **changes: Any) -> list[Mandate]:
     return mandates
 
 
-BROKEN_MANDATES = {
-    "wrong_signature": None,  # built below: S + 1
-    "signed_by_other_intents_key": _with(0, signer=intents()[1].key),
-    "signed_for_other_intent_field": _with(0, signed_field=intents()[1].field),
-    "amount_2_pow_64": _with(0, amount=2**64),
-    "amount_negative_wraps_field": _with(2, amount=FIELD_MODULUS - 1),
-    "amount_over_cap": _with(1, amount=501),
-    "repeated_nonce": _with(2, nonce=0),
-    "decreasing_nonce": [replace(valid_mandates()[0], nonce=2), valid_mandates()[1],
-                         replace(valid_mandates()[2], nonce=1)],
-    "first_nonce_below_start": _with(1, nonce=2),
-    "nonce_over_40_bits": _with(2, nonce=2**40 + 2),
-    "payee_not_in_slots": _with(0, signed_payee=OUTSIDER),
-    "deadline_before_time_ref": _with(1, deadline=TIME_REF - 1),
+SIGNATURE = "sigCheck[j].M <=="  # EdDSAPoseidonVerifier fails when its last input arrives
+NONCE_ORDER = "nonceCheck[j].out === 0"
+
+BROKEN_MANDATES: dict[str, tuple[list[Mandate] | None, str]] = {
+    "wrong_signature": (None, SIGNATURE),  # built in the test: S + 1
+    "signed_by_other_intents_key": (_with(0, signer=intents()[1].key), SIGNATURE),
+    "signed_for_other_intent_field": (_with(0, signed_field=intents()[1].field), SIGNATURE),
+    "payee_not_in_slots": (_with(0, signed_payee=OUTSIDER), SIGNATURE),
+    "amount_2_pow_64": (_with(0, amount=2**64), "amountBits[j].in <== amount[j]"),
+    # r - 1 would make the slot total 100 + (r - 1) = 99 (mod r): the range check stops it.
+    "amount_negative_wraps_field": (_with(2, amount=FIELD_MODULUS - 1),
+                                    "amountBits[j].in <== amount[j]"),
+    "amount_over_cap": (_with(1, amount=501), "capCheck[j].out === 1"),
+    "repeated_nonce": (_with(2, nonce=0), NONCE_ORDER),
+    "decreasing_nonce": ([replace(valid_mandates()[0], nonce=2), valid_mandates()[1],
+                          replace(valid_mandates()[2], nonce=1)], NONCE_ORDER),
+    "first_nonce_below_start": (_with(1, nonce=2), NONCE_ORDER),
+    "nonce_over_40_bits": (_with(2, nonce=2**40 + 2), "nonceBits[j].in <== nonce[j]"),
+    "deadline_before_time_ref": (_with(1, deadline=TIME_REF - 1),
+                                 "deadlineCheck[j].out * enabled[j] === 0"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN_MANDATES))
 def test_broken_mandate_is_unprovable(batch_prover: Prover, case: str) -> None:
-    if case == "wrong_signature":
+    mandates, at = BROKEN_MANDATES[case]
+    if mandates is None:
         inputs = valid_inputs()
         inputs = set_mandate(inputs, 0, S=(inputs["S"][0] + 1))
     else:
-        inputs = build_inputs(intents(), BROKEN_MANDATES[case])
-    assert_unprovable(batch_prover, inputs)
+        inputs = build_inputs(intents(), mandates)
+    assert_unprovable(batch_prover, inputs, at)
 
 
 @pytest.mark.parametrize(
-    "changes",
-    [{"total": 351}, {"total": 349}, {"count": 1}, {"count": 3}, {"last": 0}, {"last": 3},
-     {"start": 1}, {"cap": 249}],
-    ids=lambda c: "_".join(f"{k}{v}" for k, v in c.items()),
+    ("changes", "at"),
+    [
+        ({"total": 351}, "total[s] === sum"),
+        ({"total": 349}, "total[s] === sum"),
+        ({"count": 1}, "count[s] === cnt"),
+        ({"count": 3}, "count[s] === cnt"),
+        ({"last": 0}, "count[s] * (nextAllowed[N][s] - 1 - lastNonce[s]) === 0"),
+        ({"last": 3}, "count[s] * (nextAllowed[N][s] - 1 - lastNonce[s]) === 0"),
+        ({"start": 1}, NONCE_ORDER),  # nonce 0 is now below startNonce
+        ({"cap": 249}, "capCheck[j].out === 1"),  # the 250 mandate is over the cap
+    ],
+    ids=lambda c: "_".join(f"{k}{v}" for k, v in c.items()) if isinstance(c, dict) else "",
 )
 def test_public_intent_word_not_matching_is_unprovable(
-    batch_prover: Prover, changes: dict[str, int]
+    batch_prover: Prover, changes: dict[str, int], at: str
 ) -> None:
-    assert_unprovable(batch_prover, repack_intent(valid_inputs(), 0, **changes))
+    assert_unprovable(batch_prover, repack_intent(valid_inputs(), 0, **changes), at)
 
 
 def test_public_payee_amount_not_matching_is_unprovable(batch_prover: Prover) -> None:
     inputs = valid_inputs()
     words = list(inputs["payeeWord"])
     words[0] = pack_payee_word(PAYEES[0], 101)
-    assert_unprovable(batch_prover, {**inputs, "payeeWord": words})
+    assert_unprovable(batch_prover, {**inputs, "payeeWord": words}, "payeeAmount[p] === sum")
 
 
 def test_time_ref_over_64_bits_is_unprovable(batch_prover: Prover) -> None:
-    assert_unprovable(batch_prover, {**valid_inputs(), "timeRef": 2**64 + TIME_REF})
+    assert_unprovable(batch_prover, {**valid_inputs(), "timeRef": 2**64 + TIME_REF},
+                      "timeBits.in <== timeRef")
 
 
 def test_padding_slot_carrying_value_is_unprovable(batch_prover: Prover) -> None:
     inputs = valid_inputs()
     assert inputs["enabled"][3] == 0
-    assert_unprovable(batch_prover, set_mandate(inputs, 3, amount=5))
+    assert_unprovable(batch_prover, set_mandate(inputs, 3, amount=5),
+                      "(1 - enabled[j]) * amount[j] === 0")
 
 
 def test_padding_slot_selecting_an_intent_is_unprovable(batch_prover: Prover) -> None:
     inputs = set_mandate(valid_inputs(), 3, intentSel=[1, 0])
-    assert_unprovable(batch_prover, repack_intent(inputs, 0, count=3))
+    assert_unprovable(batch_prover, repack_intent(inputs, 0, count=3), "acc === enabled[j]")
 
 
 def test_selector_not_one_hot_is_unprovable(batch_prover: Prover) -> None:
     # Sums to enabled = 1 but is not boolean: would mix two intents' keys and caps.
-    assert_unprovable(batch_prover, set_mandate(valid_inputs(), 0, intentSel=[2, FIELD_MODULUS - 1]))
+    assert_unprovable(batch_prover, set_mandate(valid_inputs(), 0, intentSel=[2, FIELD_MODULUS - 1]),
+                      "intentSel[j][s] * (1 - intentSel[j][s]) === 0")
 
 
 def test_unused_intent_slot_with_nonzero_word_is_unprovable(batch_prover: Prover) -> None:
     inputs = build_inputs((intents()[0], None), [Mandate(slot=0, payee_slot=0, amount=1, nonce=7)])
     words = list(inputs["intentWord"])
     words[1] = pack_intent_word(0, 0, 0, 0, 1)
-    assert_unprovable(batch_prover, {**inputs, "intentWord": words})
+    assert_unprovable(batch_prover, {**inputs, "intentWord": words},
+                      "slotUnused[s].out * intentWord[s] === 0")
 
 
 def test_intent_without_mandates_cannot_move_last_nonce(batch_prover: Prover) -> None:
     inputs = build_inputs(intents(), [Mandate(slot=0, payee_slot=0, amount=1, nonce=0)])
     assert batch_prover.verify(batch_prover.prove(inputs))
-    assert_unprovable(batch_prover, repack_intent(inputs, 1, last=1_000))
+    assert_unprovable(batch_prover, repack_intent(inputs, 1, last=1_000),
+                      "noMandates[s].out * lastNonce[s] === 0")
 
 
 def test_wrong_key_for_key_hash_is_unprovable(batch_prover: Prover) -> None:
     inputs = valid_inputs()
     other = SessionKey(0x999).public_key
     assert_unprovable(batch_prover, {**inputs, "Ax": [other[0], inputs["Ax"][1]],
-                                     "Ay": [other[1], inputs["Ay"][1]]})
+                                     "Ay": [other[1], inputs["Ay"][1]]},
+                      "(1 - slotUnused[s].out) * (keyHasher[s].out - keyHash[s]) === 0")
 
 
 def test_padding_signature_is_valid_for_base_point() -> None:
