@@ -44,6 +44,8 @@ class ErrorCode:
     AUTHORIZATION_EXPIRED = "authorization_expired"
     AUTHORIZATION_USED = "authorization_used"
     INSUFFICIENT_FUNDS = "insufficient_funds"
+    CHAIN_UNAVAILABLE = "chain_unavailable"
+    PRICE_UNAVAILABLE = "price_unavailable"
 
 
 class PaymentError(Exception):

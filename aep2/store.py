@@ -119,6 +119,9 @@ class PaymentStore(Protocol):
     async def get_mandate(self, payment_id: str) -> MandateRecord | None:
         """One mandate by payment id."""
 
+    async def mandates(self, status: str | None = None) -> list[MandateRecord]:
+        """All mandates, or those in one status, ordered by intent then nonce."""
+
     async def accepted_mandates(self) -> list[MandateRecord]:
         """All ``accepted`` mandates, ordered by intent then nonce."""
 
@@ -148,11 +151,14 @@ class PaymentStore(Protocol):
     async def save_exact_payment(self, record: ExactPaymentRecord) -> None:
         """Record an ``exact`` payment; raises ``PaymentError(authorization_used)`` on a reused nonce."""
 
+    async def delete_exact_payment(self, nonce: str) -> None:
+        """Forget an ``accepted`` ``exact`` payment whose request was not served."""
+
     async def update_exact_payment(self, nonce: str, status: str, tx_hash: str | None, reason: str | None) -> None:
         """Move an ``exact`` payment to ``settled`` / ``failed``."""
 
-    async def exact_payments(self, status: str) -> list[ExactPaymentRecord]:
-        """``exact`` payments in one status."""
+    async def exact_payments(self, status: str | None = None) -> list[ExactPaymentRecord]:
+        """``exact`` payments, all or in one status, oldest first."""
 
     async def totals(self) -> dict:
         """Expected figures for reconciliation: settled totals per payer and per payee."""

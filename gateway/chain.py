@@ -1,0 +1,150 @@
+"""What the gateway reads from the chain, behind a ``Protocol``, and a cache that keeps those
+reads off the request path.
+
+Reads: a payer's escrowed balance in the Settlement contract, an intent's revocation, an
+owner's token balance (for ``exact``). ``ChainCache`` answers from memory and refreshes
+every known entry in the background; only the first sight of a payer costs a chain read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Protocol
+
+from web3 import AsyncHTTPProvider, AsyncWeb3
+
+from aep2.deployment import contract_artifact
+
+__all__ = ["ChainReader", "Web3ChainReader", "ChainCache"]
+
+logger = logging.getLogger("gateway.chain")
+
+
+class ChainReader(Protocol):
+    """Chain reads, each returning ``(value, block_number)`` read at one block."""
+
+    async def escrow_balance(self, payer: str, asset: str) -> tuple[int, int]:
+        """Payer's escrowed balance (base units) in the Settlement contract."""
+
+    async def token_balance(self, owner: str, asset: str) -> tuple[int, int]:
+        """``asset.balanceOf(owner)`` (base units)."""
+
+    async def intent_revoked(self, intent_id: bytes) -> bool:
+        """Whether the intent is registered on chain and revoked."""
+
+
+class Web3ChainReader:
+    """``ChainReader`` over JSON-RPC with web3.py (``rpc_url``, Settlement at ``settlement``)."""
+
+    def __init__(self, rpc_url: str, settlement: str, *, timeout: float = 10.0) -> None:
+        self.w3 = AsyncWeb3(AsyncHTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
+        self.settlement = self.w3.eth.contract(address=settlement, abi=contract_artifact("Settlement")["abi"])
+        self._erc20_abi = contract_artifact("MockUSDC")["abi"]
+
+    async def escrow_balance(self, payer: str, asset: str) -> tuple[int, int]:
+        block = await self.w3.eth.block_number
+        value = await self.settlement.functions.balanceOf(payer, asset).call(block_identifier=block)
+        return int(value), int(block)
+
+    async def token_balance(self, owner: str, asset: str) -> tuple[int, int]:
+        block = await self.w3.eth.block_number
+        token = self.w3.eth.contract(address=asset, abi=self._erc20_abi)
+        value = await token.functions.balanceOf(owner).call(block_identifier=block)
+        return int(value), int(block)
+
+    async def intent_revoked(self, intent_id: bytes) -> bool:
+        record = await self.settlement.functions.getIntent(intent_id).call()
+        return bool(_field(record, "revoked"))
+
+
+def _field(record: object, name: str) -> object:
+    if isinstance(record, dict):
+        return record[name]
+    # web3 returns ISettlement.IntentRecord as a tuple: (payer, nextNonce, revoked, …).
+    return record[2]  # type: ignore[index]
+
+
+class ChainCache:
+    """Cached chain reads, refreshed every ``refresh_seconds`` in a background task.
+
+    ``escrow()``/``token()`` return ``(value, block)``. A failing refresh keeps the last
+    good value (logged); the first read of an unknown key goes to the chain and raises
+    what the reader raises.
+    """
+
+    def __init__(self, reader: ChainReader, *, refresh_seconds: float = 2.0) -> None:
+        self.reader = reader
+        self.refresh_seconds = refresh_seconds
+        self._escrow: dict[tuple[str, str], tuple[int, int, float]] = {}
+        self._token: dict[tuple[str, str], tuple[int, int, float]] = {}
+        self._revoked: dict[bytes, bool] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def _ensure_refreshing(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._refresh_loop())
+
+    async def escrow(self, payer: str, asset: str, *, max_age: float | None = None) -> tuple[int, int]:
+        """Escrowed balance of ``payer`` and the block it was read at."""
+        self._ensure_refreshing()
+        key = (payer, asset)
+        entry = self._escrow.get(key)
+        if entry is None or (max_age is not None and time.monotonic() - entry[2] > max_age):
+            value, block = await self.reader.escrow_balance(payer, asset)
+            entry = (value, block, time.monotonic())
+            self._escrow[key] = entry
+        return entry[0], entry[1]
+
+    async def token(self, owner: str, asset: str, *, max_age: float | None = None) -> tuple[int, int]:
+        """Token balance of ``owner`` and the block it was read at."""
+        self._ensure_refreshing()
+        key = (owner, asset)
+        entry = self._token.get(key)
+        if entry is None or (max_age is not None and time.monotonic() - entry[2] > max_age):
+            value, block = await self.reader.token_balance(owner, asset)
+            entry = (value, block, time.monotonic())
+            self._token[key] = entry
+        return entry[0], entry[1]
+
+    def revoked(self, intent_id: bytes) -> bool:
+        """Last known revocation state (``False`` until the background refresh saw it)."""
+        self._ensure_refreshing()
+        self._revoked.setdefault(intent_id, False)
+        return self._revoked[intent_id]
+
+    async def refresh(self) -> None:
+        """Re-read every known entry once."""
+        for key in list(self._escrow):
+            try:
+                value, block = await self.reader.escrow_balance(*key)
+                self._escrow[key] = (value, block, time.monotonic())
+            except Exception as exc:  # keep serving the last good value
+                logger.warning("escrow refresh for %s failed: %s", key[0], exc)
+        for key in list(self._token):
+            try:
+                value, block = await self.reader.token_balance(*key)
+                self._token[key] = (value, block, time.monotonic())
+            except Exception as exc:
+                logger.warning("token balance refresh for %s failed: %s", key[0], exc)
+        for intent_id in list(self._revoked):
+            try:
+                self._revoked[intent_id] = await self.reader.intent_revoked(intent_id)
+            except Exception as exc:
+                logger.warning("intent refresh for 0x%s failed: %s", intent_id.hex(), exc)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_seconds)
+            await self.refresh()
+
+    async def aclose(self) -> None:
+        """Stop the background refresh."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._task = None
