@@ -1,0 +1,224 @@
+"""The settlement processor's view of the chain: web3.py behind one small class.
+
+Every write re-checks with ``eth_call`` first (a revert is decoded into the contract's
+custom error name, e.g. ``Settlement__InsufficientBalance``), is sent with explicit gas
+(``eth_estimateGas`` under-prices the pairing precompile) and checks the receipt's status.
+Connection errors are retried with exponential backoff, so a restarted Anvil or a dropped
+RPC connection delays settlement instead of failing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, TypeVar
+
+from eth_account import Account
+from eth_utils import keccak
+from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3.exceptions import ContractCustomError, ContractLogicError, TimeExhausted
+
+from aep2.deployment import contract_artifact
+from aep2.intent import SignedIntent
+
+__all__ = ["SettlementClient", "IntentRecord", "ChainRevert", "decode_revert"]
+
+logger = logging.getLogger("settlement.chain")
+T = TypeVar("T")
+
+#: Gas for ``settleBatch``: the Groth16 pairing alone needs ~200k + ~7k per public input.
+SETTLE_GAS = 3_000_000
+
+
+class ChainRevert(Exception):
+    """A call or transaction reverted; ``error`` is the custom error's name when known."""
+
+    def __init__(self, error: str, detail: str = "") -> None:
+        super().__init__(f"{error}{': ' + detail if detail else ''}")
+        self.error = error
+
+
+@dataclass(frozen=True)
+class IntentRecord:
+    """``ISettlement.IntentRecord`` as stored on chain (amounts in base units)."""
+
+    payer: str
+    next_nonce: int
+    revoked: bool
+    asset: str
+    valid_after: int
+    processor: str
+    valid_before: int
+    session_key_hash: int
+    max_amount: int
+    spent: int
+    max_per_payment: int
+
+    @property
+    def registered(self) -> bool:
+        return int(self.payer, 16) != 0
+
+
+def _error_selectors(abi: list[dict[str, Any]]) -> dict[str, str]:
+    selectors = {}
+    for item in abi:
+        if item.get("type") == "error":
+            signature = f"{item['name']}({','.join(i['type'] for i in item['inputs'])})"
+            selectors["0x" + keccak(text=signature)[:4].hex()] = item["name"]
+    return selectors
+
+
+_SELECTORS: dict[str, str] = {}
+
+
+def decode_revert(exc: Exception) -> ChainRevert:
+    """Map a web3 revert exception to ``ChainRevert`` with the custom error's name."""
+    if not _SELECTORS:
+        for name in ("Settlement", "MockUSDC"):
+            _SELECTORS.update(_error_selectors(contract_artifact(name)["abi"]))
+    data = getattr(exc, "data", None)
+    if isinstance(data, str) and data.startswith("0x") and len(data) >= 10:
+        return ChainRevert(_SELECTORS.get(data[:10], data[:10]))
+    message = str(exc)
+    for selector, name in _SELECTORS.items():
+        if selector in message:
+            return ChainRevert(name)
+    return ChainRevert("Reverted", message)
+
+
+def _is_connection_error(exc: Exception) -> bool:
+    import aiohttp
+
+    return isinstance(exc, (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError, OSError))
+
+
+class SettlementClient:
+    """Reads and writes of the Settlement contract at ``settlement`` from ``private_key``'s account."""
+
+    def __init__(
+        self, rpc_url: str, settlement: str, private_key: str, *, retries: int = 8, backoff: float = 0.5
+    ) -> None:
+        self.w3 = AsyncWeb3(AsyncHTTPProvider(rpc_url, request_kwargs={"timeout": 60}))
+        self.account = Account.from_key(private_key)
+        self.contract = self.w3.eth.contract(address=settlement, abi=contract_artifact("Settlement")["abi"])
+        self.retries = retries
+        self.backoff = backoff
+        self._chain_id: int | None = None
+        self._lock = asyncio.Lock()  # one transaction in flight at a time: nonces stay ordered
+
+    @property
+    def address(self) -> str:
+        """The processor's address."""
+        return self.account.address
+
+    async def _retry(self, operation: Callable[[], Awaitable[T]]) -> T:
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            try:
+                return await operation()
+            except Exception as exc:
+                if not _is_connection_error(exc) or attempt == self.retries:
+                    raise
+                logger.warning("RPC unavailable (%r); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        raise AssertionError("unreachable")
+
+    async def chain_id(self) -> int:
+        if self._chain_id is None:
+            self._chain_id = await self._retry(lambda: self.w3.eth.chain_id)
+        return self._chain_id
+
+    async def latest_timestamp(self) -> int:
+        """Timestamp of the latest block (unix seconds)."""
+        block = await self._retry(lambda: self.w3.eth.get_block("latest"))
+        return int(block["timestamp"])
+
+    async def intent(self, intent_id: bytes) -> IntentRecord:
+        """The on-chain record of an intent (``registered`` is false when unknown)."""
+        raw = await self._retry(lambda: self.contract.functions.getIntent(intent_id).call())
+        return IntentRecord(
+            payer=raw[0],
+            next_nonce=raw[1],
+            revoked=raw[2],
+            asset=raw[3],
+            valid_after=raw[4],
+            processor=raw[5],
+            valid_before=raw[6],
+            session_key_hash=raw[7],
+            max_amount=raw[8],
+            spent=raw[9],
+            max_per_payment=raw[10],
+        )
+
+    async def balance_of(self, payer: str, token: str) -> int:
+        """Payer's escrowed balance (base units)."""
+        return int(await self._retry(lambda: self.contract.functions.balanceOf(payer, token).call()))
+
+    async def is_processor(self, payer: str) -> bool:
+        """Whether ``payer`` authorised this processor."""
+        return bool(
+            await self._retry(lambda: self.contract.functions.isProcessor(payer, self.account.address).call())
+        )
+
+    async def register_intent(self, signed_intent: SignedIntent) -> str:
+        """Register an intent from its payer's signature; returns the transaction hash."""
+        message = signed_intent.intent.message()
+        intent_tuple = (
+            message["payer"],
+            message["asset"],
+            message["sessionKeyHash"],
+            message["maxAmount"],
+            message["maxPerPayment"],
+            message["validAfter"],
+            message["validBefore"],
+            message["payees"],
+            message["processor"],
+            message["salt"],
+        )
+        call = self.contract.functions.registerIntent(intent_tuple, signed_intent.signature)
+        receipt = await self._transact(call, gas=400_000)
+        return "0x" + bytes(receipt["transactionHash"]).hex()
+
+    async def settle_batch(self, proof_words: tuple[int, ...], batch: tuple) -> dict[str, Any]:
+        """Submit ``settleBatch``; returns the receipt. Raises ``ChainRevert`` if it would revert."""
+        call = self.contract.functions.settleBatch(list(proof_words), batch)
+        return await self._transact(call, gas=SETTLE_GAS)
+
+    async def public_inputs(self, batch: tuple) -> list[int]:
+        """The contract's own public-input vector for ``batch`` (a cross-check)."""
+        return list(await self._retry(lambda: self.contract.functions.publicInputs(batch).call()))
+
+    async def send(self, call: Any, *, gas: int) -> str:
+        """Sign and broadcast ``call``; returns the transaction hash without waiting."""
+        async with self._lock:
+            nonce = await self._retry(lambda: self.w3.eth.get_transaction_count(self.account.address, "pending"))
+            tx = await call.build_transaction(
+                {"from": self.account.address, "nonce": nonce, "gas": gas, "chainId": await self.chain_id()}
+            )
+            signed = self.account.sign_transaction(tx)
+            tx_hash = await self._retry(lambda: self.w3.eth.send_raw_transaction(signed.raw_transaction))
+            return "0x" + bytes(tx_hash).hex()
+
+    async def wait(self, tx_hash: str, *, timeout: float = 120) -> dict[str, Any] | None:
+        """The receipt of ``tx_hash``, or ``None`` if the chain does not know it (dropped)."""
+        try:
+            return dict(
+                await self._retry(lambda: self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout))
+            )
+        except TimeExhausted:
+            return None
+
+    async def _transact(self, call: Any, *, gas: int) -> dict[str, Any]:
+        try:
+            await self._retry(lambda: call.call({"from": self.account.address, "gas": gas}))
+        except (ContractCustomError, ContractLogicError) as exc:
+            raise decode_revert(exc) from exc
+        tx_hash = await self.send(call, gas=gas)
+        receipt = await self.wait(tx_hash)
+        if receipt is None:
+            raise ChainRevert("Dropped", tx_hash)
+        if receipt["status"] != 1:
+            raise ChainRevert("Reverted", tx_hash)
+        return receipt
