@@ -1,1 +1,51 @@
+"""The payer agent SDK: pay x402 ``402`` challenges with AEP2 mandates from an httpx client.
 
+::
+
+    key = create_session_key()
+    intent = create_intent(owner_key, session_key=key, asset=USDC, max_amount=10_000_000,
+                           max_per_payment=100_000, valid_for_seconds=86400,
+                           chain_id=31337, settlement=SETTLEMENT)
+    auth = AEP2Auth(intent, key, PayerState("payer.sqlite"))
+    with httpx.Client(auth=auth) as client:
+        client.get("https://api.example/weather")
+    auth.receipts, auth.spent
+"""
+
+from aep2.eddsa import SessionKey
+from aep2.intent import SignedIntent
+
+from .auth import AEP2Auth
+from .errors import (
+    BudgetExceeded,
+    IntentExpired,
+    IntentNotYetValid,
+    MalformedChallenge,
+    NoAcceptableRequirement,
+    PayeeNotAllowed,
+    PayerError,
+    PaymentRefused,
+    PerPaymentCapExceeded,
+    SpendingLimitError,
+)
+from .state import PayerState
+from .wallet import create_intent, create_session_key
+
+__all__ = [
+    "AEP2Auth",
+    "PayerState",
+    "SessionKey",
+    "SignedIntent",
+    "create_intent",
+    "create_session_key",
+    "PayerError",
+    "SpendingLimitError",
+    "BudgetExceeded",
+    "PerPaymentCapExceeded",
+    "IntentExpired",
+    "IntentNotYetValid",
+    "PayeeNotAllowed",
+    "NoAcceptableRequirement",
+    "MalformedChallenge",
+    "PaymentRefused",
+]
