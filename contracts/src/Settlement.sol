@@ -66,8 +66,30 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
     mapping(address payer => mapping(address token => uint256)) private _balances;
     mapping(address payer => mapping(address token => Withdrawal)) private _withdrawals;
     mapping(address payer => mapping(address processor => bool)) private _processors;
-    mapping(bytes32 intentId => IntentRecord) private _intents;
+    mapping(bytes32 intentId => StoredIntent) private _intents;
+    mapping(bytes32 intentId => bytes32 payeesHash) private _payeesHashes;
     mapping(uint256 sessionKeyHash => bytes32 intentId) private _sessionKeys;
+
+    /// @dev An intent's settlement-relevant state in five slots; settleBatch reads all five once and
+    ///      writes only the last (spent, nextNonce). payeesHash lives apart: settlement never reads it.
+    struct StoredIntent {
+        // slot 0
+        address payer;
+        uint64 maxPerPayment; // the circuit's cap, min(maxPerPayment, 2^64 - 1)
+        bool revoked;
+        // slot 1
+        address asset;
+        uint64 validAfter;
+        // slot 2
+        address processor;
+        uint64 validBefore;
+        // slot 3
+        uint256 sessionKeyHash;
+        // slot 4
+        uint96 maxAmount; // saturated at 2^96 - 1
+        uint96 spent;
+        uint40 nextNonce;
+    }
 
     /// @dev What the public inputs need from one settled intent, read once from storage.
     struct SlotInputs {
@@ -215,9 +237,10 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
 
         uint256 maxAmount = intent.maxAmount;
         uint256 cap = intent.maxPerPayment;
-        _intents[intentId] = IntentRecord({
+        _intents[intentId] = StoredIntent({
             payer: intent.payer,
-            nextNonce: 0,
+            // forge-lint: disable-next-line(unsafe-typecast)
+            maxPerPayment: cap > type(uint64).max ? type(uint64).max : uint64(cap), // saturated
             revoked: false,
             asset: intent.asset,
             validAfter: intent.validAfter,
@@ -227,16 +250,15 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
             // forge-lint: disable-next-line(unsafe-typecast)
             maxAmount: maxAmount > type(uint96).max ? type(uint96).max : uint96(maxAmount), // saturated
             spent: 0,
-            // forge-lint: disable-next-line(unsafe-typecast)
-            maxPerPayment: cap > type(uint64).max ? type(uint64).max : uint64(cap), // saturated
-            payeesHash: payeesHash
+            nextNonce: 0
         });
+        _payeesHashes[intentId] = payeesHash;
         emit IntentRegistered(intentId, intent.payer, intent.asset, keyHash);
     }
 
     /// @inheritdoc ISettlement
     function revokeIntent(bytes32 intentId) external {
-        IntentRecord storage record = _intents[intentId];
+        StoredIntent storage record = _intents[intentId];
         if (record.payer != msg.sender || msg.sender == address(0)) revert Settlement__NotPayer();
         record.revoked = true;
         emit IntentRevoked(intentId, msg.sender);
@@ -244,7 +266,21 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
 
     /// @inheritdoc ISettlement
     function getIntent(bytes32 intentId) external view returns (IntentRecord memory) {
-        return _intents[intentId];
+        StoredIntent memory stored = _intents[intentId];
+        return IntentRecord({
+            payer: stored.payer,
+            asset: stored.asset,
+            sessionKeyHash: stored.sessionKeyHash,
+            maxAmount: stored.maxAmount,
+            maxPerPayment: stored.maxPerPayment,
+            validAfter: stored.validAfter,
+            validBefore: stored.validBefore,
+            payeesHash: _payeesHashes[intentId],
+            processor: stored.processor,
+            spent: stored.spent,
+            nextNonce: stored.nextNonce,
+            revoked: stored.revoked
+        });
     }
 
     /// @inheritdoc ISettlement
@@ -268,43 +304,19 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
 
     /// @inheritdoc ISettlement
     function settleBatch(uint256[8] calldata proof, Batch calldata batch) external nonReentrant {
-        uint256 n = batch.intents.length;
-        uint256 m = batch.payouts.length;
-        if (n == 0) revert Settlement__EmptyBatch();
-        if (n > _INTENT_SLOTS || m > _PAYEE_SLOTS) revert Settlement__BatchTooLarge();
-        if (batch.timeRef > block.timestamp) revert Settlement__TimeRefInFuture();
-
+        IntentSettlement[] calldata intents = batch.intents;
+        Payout[] calldata payouts = batch.payouts;
+        if (intents.length == 0) revert Settlement__EmptyBatch();
+        if (intents.length > _INTENT_SLOTS || payouts.length > _PAYEE_SLOTS) revert Settlement__BatchTooLarge();
+        uint64 timeRef = batch.timeRef;
+        if (timeRef > block.timestamp) revert Settlement__TimeRefInFuture();
         address asset = batch.asset;
-        SlotInputs[] memory slots = new SlotInputs[](n);
-        uint256 total;
-        uint256 mandates;
-        bytes32 previous;
-        for (uint256 i; i < n; ++i) {
-            IntentSettlement calldata s = batch.intents[i];
-            if (s.intentId <= previous) revert Settlement__UnsortedIntents();
-            previous = s.intentId;
-            slots[i] = _debit(s, asset, batch.timeRef);
-            total += s.total;
-            mandates += s.count;
-        }
 
-        uint256 paid;
-        for (uint256 k; k < m; ++k) {
-            Payout calldata p = batch.payouts[k];
-            if (p.payee == address(0)) revert Settlement__InvalidPayee();
-            if (p.amount >= _PAYOUT_LIMIT) revert Settlement__AmountOutOfRange();
-            paid += p.amount;
-        }
-        if (paid != total) revert Settlement__UnbalancedBatch();
-
-        _verifyProof(proof, _publicInputs(batch, slots));
-
-        for (uint256 k; k < m; ++k) {
-            Payout calldata p = batch.payouts[k];
-            IERC20(asset).safeTransfer(p.payee, p.amount);
-            emit PayoutSent(p.payee, asset, p.amount);
-        }
-        emit BatchSettled(msg.sender, asset, batch.timeRef, mandates, total);
+        (SlotInputs[] memory slots, uint256 total, uint256 mandates) = _debitAll(intents, asset, timeRef);
+        if (_sumPayouts(payouts) != total) revert Settlement__UnbalancedBatch();
+        _verifyProof(proof, _publicInputs(timeRef, intents, payouts, slots));
+        _pay(asset, payouts);
+        emit BatchSettled(msg.sender, asset, timeRef, mandates, total);
     }
 
     /// @inheritdoc ISettlement
@@ -313,10 +325,10 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
         if (n > _INTENT_SLOTS || batch.payouts.length > _PAYEE_SLOTS) revert Settlement__BatchTooLarge();
         SlotInputs[] memory slots = new SlotInputs[](n);
         for (uint256 i; i < n; ++i) {
-            IntentRecord storage record = _intents[batch.intents[i].intentId];
+            StoredIntent storage record = _intents[batch.intents[i].intentId];
             slots[i] = SlotInputs(record.sessionKeyHash, record.nextNonce, record.maxPerPayment);
         }
-        return _publicInputs(batch, slots);
+        return _publicInputs(batch.timeRef, batch.intents, batch.payouts, slots);
     }
 
     /*//////////////////////////////////////////////////////////////
@@ -362,13 +374,50 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
         emit Deposited(payer, token, msg.sender, received);
     }
 
+    /// @dev Runs _debit over the strictly ascending intents; returns their public-input data and sums.
+    function _debitAll(IntentSettlement[] calldata intents, address asset, uint64 timeRef)
+        private
+        returns (SlotInputs[] memory slots, uint256 total, uint256 mandates)
+    {
+        uint256 n = intents.length;
+        slots = new SlotInputs[](n);
+        bytes32 previous;
+        for (uint256 i; i < n; ++i) {
+            IntentSettlement calldata s = intents[i];
+            if (s.intentId <= previous) revert Settlement__UnsortedIntents();
+            previous = s.intentId;
+            slots[i] = _debit(s, asset, timeRef);
+            total += s.total;
+            mandates += s.count;
+        }
+    }
+
+    /// @dev Sum of the payouts, requiring non-zero payees and amounts that fit their public-input word.
+    function _sumPayouts(Payout[] calldata payouts) private pure returns (uint256 paid) {
+        for (uint256 k; k < payouts.length; ++k) {
+            Payout calldata p = payouts[k];
+            if (p.payee == address(0)) revert Settlement__InvalidPayee();
+            if (p.amount >= _PAYOUT_LIMIT) revert Settlement__AmountOutOfRange();
+            paid += p.amount;
+        }
+    }
+
+    /// @dev Interactions last: every check and effect of the batch has happened.
+    function _pay(address asset, Payout[] calldata payouts) private {
+        for (uint256 k; k < payouts.length; ++k) {
+            Payout calldata p = payouts[k];
+            IERC20(asset).safeTransfer(p.payee, p.amount);
+            emit PayoutSent(p.payee, asset, p.amount);
+        }
+    }
+
     /// @dev Checks one intent settlement against its stored intent and applies its effects (spent,
     ///      nextNonce, payer debit). Returns the stored values the public inputs need.
     function _debit(IntentSettlement calldata s, address asset, uint64 timeRef)
         private
         returns (SlotInputs memory inputs)
     {
-        IntentRecord memory record = _intents[s.intentId];
+        StoredIntent memory record = _intents[s.intentId];
         if (record.payer == address(0)) revert Settlement__UnknownIntent();
         if (record.revoked) revert Settlement__IntentRevoked();
         if (record.asset != asset) revert Settlement__AssetMismatch();
@@ -387,11 +436,11 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
                 || (record.processor != address(0) && record.processor != msg.sender)
         ) revert Settlement__UnauthorizedProcessor();
 
-        IntentRecord storage stored = _intents[s.intentId];
-        stored.nextNonce = s.lastNonce + 1;
+        StoredIntent storage stored = _intents[s.intentId];
         // casting to uint96 is safe because spent <= record.maxAmount, a uint96
         // forge-lint: disable-next-line(unsafe-typecast)
         stored.spent = uint96(spent);
+        stored.nextNonce = s.lastNonce + 1; // same slot as spent: one SSTORE
         unchecked {
             _balances[record.payer][asset] = balance - s.total;
         }
@@ -404,23 +453,25 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
     ///      [1 + s]      keyHash of intent slot s                                      (0: unused slot)
     ///      [1 + I + s]  startNonce + lastNonce<<40 + count<<80 + total<<96 + cap<<184 (0: unused slot)
     ///      [1 + 2I + k] payee + amount<<160                                           (0: unused slot)
-    function _publicInputs(Batch calldata batch, SlotInputs[] memory slots)
-        private
-        view
-        returns (uint256[] memory pub)
-    {
+    function _publicInputs(
+        uint64 timeRef,
+        IntentSettlement[] calldata intents,
+        Payout[] calldata payouts,
+        SlotInputs[] memory slots
+    ) private view returns (uint256[] memory pub) {
         uint256 slotsI = _INTENT_SLOTS;
         pub = new uint256[](1 + 2 * slotsI + _PAYEE_SLOTS);
-        pub[0] = batch.timeRef;
+        pub[0] = timeRef;
         for (uint256 s; s < slots.length; ++s) {
-            IntentSettlement calldata it = batch.intents[s];
-            pub[1 + s] = slots[s].keyHash;
-            pub[1 + slotsI + s] = slots[s].startNonce | (uint256(it.lastNonce) << 40) | (uint256(it.count) << 80)
-                | (uint256(it.total) << 96) | (slots[s].cap << 184);
+            IntentSettlement calldata it = intents[s];
+            SlotInputs memory slot = slots[s];
+            pub[1 + s] = slot.keyHash;
+            pub[1 + slotsI + s] = slot.startNonce | (uint256(it.lastNonce) << 40) | (uint256(it.count) << 80)
+                | (uint256(it.total) << 96) | (slot.cap << 184);
         }
         uint256 payeeBase = 1 + 2 * slotsI;
-        for (uint256 k; k < batch.payouts.length; ++k) {
-            Payout calldata p = batch.payouts[k];
+        for (uint256 k; k < payouts.length; ++k) {
+            Payout calldata p = payouts[k];
             pub[payeeBase + k] = uint256(uint160(p.payee)) | (uint256(p.amount) << 160);
         }
     }

@@ -34,32 +34,32 @@ interface ISettlement {
         bytes32 salt;
     }
 
-    /// @notice A registered intent as stored on chain (packed into six storage slots).
+    /// @notice A registered intent as stored on chain.
     /// @param payer Account whose escrow balance is debited (address(0): not registered).
-    /// @param nextNonce Smallest mandate nonce the next batch may settle for this intent.
-    /// @param revoked Whether the payer revoked the intent.
     /// @param asset ERC-20 token the intent pays in.
-    /// @param validAfter First settleable time reference (inclusive).
-    /// @param processor Consented processor, or address(0) for any processor the payer authorised.
-    /// @param validBefore First time reference at which the intent is expired.
     /// @param sessionKeyHash Poseidon hash of the session public key.
     /// @param maxAmount Lifetime budget, saturated at 2^96 - 1.
-    /// @param spent Amount settled so far; never exceeds maxAmount.
     /// @param maxPerPayment Per-mandate cap as used by the circuit: min(signed maxPerPayment, 2^64 - 1).
+    /// @param validAfter First settleable time reference (inclusive).
+    /// @param validBefore First time reference at which the intent is expired.
     /// @param payeesHash keccak256(abi.encodePacked(payees)) as signed.
+    /// @param processor Consented processor, or address(0) for any processor the payer authorised.
+    /// @param spent Amount settled so far; never exceeds maxAmount.
+    /// @param nextNonce Smallest mandate nonce the next batch may settle for this intent.
+    /// @param revoked Whether the payer revoked the intent.
     struct IntentRecord {
         address payer;
-        uint40 nextNonce;
-        bool revoked;
         address asset;
-        uint64 validAfter;
-        address processor;
-        uint64 validBefore;
         uint256 sessionKeyHash;
         uint96 maxAmount;
-        uint96 spent;
         uint64 maxPerPayment;
+        uint64 validAfter;
+        uint64 validBefore;
         bytes32 payeesHash;
+        address processor;
+        uint96 spent;
+        uint40 nextNonce;
+        bool revoked;
     }
 
     /// @notice What one batch settles for one intent.
