@@ -235,7 +235,7 @@ def _build(work: Path, n: int, i: int, p: int, digest: str, progress: bool) -> N
     started = time.monotonic()
     try:
         if zkey is None:
-            _log(progress, "trusted setup (development, UNSAFE FOR PRODUCTION)…")
+            _log(progress, "trusted setup (development)… UNSAFE FOR PRODUCTION, single party")
             pk, vk = groth16py.setup(str(work / "main.r1cs"))
         else:
             _log(progress, f"importing ceremony zkey {zkey}…")

@@ -395,6 +395,17 @@ def test_artifacts_are_complete(batch_artifacts: CircuitArtifacts) -> None:
     assert 0 < a.constraints < 6_000 * N * 2
 
 
+def test_build_reuses_complete_cache(batch_artifacts: CircuitArtifacts,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from settlement.artifacts import build_artifacts
+
+    again = build_artifacts(N, I, P, cache_dir=batch_artifacts.directory.parent)
+    assert again == batch_artifacts
+    assert "compiling" not in capsys.readouterr().err  # no work done
+    leftovers = [d.name for d in batch_artifacts.directory.parent.iterdir() if d.name.startswith(".")]
+    assert not [d for d in leftovers if d.startswith(f".{batch_artifacts.hash}-")]
+
+
 # --------------------------------------------------------------------------------------
 # Cross-checks against circomlibjs (what the circuit's own tests are written against)
 
@@ -435,3 +446,22 @@ def test_python_crypto_matches_circomlibjs() -> None:
     answer = json.loads(result.stdout)
     assert [int(h) for h in answer["hashes"]] == [poseidon(*xs) for xs in hashes]
     assert answer["sigs"] == [True] * len(sigs) + [False]
+
+
+def test_concurrent_builds_compile_once(tmp_path: Any) -> None:
+    # Two processes race for the same (tiny) circuit: the fcntl lock lets one build it.
+    import os
+    import sys
+
+    code = "from settlement.artifacts import build_artifacts; print(build_artifacts(1, 1, 1).hash)"
+    env = {**os.environ, "AEP2_CACHE_DIR": str(tmp_path)}
+    env.pop("AEP2_ZKEY", None)
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs), outputs
+    assert outputs[0][0] == outputs[1][0]
+    assert sum(err.count("compiling circuit") for _, err in outputs) == 1
+    built = [d for d in tmp_path.iterdir() if d.is_dir()]
+    assert [d.name for d in built] == [outputs[0][0].strip()]
+    assert (built[0] / "manifest.json").is_file()
