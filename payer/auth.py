@@ -71,6 +71,10 @@ _BODY = "402 body"
 _DECIMAL_DIGITS = frozenset("0123456789")
 
 
+#: ``{(METHOD, url): requirement}``: the routes paid up front (Intent Mode).
+Prices = dict[tuple[str, str], dict[str, Any]]
+
+
 @dataclass(frozen=True)
 class _Challenge:
     version: int  # 2: PAYMENT-REQUIRED header; 1: JSON body
@@ -121,7 +125,7 @@ class AEP2Auth(httpx.Auth):
         self.state = state if state is not None else PayerState()
         self.deadline_seconds = deadline_seconds
         self.raise_on_refusal = raise_on_refusal
-        self.prices: dict[tuple[str, str], dict[str, Any]] = {}
+        self.prices: Prices = {}
         for (method, url), requirement in (prices or {}).items():
             self.prepay(requirement, method=method, url=url)
         self._clock = clock
@@ -157,9 +161,13 @@ class AEP2Auth(httpx.Auth):
         self._select([entry], source="requirement")
         self.prices[(method.upper(), _route_url(url))] = entry
 
-    def discover(
-        self, client: httpx.Client | httpx.AsyncClient, base_url: str = ""
-    ) -> dict[tuple[str, str], dict[str, Any]] | typing.Awaitable[dict[tuple[str, str], dict[str, Any]]]:
+    @typing.overload
+    def discover(self, client: httpx.AsyncClient, base_url: str = "") -> typing.Awaitable[Prices]: ...
+
+    @typing.overload
+    def discover(self, client: httpx.Client, base_url: str = "") -> Prices: ...
+
+    def discover(self, client: httpx.Client | httpx.AsyncClient, base_url: str = "") -> Prices | typing.Awaitable[Prices]:
         """Fetch ``<base_url>/skill.json`` and record the fixed aep2 prices it lists.
 
         With an ``httpx.AsyncClient`` this returns an awaitable (``await auth.discover(client, url)``).
@@ -173,18 +181,16 @@ class AEP2Auth(httpx.Auth):
         response.raise_for_status()
         return self._record_skill(response.json(), base_url or str(response.url.copy_with(path="/", query=None)))
 
-    async def _adiscover(
-        self, client: httpx.AsyncClient, url: str, base_url: str
-    ) -> dict[tuple[str, str], dict[str, Any]]:
+    async def _adiscover(self, client: httpx.AsyncClient, url: str, base_url: str) -> Prices:
         response = await client.get(url)
         response.raise_for_status()
         return self._record_skill(response.json(), base_url or str(response.url.copy_with(path="/", query=None)))
 
-    def _record_skill(self, doc: Any, base_url: str) -> dict[tuple[str, str], dict[str, Any]]:
+    def _record_skill(self, doc: Any, base_url: str) -> Prices:
         if not isinstance(doc, dict) or not isinstance(doc.get("routes"), list):
             raise MalformedChallenge("routes: missing or not a list", header="skill.json")
         defaults = doc.get("aep2") if isinstance(doc.get("aep2"), dict) else {}
-        recorded: dict[tuple[str, str], dict[str, Any]] = {}
+        recorded: Prices = {}
         origin = httpx.URL(base_url) if base_url else None
         for route in doc["routes"]:
             if not isinstance(route, dict):
@@ -369,13 +375,13 @@ class AEP2Auth(httpx.Auth):
         for index, entry in enumerate(accepts):
             if entry.get("scheme") != SCHEME:
                 continue
-            extra = entry.get("extra")
-            if not isinstance(extra, dict):
-                raise MalformedChallenge(f"accepts[{index}].extra: {extra!r:.80} is not an object", header=source)
             if _chain_id(entry.get("network")) != intent.chain_id:
                 continue
             if str(entry.get("asset", "")).lower() != intent.asset.lower():
                 continue
+            extra = entry.get("extra")
+            if not isinstance(extra, dict):
+                raise MalformedChallenge(f"accepts[{index}].extra: {extra!r:.80} is not an object", header=source)
             if str(extra.get("settlement", "")).lower() != intent.verifying_contract.lower():
                 continue
             _check_entry(index, entry, extra, source)

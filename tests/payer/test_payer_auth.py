@@ -418,3 +418,21 @@ async def test_async_discover(signed_intent, session_key):
     async with httpx.AsyncClient(transport=transport, base_url="https://api.test") as client:
         prices = await auth.discover(client, "https://api.test")
     assert ("GET", "https://api.test/weather") in prices
+
+
+def test_malformed_entries_for_other_networks_are_ignored(signed_intent, session_key):
+    auth = AEP2Auth(signed_intent, session_key)
+    other = {**requirement(chain_id=1), "extra": None}
+    flow = start(auth, httpx.Request("GET", URL))
+    assert paid(flow, challenge(other, requirement()))
+
+
+def test_receipt_with_success_false_is_a_refusal(signed_intent, session_key):
+    auth = AEP2Auth(signed_intent, session_key)
+    flow = start(auth, httpx.Request("GET", URL))
+    paid(flow, challenge())
+    failed = {"success": False, "errorReason": "insufficient_escrow", "transaction": ""}
+    with pytest.raises(PaymentRefused) as info:
+        flow.send(httpx.Response(200, headers={"PAYMENT-RESPONSE": encode_header(failed)}))
+    assert info.value.code == "insufficient_escrow"
+    assert auth.remaining == 100
