@@ -237,6 +237,9 @@ class AEP2Auth(httpx.Auth):
                 break
 
     def auth_flow(self, request: httpx.Request) -> typing.Generator[httpx.Request, httpx.Response, None]:
+        if PAYMENT_SIGNATURE_HEADER in request.headers or X_PAYMENT_HEADER in request.headers:
+            yield request  # already carries a payment (e.g. a re-sent request): never pay twice
+            return
         key = self._price_key(request)
         if key is not None:
             pending = self._pay(request, self.prices[key], {"url": str(request.url)}, version=2)

@@ -436,3 +436,13 @@ def test_receipt_with_success_false_is_a_refusal(signed_intent, session_key):
         flow.send(httpx.Response(200, headers={"PAYMENT-RESPONSE": encode_header(failed)}))
     assert info.value.code == "insufficient_escrow"
     assert auth.remaining == 100
+
+
+def test_request_already_carrying_a_payment_is_not_paid_again(signed_intent, session_key):
+    auth = AEP2Auth(signed_intent, session_key)
+    request = httpx.Request("GET", URL)
+    flow = start(auth, request)
+    paid(flow, challenge())
+    again = start(auth, request)  # the same request object sent a second time
+    finish(again, challenge())
+    assert auth.state.next_nonce(signed_intent.intent.intent_id) == 1
