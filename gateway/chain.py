@@ -42,6 +42,9 @@ class Web3ChainReader:
         self.w3 = AsyncWeb3(AsyncHTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
         self.settlement = self.w3.eth.contract(address=settlement, abi=contract_artifact("Settlement")["abi"])
         self._erc20_abi = contract_artifact("MockUSDC")["abi"]
+        get_intent = next(i for i in self.settlement.abi if i.get("type") == "function" and i["name"] == "getIntent")
+        names = [c["name"] for c in get_intent["outputs"][0]["components"]]
+        self._revoked_index = names.index("revoked")
 
     async def escrow_balance(self, payer: str, asset: str) -> tuple[int, int]:
         block = await self.w3.eth.block_number
@@ -56,14 +59,7 @@ class Web3ChainReader:
 
     async def intent_revoked(self, intent_id: bytes) -> bool:
         record = await self.settlement.functions.getIntent(intent_id).call()
-        return bool(_field(record, "revoked"))
-
-
-def _field(record: object, name: str) -> object:
-    if isinstance(record, dict):
-        return record[name]
-    # web3 returns ISettlement.IntentRecord as a tuple: (payer, nextNonce, revoked, …).
-    return record[2]  # type: ignore[index]
+        return bool(record[self._revoked_index])
 
 
 class ChainCache:

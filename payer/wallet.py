@@ -43,7 +43,8 @@ def create_intent(
     """Build the intent for ``session_key`` and sign it with ``owner_key`` (the payer).
 
     Give exactly one of ``valid_for_seconds`` (from now) and ``valid_before`` (unix
-    seconds). ``valid_after`` defaults to now. ``settlement`` is the Settlement contract
+    seconds). ``valid_after`` defaults to a minute ago, so clocks a little behind ours
+    (a gateway's, a chain's latest block) already see it valid. ``settlement`` is the Settlement contract
     (the EIP-712 verifying contract). Raises ``ValueError`` naming the field on bad input.
     """
     account = owner_key if isinstance(owner_key, LocalAccount) else Account.from_key(owner_key)
@@ -63,7 +64,7 @@ def create_intent(
         session_key=public_key,
         max_amount=max_amount,
         max_per_payment=max_per_payment,
-        valid_after=now if valid_after is None else valid_after,
+        valid_after=now - 60 if valid_after is None else valid_after,
         valid_before=valid_before,
         chain_id=chain_id,
         verifying_contract=settlement,

@@ -93,6 +93,12 @@ def _is_connection_error(exc: Exception) -> bool:
     return isinstance(exc, (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError, OSError))
 
 
+def _struct_names(abi: list[dict[str, Any]], function: str) -> list[str]:
+    """Member names of the struct a view function returns, in ABI order."""
+    item = next(i for i in abi if i.get("type") == "function" and i["name"] == function)
+    return [component["name"] for component in item["outputs"][0]["components"]]
+
+
 class SettlementClient:
     """Reads and writes of the Settlement contract at ``settlement`` from ``private_key``'s account."""
 
@@ -138,18 +144,19 @@ class SettlementClient:
     async def intent(self, intent_id: bytes) -> IntentRecord:
         """The on-chain record of an intent (``registered`` is false when unknown)."""
         raw = await self._retry(lambda: self.contract.functions.getIntent(intent_id).call())
+        fields = dict(zip(_struct_names(self.contract.abi, "getIntent"), raw))
         return IntentRecord(
-            payer=raw[0],
-            next_nonce=raw[1],
-            revoked=raw[2],
-            asset=raw[3],
-            valid_after=raw[4],
-            processor=raw[5],
-            valid_before=raw[6],
-            session_key_hash=raw[7],
-            max_amount=raw[8],
-            spent=raw[9],
-            max_per_payment=raw[10],
+            payer=fields["payer"],
+            next_nonce=fields["nextNonce"],
+            revoked=fields["revoked"],
+            asset=fields["asset"],
+            valid_after=fields["validAfter"],
+            processor=fields["processor"],
+            valid_before=fields["validBefore"],
+            session_key_hash=fields["sessionKeyHash"],
+            max_amount=fields["maxAmount"],
+            spent=fields["spent"],
+            max_per_payment=fields["maxPerPayment"],
         )
 
     async def balance_of(self, payer: str, token: str) -> int:

@@ -1,0 +1,164 @@
+"""An example payee: a small text and data API, priced per call behind the x402 gateway.
+
+Run it on a deployment (``make demo`` writes one) with one uvicorn command::
+
+    AEP2_DEPLOYMENT=build/deployment.json AEP2_PAYEE=0x… uvicorn examples.payee_service:app
+
+Routes: ``GET /v1/forecast/{city}`` (fixed price), ``POST /v1/sentiment`` (fixed price),
+``GET /v1/primes?n=`` (price grows with ``n``), ``GET /health`` (free). Settings from the
+environment: ``AEP2_DEPLOYMENT`` (deployment file), ``AEP2_PAYEE`` (address paid),
+``AEP2_STORE`` (SQLite file, default ``payments.sqlite``), ``AEP2_PROCESSOR`` (the
+settlement processor's address, default: any the payer authorised),
+``AEP2_FACILITATOR_KEY`` (key that submits ``exact`` payments; unset: not settled here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import math
+import os
+from typing import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from aep2.deployment import Deployment
+from aep2.intent import ZERO_ADDRESS
+from aep2.sqlite_store import SQLiteStore
+from gateway.chain import ChainCache, Web3ChainReader
+from gateway.config import GatewayConfig
+from gateway.facilitator import ExactFacilitator
+from gateway.middleware import PaymentMiddleware
+from gateway.pricing import PricedRoute
+
+__all__ = ["create_app", "ROUTES"]
+
+_POSITIVE = {"good", "great", "excellent", "love", "fast", "happy", "correct", "pleasant"}
+_NEGATIVE = {"bad", "poor", "slow", "hate", "broken", "sad", "wrong", "awful"}
+
+
+async def forecast(request: Request) -> JSONResponse:
+    city = request.path_params["city"]
+    seed = hashlib.sha256(city.lower().encode()).digest()
+    days = [{"day": d, "high_c": 10 + seed[d] % 20, "rain_pct": seed[d + 7] % 100} for d in range(3)]
+    return JSONResponse({"city": city, "days": days})
+
+
+async def sentiment(request: Request) -> JSONResponse:
+    try:
+        text = (await request.json())["text"]
+        if not isinstance(text, str):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        return JSONResponse({"error": "body must be JSON {\"text\": string}"}, status_code=400)
+    words = [w.strip(".,!?").lower() for w in text.split()]
+    score = sum(w in _POSITIVE for w in words) - sum(w in _NEGATIVE for w in words)
+    return JSONResponse({"score": score, "label": "positive" if score > 0 else "negative" if score < 0 else "neutral"})
+
+
+def _primes_n(request: Request) -> int:
+    try:
+        n = int(request.query_params.get("n", "100"))
+    except ValueError:
+        n = 100
+    return min(max(n, 2), 100_000)
+
+
+async def primes(request: Request) -> JSONResponse:
+    n = _primes_n(request)
+    sieve = bytearray([1]) * (n + 1)
+    sieve[0:2] = b"\x00\x00"
+    for k in range(2, math.isqrt(n) + 1):
+        if sieve[k]:
+            sieve[k * k :: k] = bytearray(len(sieve[k * k :: k]))
+    found = [k for k in range(n + 1) if sieve[k]]
+    return JSONResponse({"n": n, "count": len(found), "largest": found[-1]})
+
+
+async def health(request: Request) -> JSONResponse:
+    return JSONResponse({"ok": True})
+
+
+#: Prices in base units of the asset (MockUSDC: 6 decimals, so 1000 = 0.001 USDC).
+ROUTES = [
+    PricedRoute("GET", "/v1/forecast/{city}", 1_000, "3-day forecast for a city"),
+    PricedRoute("POST", "/v1/sentiment", 2_000, "Sentiment of a short English text"),
+    PricedRoute("GET", "/v1/primes", lambda request: 500 + _primes_n(request) // 100, "Primes up to n (500 + n/100)"),
+]
+
+
+def create_app(
+    deployment: Deployment,
+    payee: str,
+    store_path: str,
+    *,
+    processor: str = ZERO_ADDRESS,
+    facilitator_key: str | None = None,
+    min_deadline_seconds: int = 300,
+) -> Starlette:
+    """The example API behind ``PaymentMiddleware`` on ``deployment``, paying ``payee``."""
+    config = GatewayConfig.from_deployment(
+        deployment, payee, processor=processor, min_deadline_seconds=min_deadline_seconds
+    )
+    store = SQLiteStore(store_path)
+    chain = ChainCache(Web3ChainReader(deployment.rpc_url, deployment.settlement))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await store.open()
+        stop = asyncio.Event()
+        task = None
+        if facilitator_key:
+            facilitator = ExactFacilitator(SQLiteStore(store_path), deployment.rpc_url, facilitator_key)
+            await facilitator.store.open()
+            task = asyncio.create_task(facilitator.run(stop))
+        try:
+            yield
+        finally:
+            stop.set()
+            if task is not None:
+                await task
+                await facilitator.store.close()
+            await chain.aclose()
+            await store.close()
+
+    return Starlette(
+        routes=[
+            Route("/v1/forecast/{city}", forecast),
+            Route("/v1/sentiment", sentiment, methods=["POST"]),
+            Route("/v1/primes", primes),
+            Route("/health", health),
+        ],
+        middleware=[
+            Middleware(
+                PaymentMiddleware, config=config, routes=ROUTES, store=store, chain=chain, service="Example data API"
+            )
+        ],
+        lifespan=lifespan,
+    )
+
+
+def _from_environment() -> Starlette:
+    deployment = Deployment.load()
+    payee = os.environ.get("AEP2_PAYEE")
+    if not payee:
+        raise RuntimeError("set AEP2_PAYEE to the address the service is paid to")
+    return create_app(
+        deployment,
+        payee,
+        os.environ.get("AEP2_STORE", "payments.sqlite"),
+        processor=os.environ.get("AEP2_PROCESSOR", ZERO_ADDRESS),
+        facilitator_key=os.environ.get("AEP2_FACILITATOR_KEY"),
+    )
+
+
+def __getattr__(name: str) -> Starlette:
+    # `uvicorn examples.payee_service:app` builds the app from the environment on first access.
+    if name == "app":
+        return _from_environment()
+    raise AttributeError(name)

@@ -1,0 +1,269 @@
+"""The settlement processor: accepted mandates → batches → one Groth16 proof → one transaction.
+
+Each round: reconcile unfinished batches with the chain, read the on-chain state of every
+intent with accepted mandates (registering intents not yet on chain), plan a batch
+(``batcher.plan_batch``: mandates that can never settle are marked ``failed`` with a
+reason, the rest wait), seal it in the store (the gateway then refuses nonces at or below
+the new watermark), build the witness, prove, verify in Python, cross-check the public
+inputs with the contract's own, simulate, record the transaction hash, send, and mark the
+batch settled once the receipt succeeds.
+
+Crash safety: the store records each step before the next starts, and intent nonces on
+chain are the truth. On restart ``reconcile()`` settles a batch whose transaction made it
+on chain and puts back (``retry``) one that did not, so nothing is lost or settled twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from aep2.intent import SignedIntent
+from aep2.sqlite_store import SQLiteStore
+from aep2.store import MandateRecord
+
+from .batcher import IntentState, PendingMandate, plan_batch
+from .chain import ChainRevert, SettlementClient
+from .prover import Prover
+from .witness import IntentSlot, build_statement
+
+__all__ = ["BatchPolicy", "BatchResult", "SettlementProcessor"]
+
+logger = logging.getLogger("settlement")
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """When to cut a batch: ``max_size`` mandates (at most the circuit's N) or when the
+    oldest accepted mandate is ``max_age_seconds`` old."""
+
+    max_size: int
+    max_age_seconds: float = 30.0
+
+
+@dataclass
+class BatchResult:
+    """One settled batch: its id, transaction, mandate count, gas used and proving seconds."""
+
+    batch_id: int
+    tx_hash: str
+    mandates: int
+    gas_used: int
+    prove_seconds: float
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+class SettlementProcessor:
+    """Settles the accepted mandates of ``store`` through ``client`` with ``prover``'s circuit."""
+
+    def __init__(
+        self,
+        store: SQLiteStore,
+        client: SettlementClient,
+        prover: Prover,
+        asset: str,
+        *,
+        policy: BatchPolicy | None = None,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.prover = prover
+        self.asset = asset
+        shape = prover.artifacts
+        self.n, self.i, self.p = shape.n, shape.i, shape.p
+        self.policy = policy or BatchPolicy(max_size=self.n)
+        self.results: list[BatchResult] = []
+
+    # -- crash recovery ------------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        """Finish or undo every batch a previous run left ``proving`` or ``submitted``."""
+        for batch in await self.store.open_batches():
+            records = await self.store.batch_mandates(batch.batch_id)
+            if batch.tx_hash:
+                receipt = await self.client.wait(batch.tx_hash, timeout=5)
+                if receipt is not None and receipt["status"] == 1:
+                    await self.store.mark_batch_settled(batch.batch_id, batch.tx_hash, int(receipt["blockNumber"]))
+                    logger.info("batch %d: found settled on chain (%s)", batch.batch_id, batch.tx_hash)
+                    continue
+            if await self._settled_on_chain(records):
+                # Settled by a transaction we did not record: the chain's nonces say so.
+                await self.store.mark_batch_settled(batch.batch_id, batch.tx_hash or "", 0)
+                continue
+            await self.store.fail_batch(batch.batch_id, "not on chain after restart", retry=True)
+            logger.info("batch %d: not on chain; its mandates return to the queue", batch.batch_id)
+
+    async def _settled_on_chain(self, records: list[MandateRecord]) -> bool:
+        last: dict[bytes, int] = {}
+        for record in records:
+            last[record.mandate.intent_id] = max(last.get(record.mandate.intent_id, -1), record.mandate.nonce)
+        for intent_id, nonce in last.items():
+            if (await self.client.intent(intent_id)).next_nonce <= nonce:
+                return False
+        return bool(last)
+
+    # -- one round -----------------------------------------------------------------------
+
+    async def due(self) -> bool:
+        """Whether the policy says to cut a batch now."""
+        accepted = await self.store.accepted_mandates()
+        if not accepted:
+            return False
+        if len(accepted) >= self.policy.max_size:
+            return True
+        return time.time() - min(r.accepted_at for r in accepted) >= self.policy.max_age_seconds
+
+    async def settle_once(self) -> BatchResult | None:
+        """Plan, prove and settle one batch; ``None`` when nothing is ready to settle."""
+        await self.reconcile()
+        accepted = await self.store.accepted_mandates()
+        if not accepted:
+            return None
+        intents: dict[bytes, SignedIntent] = {}
+        states: dict[bytes, IntentState] = {}
+        balances: dict[str, int] = {}
+        blocked: set[bytes] = set()
+        for record in accepted:
+            intent_id = record.mandate.intent_id
+            if intent_id in intents or intent_id in blocked:
+                continue
+            signed = await self.store.get_intent(intent_id)
+            if signed is None:
+                await self.store.fail_mandates([record.payment_id], "unknown_intent")
+                continue
+            state = await self._intent_state(signed, balances)
+            if state is None:
+                blocked.add(intent_id)
+                continue
+            intents[intent_id] = signed
+            states[intent_id] = state
+        pending = [
+            PendingMandate(
+                r.payment_id, r.mandate.intent_id, r.mandate.nonce, r.mandate.payee, r.mandate.amount,
+                r.mandate.deadline, r.accepted_at,
+            )
+            for r in accepted
+            if r.mandate.intent_id in states
+        ]
+        # The batch executes in a block stamped about now; the latest block may be older.
+        now = max(await self.client.latest_timestamp(), int(time.time()) - 2)
+        plan = plan_batch(pending, states, n=min(self.n, self.policy.max_size), i=self.i, p=self.p, now=now)
+        failed = [(rejection.payment_id, rejection.reason) for rejection in plan.rejected]
+        for reason in {reason for _, reason in failed}:
+            await self.store.fail_mandates([pid for pid, r in failed if r == reason], reason)
+        if not plan.intents:
+            return None
+
+        by_id = {record.payment_id: record for record in accepted}
+        slots = [
+            IntentSlot(intents[intent_id].intent, states[intent_id].next_nonce, tuple(by_id[m.payment_id] for m in chosen))
+            for intent_id, chosen in plan.intents
+        ]
+        statement = build_statement(slots, time_ref=plan.time_ref, asset=self.asset, n=self.n, i=self.i, p=self.p)
+        batch = await self.store.seal_batch([m.payment_id for m in plan.mandates], plan.time_ref)
+        try:
+            proof = await asyncio.to_thread(self.prover.prove, statement.inputs)
+            if not self.prover.verify(proof):
+                raise RuntimeError("proof does not verify in Python")
+            on_chain_inputs = await self.client.public_inputs(statement.batch)
+            if tuple(on_chain_inputs) != proof.public_inputs:
+                raise RuntimeError("contract's public inputs differ from the proof's")
+            receipt = await self._submit(batch.batch_id, proof.words, statement.batch)
+        except ChainRevert as exc:
+            # Diagnosed before sending (eth_call): nothing is on chain; re-plan next round.
+            await self.store.fail_batch(batch.batch_id, str(exc), retry=True)
+            logger.warning("batch %d would revert (%s); its mandates return to the queue", batch.batch_id, exc)
+            raise
+        except BaseException:
+            await self._undo_if_not_sent(batch.batch_id)
+            raise
+        tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
+        await self.store.mark_batch_settled(batch.batch_id, tx_hash, int(receipt["blockNumber"]))
+        result = BatchResult(
+            batch.batch_id, tx_hash, statement.mandate_count, int(receipt["gasUsed"]), proof.seconds, failed
+        )
+        self.results.append(result)
+        logger.info(
+            "batch %d settled: %d mandates, %d gas, proof %.1f s, tx %s",
+            result.batch_id, result.mandates, result.gas_used, result.prove_seconds, tx_hash,
+        )
+        return result
+
+    async def _undo_if_not_sent(self, batch_id: int) -> None:
+        current = await self.store.get_batch(batch_id)
+        if current.status == "proving":
+            await self.store.fail_batch(batch_id, "processing interrupted before submission", retry=True)
+
+    async def _submit(self, batch_id: int, proof_words: tuple[int, ...], batch: tuple) -> dict:
+        call = self.client.contract.functions.settleBatch(list(proof_words), batch)
+        try:
+            await call.call({"from": self.client.address, "gas": 3_000_000})
+        except Exception as exc:
+            from .chain import decode_revert
+
+            raise decode_revert(exc) from exc
+        tx_hash = await self.client.send(call, gas=3_000_000)
+        await self.store.mark_batch_submitted(batch_id, tx_hash)
+        receipt = await self.client.wait(tx_hash)
+        if receipt is None or receipt["status"] != 1:
+            # Reverted on chain after a successful simulation (state changed in between).
+            await self.store.fail_batch(batch_id, f"transaction {tx_hash} reverted", retry=True)
+            raise ChainRevert("Reverted", tx_hash)
+        return receipt
+
+    async def _intent_state(self, signed: SignedIntent, balances: dict[str, int]) -> IntentState | None:
+        intent = signed.intent
+        record = await self.client.intent(intent.intent_id)
+        if not record.registered:
+            try:
+                await self.client.register_intent(signed)
+            except ChainRevert as exc:
+                logger.warning("intent 0x%s cannot be registered: %s", intent.intent_id.hex(), exc)
+                return None
+            record = await self.client.intent(intent.intent_id)
+        if not await self.client.is_processor(intent.payer):
+            logger.warning("payer %s has not authorised processor %s; waiting", intent.payer, self.client.address)
+            return None
+        if intent.payer not in balances:
+            balances[intent.payer] = await self.client.balance_of(intent.payer, intent.asset)
+        return IntentState(
+            intent_id=intent.intent_id,
+            payer=intent.payer,
+            next_nonce=record.next_nonce,
+            spent=record.spent,
+            max_amount=record.max_amount,
+            max_per_payment=record.max_per_payment,
+            valid_after=record.valid_after,
+            valid_before=record.valid_before,
+            revoked=record.revoked,
+            balance=balances[intent.payer],
+        )
+
+    # -- loop ----------------------------------------------------------------------------
+
+    async def settle_all(self) -> list[BatchResult]:
+        """Settle batches until no accepted mandate is left that could settle now."""
+        results = []
+        while True:
+            result = await self.settle_once()
+            if result is None:
+                return results
+            results.append(result)
+
+    async def run(self, stop: asyncio.Event, *, poll_seconds: float = 1.0) -> None:
+        """Settle by the policy until ``stop`` is set. Errors are logged and retried with backoff."""
+        delay = poll_seconds
+        while not stop.is_set():
+            try:
+                if await self.due():
+                    await self.settle_once()
+                delay = poll_seconds
+            except Exception as exc:
+                logger.warning("settlement round failed (%r); retrying in %.1f s", exc, delay)
+                delay = min(delay * 2, 30.0)
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
