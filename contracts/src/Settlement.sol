@@ -34,7 +34,7 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
 
     /// @notice BN254 scalar field order r (circom's field).
     uint256 public constant FIELD_MODULUS =
-        21888242871839275222246405745257275088548364400416722308108608361055497;
+        21888242871839275222246405745257275088548364400416034343698204186575808495617;
 
     /// @notice EIP-712 type hash of {Intent} (PROTOCOL.md §2).
     bytes32 public constant INTENT_TYPEHASH = keccak256(

@@ -731,7 +731,7 @@ contract SettlementGasTest is SettlementBase {
         settlement.settleBatch(proof, b);
         uint256 used = before - gasleft();
         emit log_named_uint("gas: settleBatch 8 intents / 4 payees, excluding verifier", used);
-        assertLe(used, 300_000, "settle overhead budget");
+        assertLe(used, 320_000, "settle overhead budget");
     }
 
     event log_named_uint(string key, uint256 val);

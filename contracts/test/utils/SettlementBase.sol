@@ -12,7 +12,7 @@ import {Test} from "./Test.sol";
 ///         independent implementation of PROTOCOL.md §5 to arm the verifier with.
 abstract contract SettlementBase is Test {
     uint256 internal constant FIELD_MODULUS =
-        21888242871839275222246405745257275088548364400416722308108608361055497;
+        21888242871839275222246405745257275088548364400416034343698204186575808495617;
     uint256 internal constant SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141;
     bytes32 internal constant INTENT_TYPEHASH = keccak256(
         "Intent(address payer,address asset,uint256 sessionKeyHash,uint256 maxAmount,uint256 maxPerPayment,"
