@@ -28,11 +28,14 @@ from .errors import (
     PerPaymentCapExceeded,
     SpendingLimitError,
 )
+from .escrow import Escrow, EscrowError
 from .state import PayerState
 from .wallet import create_intent, create_session_key
 
 __all__ = [
     "AEP2Auth",
+    "Escrow",
+    "EscrowError",
     "PayerState",
     "SessionKey",
     "SignedIntent",

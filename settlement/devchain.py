@@ -15,7 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-__all__ = ["Anvil", "anvil_key"]
+__all__ = ["Anvil", "anvil_key", "mint"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ANVIL = PROJECT_ROOT / "node_modules" / ".bin" / "anvil"
@@ -100,3 +100,26 @@ class Anvil:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def mint(rpc_url: str, token: str, to: str, amount: int, *, key: str | None = None) -> None:
+    """Mint MockUSDC (local chains only): ``amount`` base units to ``to``, sent from ``key``."""
+    from eth_account import Account
+    from web3 import Web3
+
+    from aep2.deployment import contract_artifact
+
+    w3 = Web3(Web3.HTTPProvider(rpc_url))
+    sender = Account.from_key(key or anvil_key(0))
+    contract = w3.eth.contract(address=token, abi=contract_artifact("MockUSDC")["abi"])
+    tx = contract.functions.mint(to, amount).build_transaction(
+        {
+            "from": sender.address,
+            "nonce": w3.eth.get_transaction_count(sender.address, "pending"),
+            "gas": 100_000,
+            "chainId": w3.eth.chain_id,
+        }
+    )
+    receipt = w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(sender.sign_transaction(tx).raw_transaction))
+    if receipt["status"] != 1:
+        raise RuntimeError("mint reverted")

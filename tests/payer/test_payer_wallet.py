@@ -70,6 +70,8 @@ def test_exported_members():
     assert sorted(payer.__all__) == sorted(
         [
             "AEP2Auth",
+            "Escrow",
+            "EscrowError",
             "PayerState",
             "SessionKey",
             "SignedIntent",
