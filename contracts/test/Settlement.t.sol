@@ -466,7 +466,7 @@ contract SettlementTest is SettlementBase {
         assertEq(settlement.getIntent(idA).spent, 9e6, "spent accumulates");
     }
 
-    function test_PublicInputsMatchProtocol() public {
+    function test_PublicInputsMatchProtocol() public view {
         ISettlement.Batch memory batch = _pair(30e6, 12e6, 25e6);
         uint256[] memory got = settlement.publicInputs(batch);
         uint256[] memory want = _expectedPublicInputs(batch);
