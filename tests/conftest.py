@@ -1,0 +1,112 @@
+"""Shared fixtures: a real Anvil node, the compiled contracts deployed with a small batch
+circuit, funded payers, and a real uvicorn server on loopback for any ASGI app."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import uvicorn
+from eth_account import Account
+from web3 import Web3
+
+from aep2.deployment import Deployment
+from payer import Escrow
+from settlement.artifacts import CircuitArtifacts, build_artifacts
+from settlement.deploy import deploy
+from settlement.devchain import Anvil, anvil_key, mint
+
+#: Shape of the circuit the chain tests deploy: small, so setup and proofs take seconds.
+SMALL_SHAPE = (4, 2, 2)
+PROCESSOR_KEY = anvil_key(1)
+PAYEE = Account.from_key(anvil_key(2)).address
+
+
+@pytest.fixture(scope="session")
+def anvil() -> Iterator[Anvil]:
+    with Anvil() as node:
+        yield node
+
+
+@pytest.fixture(scope="session")
+def small_artifacts() -> CircuitArtifacts:
+    return build_artifacts(*SMALL_SHAPE)
+
+
+@pytest.fixture(scope="session")
+def deployment(anvil: Anvil, small_artifacts: CircuitArtifacts, tmp_path_factory: pytest.TempPathFactory) -> Deployment:
+    path = tmp_path_factory.mktemp("deployment") / "deployment.json"
+    return deploy(anvil.rpc_url, anvil_key(0), small_artifacts, path=path)
+
+
+@pytest.fixture
+def make_payer(anvil: Anvil, deployment: Deployment) -> Callable[..., Escrow]:
+    """``make_payer(escrow=…, wallet=…, processor=…)``: a fresh funded payer account."""
+    w3 = Web3(Web3.HTTPProvider(anvil.rpc_url))
+
+    def factory(*, escrow: int = 1_000_000, wallet: int = 0, processor: str | None = None) -> Escrow:
+        account = Account.create()
+        w3.provider.make_request("anvil_setBalance", [account.address, hex(10**20)])
+        mint(anvil.rpc_url, deployment.token, account.address, escrow + wallet)
+        payer = Escrow(deployment, account.key)
+        if escrow:
+            payer.deposit(escrow)
+        payer.authorize_processor(processor or Account.from_key(PROCESSOR_KEY).address)
+        return payer
+
+    return factory
+
+
+class LiveServer:
+    """An ASGI app served by uvicorn in a thread on a free loopback port."""
+
+    def __init__(self, app: Any) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Any], LiveServer]]:
+    """``serve(app)`` starts ``app`` on loopback and returns the running ``LiveServer``."""
+    servers: list[LiveServer] = []
+
+    def start(app: Any) -> LiveServer:
+        server = LiveServer(app).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> str:
+    return str(tmp_path / "payments.sqlite")
