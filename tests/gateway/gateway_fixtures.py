@@ -1,0 +1,229 @@
+"""Shared helpers for the gateway tests: the example payee app behind ``PaymentMiddleware`` on the
+real Anvil deployment, intents and hand-built ``aep2`` payment headers.
+
+A unique module name (not ``conftest``) so tests can import it next to ``tests/conftest.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+import httpx
+import pytest
+from eth_account import Account
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Route
+
+from aep2.deployment import Deployment
+from aep2.eddsa import SessionKey
+from aep2.errors import ErrorCode
+from aep2.intent import Intent, SignedIntent
+from aep2.mandate import Mandate, request_hash
+from aep2.payload import build_payload
+from aep2.sqlite_store import SQLiteStore
+from aep2.x402 import PAYMENT_REQUIRED_HEADER, decode_header, encode_header
+from examples.payee_service import ROUTES, forecast, health, primes, sentiment
+from gateway.chain import ChainCache, Web3ChainReader
+from gateway.config import GatewayConfig
+from gateway.middleware import PaymentMiddleware
+from settlement.devchain import anvil_key
+
+#: Same accounts as ``tests/conftest.py`` (PAYEE: Anvil account 2, processor: account 1).
+PAYEE = Account.from_key(anvil_key(2)).address
+PROCESSOR = Account.from_key(anvil_key(1)).address
+#: Prices of the example service's fixed routes (base units).
+FORECAST_PRICE = 1_000
+SENTIMENT_PRICE = 2_000
+#: Every stable error code on the wire.
+ERROR_CODES = frozenset(v for k, v in vars(ErrorCode).items() if k.isupper() and isinstance(v, str))
+
+
+def error_code(response: httpx.Response) -> str:
+    """The stable code of a 402 (``PAYMENT-REQUIRED`` header's ``error``, before ``": "``)."""
+    assert response.status_code == 402, (response.status_code, response.text)
+    required = decode_header(response.headers[PAYMENT_REQUIRED_HEADER], header=PAYMENT_REQUIRED_HEADER)
+    body = response.json()
+    assert body["error"] == required["error"], "v1 body and v2 header disagree on the error"
+    return str(required["error"]).partition(": ")[0]
+
+
+def make_intent(
+    owner_key: Any,
+    key: SessionKey,
+    deployment: Deployment,
+    *,
+    max_amount: int = 100_000,
+    max_per_payment: int = 5_000,
+    valid_for: int = 3600,
+    chain_id: int | None = None,
+    settlement: str | None = None,
+    asset: str | None = None,
+    processor: str = PROCESSOR,
+    payees: tuple[str, ...] = (),
+    sign_with: Any = None,
+) -> SignedIntent:
+    """An intent for ``key`` signed by ``owner_key`` (or, forged, by ``sign_with``)."""
+    owner = Account.from_key(owner_key)
+    now = int(time.time())
+    intent = Intent(
+        payer=owner.address,
+        asset=asset or deployment.token,
+        session_key=key.public_key,
+        max_amount=max_amount,
+        max_per_payment=max_per_payment,
+        valid_after=now - 60,
+        valid_before=now + valid_for,
+        chain_id=deployment.chain_id if chain_id is None else chain_id,
+        verifying_contract=settlement or deployment.settlement,
+        payees=payees,
+        processor=processor,
+    )
+    signer = Account.from_key(sign_with or owner_key)
+    signature = signer.sign_typed_data(full_message=intent.typed_data()).signature
+    return SignedIntent(intent, bytes(signature))
+
+
+@dataclass
+class MandateSigner:
+    """Builds ``PAYMENT-SIGNATURE`` values for one intent, field by field."""
+
+    signed: SignedIntent
+    key: SessionKey
+    deployment: Deployment
+    next_nonce: int = 0
+    sent_intent: bool = field(default=False)
+
+    @property
+    def intent_id(self) -> bytes:
+        return self.signed.intent.intent_id
+
+    def requirement(self, amount: int = FORECAST_PRICE, **overrides: Any) -> dict[str, Any]:
+        """The ``accepted`` requirement as the gateway offers it."""
+        entry = {
+            "scheme": "aep2",
+            "network": self.deployment.network,
+            "asset": self.deployment.token,
+            "amount": str(amount),
+            "payTo": PAYEE,
+            "maxTimeoutSeconds": 300,
+            "extra": {"settlement": self.deployment.settlement, "processor": PROCESSOR, "minDeadlineSeconds": 300},
+        }
+        entry.update(overrides)
+        return entry
+
+    def mandate(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes = b"",
+        amount: int = FORECAST_PRICE,
+        nonce: int | None = None,
+        payee: str = PAYEE,
+        deadline: int | None = None,
+    ) -> Mandate:
+        if nonce is None:
+            nonce = self.next_nonce
+            self.next_nonce += 1
+        return Mandate(
+            intent_id=self.intent_id,
+            payee=payee,
+            amount=amount,
+            nonce=nonce,
+            deadline=int(time.time()) + 3600 if deadline is None else deadline,
+            request_hash=request_hash(method, path, body),
+        )
+
+    def header(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes = b"",
+        amount: int = FORECAST_PRICE,
+        nonce: int | None = None,
+        payee: str = PAYEE,
+        deadline: int | None = None,
+        include_intent: bool = True,
+        sign_key: SessionKey | None = None,
+        accepted: dict[str, Any] | None = None,
+        version: int = 2,
+    ) -> str:
+        """A base64 x402 envelope carrying a mandate for ``method path`` (and the intent)."""
+        mandate = self.mandate(method, path, body=body, amount=amount, nonce=nonce, payee=payee, deadline=deadline)
+        signature = mandate.sign(sign_key or self.key)
+        payload = build_payload(mandate, signature, self.signed if include_intent else None)
+        if version == 1:
+            envelope: dict[str, Any] = {
+                "x402Version": 1,
+                "scheme": "aep2",
+                "network": self.deployment.network,
+                "payload": payload,
+            }
+        else:
+            envelope = {
+                "x402Version": version,
+                "accepted": accepted if accepted is not None else self.requirement(amount),
+                "resource": {"url": path},
+                "payload": payload,
+            }
+        return encode_header(envelope)
+
+
+def signer_for(payer: Any, deployment: Deployment, **intent_options: Any) -> MandateSigner:
+    """A ``MandateSigner`` for a fresh session key and an intent of ``payer`` (a ``payer.Escrow``)."""
+    key = SessionKey.generate()
+    return MandateSigner(make_intent(payer.account.key, key, deployment, **intent_options), key, deployment)
+
+
+class InProcessGateway:
+    """The example routes behind ``PaymentMiddleware``, with handles on its store and chain cache
+    (for driving it in-process with ``httpx.ASGITransport``, where no lifespan runs)."""
+
+    def __init__(self, deployment: Deployment, store_path: str, **config: Any) -> None:
+        self.config = GatewayConfig.from_deployment(deployment, PAYEE, processor=PROCESSOR, **config)
+        self.store = SQLiteStore(store_path)
+        self.chain = ChainCache(Web3ChainReader(deployment.rpc_url, deployment.settlement))
+        self.middleware_options = dict(config=self.config, routes=ROUTES, store=self.store, chain=self.chain)
+        self.app = Starlette(
+            routes=[
+                Route("/v1/forecast/{city}", forecast),
+                Route("/v1/sentiment", sentiment, methods=["POST"]),
+                Route("/v1/primes", primes),
+                Route("/health", health),
+            ],
+            middleware=[Middleware(PaymentMiddleware, **self.middleware_options, service="Test API")],
+        )
+
+    @contextlib.asynccontextmanager
+    async def client(self) -> AsyncIterator[httpx.AsyncClient]:
+        transport = httpx.ASGITransport(app=self.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
+            yield client
+
+    async def aclose(self) -> None:
+        await self.chain.aclose()
+        await self.store.close()
+
+
+@contextlib.asynccontextmanager
+async def open_store(path: str) -> AsyncIterator[SQLiteStore]:
+    """A second connection to a gateway's store file, to inspect what it recorded."""
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+def gateway_server(deployment: Deployment, store_path: str, serve: Any) -> Any:
+    """The example payee service (``examples.payee_service``) served by uvicorn on loopback."""
+    from examples.payee_service import create_app
+
+    return serve(create_app(deployment, PAYEE, store_path, processor=PROCESSOR))
