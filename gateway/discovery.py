@@ -17,6 +17,8 @@ __all__ = ["discovery_json", "discovery_markdown"]
 def discovery_json(config: GatewayConfig, routes: Sequence[PricedRoute], service: str) -> dict[str, Any]:
     """Machine-readable discovery: ``{"service", "x402Version", "network", "asset", "payTo",
     "schemes", "aep2": {...}, "routes": [{"method", "path", "price", "description"}]}``.
+    ``aep2`` is self-contained (network, asset, payTo, settlement, …): with a route's price it
+    is the ``accepts`` entry an Intent Mode client pays without a 402 round trip.
     ``price`` is a decimal string of base units, or ``null`` when computed per request."""
     return {
         "service": service,
@@ -26,6 +28,9 @@ def discovery_json(config: GatewayConfig, routes: Sequence[PricedRoute], service
         "payTo": config.payee,
         "schemes": ["aep2", "exact"] if config.exact_enabled else ["aep2"],
         "aep2": {
+            "network": config.network,
+            "asset": config.asset,
+            "payTo": config.payee,
             "settlement": config.settlement,
             "processor": config.processor,
             "chainId": config.chain_id,
