@@ -19,7 +19,9 @@ from aep2.intent import ZERO_ADDRESS, SignedIntent
 INTENT_SLOTS = 4
 PAYEE_SLOTS = 2
 #: Batch sizes the prover and gas benchmarks run, smallest first.
-BATCH_SIZES = (16, 64, 256)
+import os
+
+BATCH_SIZES = tuple(int(n) for n in os.environ.get("AEP2_BENCH_SIZES", "16,64,256").split(","))
 
 #: Anvil development accounts (public keys: local chains only).
 DEPLOYER_INDEX = 0
