@@ -2,7 +2,9 @@
 
 Each line is ``{"metric", "value", "unit"}`` plus ``"baseline"`` and ``"ratio"`` where a
 baseline measured in the same run applies. Usage: ``python -m bench [name ...]`` with names
-from ``SUITES`` (default: all of them, in order).
+from ``SUITES`` (default: all of them, in order). ``prover`` and ``gas`` share one proof per
+batch size (``bench.settle`` runs the pipeline once per process); ``AEP2_BENCH_SIZES=16,64``
+restricts the batch sizes (default ``16,64,256``).
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(SUITES)}", file=sys.stderr)
         return 2
+    total = time.perf_counter()
     for name in names:
         started = time.perf_counter()
         module = importlib.import_module(f"bench.{name}")
         for row in module.run():
             print(json.dumps(row), flush=True)
         print(f"bench.{name}: {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    print(f"bench: total {time.perf_counter() - total:.1f} s", file=sys.stderr)
     return 0
 
 

@@ -1,8 +1,8 @@
 """Child process of the prover benchmark: one fresh process per batch size, so its peak RSS
 (``ru_maxrss`` of itself and of its node witness child) belongs to that N alone.
 
-``python -m bench._prove <artifacts dir>``: loads the proving key, prints ``ready <seconds>``,
-then reads one line ``<inputs.json> <out.json>`` from stdin, proves the circuit inputs
+``python -m bench._prove <n> <i> <p>``: builds (or finds cached) the artifacts of
+``Batch(n, i, p)``, loads the proving key, prints ``ready <load seconds> <artifacts dir>``, then reads one line ``<inputs.json> <out.json>`` from stdin, proves the circuit inputs
 (witness + Groth16 proof via ``settlement.prover.Prover.prove``), checks the proof in
 process and writes ``{"words", "publicInputs", "seconds", "loadSeconds", "maxrssSelfKiB",
 "maxrssChildrenKiB"}`` to ``out.json``.
@@ -16,16 +16,17 @@ import sys
 import time
 from pathlib import Path
 
-from settlement.artifacts import CircuitArtifacts
+from settlement.artifacts import build_artifacts
 from settlement.prover import Prover
 
 
 def main(argv: list[str]) -> int:
-    artifacts = CircuitArtifacts.load(Path(argv[0]))
+    n, i, p = (int(arg) for arg in argv[:3])
+    artifacts = build_artifacts(n, i, p)  # cached; a first run builds here, under the cache lock
     started = time.perf_counter()
     prover = Prover(artifacts)
     load_seconds = time.perf_counter() - started
-    print(f"ready {load_seconds:.3f}", flush=True)
+    print(f"ready {load_seconds:.3f} {artifacts.directory}", flush=True)
     line = sys.stdin.readline().split()
     if not line:
         return 1  # the parent gave up
