@@ -19,11 +19,14 @@ from .settle import results
 def run() -> list[dict[str, Any]]:
     res = results()
     rows = []
-    largest, previous = max(res), sorted(res)[-2]
-    c_large, c_prev = res[largest]["constraints"], res[previous]["constraints"]
+    largest = max(res)
+    c_large = res[largest]["constraints"]
     rows.append(row("constraints_per_mandate", c_large / largest, "constraints"))
-    rows.append(row(f"constraints_marginal_per_mandate_n{previous}_n{largest}",
-                    (c_large - c_prev) / (largest - previous), "constraints"))
+    if len(res) > 1:
+        previous = sorted(res)[-2]
+        c_prev = res[previous]["constraints"]
+        rows.append(row(f"constraints_marginal_per_mandate_n{previous}_n{largest}",
+                        (c_large - c_prev) / (largest - previous), "constraints"))
     for n, r in sorted(res.items()):
         rows.append(row(f"prove_seconds_n{n}", r["prove_seconds"], "s"))
         rows.append(row(f"prove_seconds_per_mandate_n{n}", r["prove_seconds"] / n, "s", digits=4))
