@@ -116,6 +116,13 @@ def parse_payload(data: Any) -> ParsedPayload:
     field, and ``PaymentError(intent_id_mismatch)`` when an embedded intent's EIP-712
     digest differs from ``intentId``.
     """
+    parsed = _parse(data)
+    if parsed.signed_intent is not None and parsed.signed_intent.intent.intent_id != parsed.intent_id:
+        raise PaymentError(ErrorCode.INTENT_ID_MISMATCH, "payload.intentId: not the EIP-712 digest of payload.intent")
+    return parsed
+
+
+def _parse(data: Any) -> ParsedPayload:
     try:
         model = _PayloadModel.model_validate(data)
     except ValidationError as exc:
@@ -198,7 +205,7 @@ def intent_json(signed_intent: SignedIntent) -> dict[str, Any]:
 
 def parse_intent(data: Any) -> SignedIntent:
     """Parse the wire form of a signed intent; raises ``PaymentError(invalid_payload)``."""
-    parsed = parse_payload(
+    parsed = _parse(
         {
             "intent": data,
             "intentId": "0x" + "00" * 32,
