@@ -14,6 +14,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from .eddsa import Signature
 from .errors import ErrorCode, PaymentError
+from .fields import FIELD_MODULUS
 from .intent import Intent, SignedIntent
 from .mandate import Mandate
 
@@ -28,6 +29,13 @@ def _decimal(value: Any) -> int:
     if not isinstance(value, str) or not _DECIMAL.fullmatch(value):
         raise ValueError("must be a decimal string without sign or leading zeros")
     return int(value)
+
+
+def _field_element(value: Any) -> int:
+    number = _decimal(value)
+    if number >= FIELD_MODULUS:
+        raise ValueError("must be a BN254 field element (below the field modulus)")
+    return number
 
 
 def _hex32(value: Any) -> bytes:
@@ -49,6 +57,7 @@ def _hexbytes(value: Any) -> bytes:
 
 
 Dec = Annotated[int, BeforeValidator(_decimal)]
+FieldElement = Annotated[int, BeforeValidator(_field_element)]
 Hex32 = Annotated[bytes, BeforeValidator(_hex32)]
 Address = Annotated[str, BeforeValidator(_address)]
 HexBytes = Annotated[bytes, BeforeValidator(_hexbytes)]
@@ -61,7 +70,7 @@ class _Strict(BaseModel):
 class _IntentModel(_Strict):
     payer: Address
     asset: Address
-    sessionKey: Annotated[list[Dec], Field(min_length=2, max_length=2)]
+    sessionKey: Annotated[list[FieldElement], Field(min_length=2, max_length=2)]
     maxAmount: Dec
     maxPerPayment: Dec
     validAfter: Dec
