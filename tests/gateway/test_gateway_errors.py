@@ -266,3 +266,25 @@ async def test_replayed_mandate(gateway_server, make_payer, deployment, store_pa
     async with open_store(store_path) as store:
         assert len(await store.mandates()) == 1
 
+
+
+def test_session_key_outside_the_field(gateway_server, make_payer, deployment):
+    """Found by the property test: a sessionKey coordinate >= the field modulus made Poseidon raise,
+    which the gateway reported as ``chain_unavailable``; it is an invalid payload."""
+    signer = signer_for(make_payer(), deployment)
+    envelope = json.loads(base64.b64decode(signer.header("GET", PATH)))
+    envelope["payload"]["intent"]["sessionKey"][0] = str(2**256 - 1)
+    response = paid_get(gateway_server, encode_header(envelope))
+    assert error_code(response) == ErrorCode.INVALID_PAYLOAD
+    assert "payload.intent.sessionKey" in response.json()["error"]
+
+
+def test_embedded_intent_must_match_intent_id_even_when_known(gateway_server, make_payer, deployment):
+    """Found by the property test: once an intent was known, a tampered embedded copy was ignored
+    instead of refused (``parse_payload`` documents ``intent_id_mismatch`` for it)."""
+    signer = signer_for(make_payer(), deployment)
+    assert paid_get(gateway_server, signer.header("GET", PATH)).status_code == 200
+    envelope = json.loads(base64.b64decode(signer.header("GET", "/v1/forecast/oslo")))
+    envelope["payload"]["intent"]["maxPerPayment"] = "999999"
+    response = paid_get(gateway_server, encode_header(envelope), path="/v1/forecast/oslo")
+    assert error_code(response) == ErrorCode.INTENT_ID_MISMATCH
