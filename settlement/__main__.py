@@ -1,0 +1,129 @@
+"""Command line of the settlement side.
+
+::
+
+    python -m settlement build-circuit --n 64 --i 4 --p 2
+    python -m settlement deploy --rpc-url http://127.0.0.1:8545 --key $DEPLOYER_KEY --out build/deployment.json
+    python -m settlement run --deployment build/deployment.json --store payments.sqlite --key $AEP2_PROCESSOR_KEY
+
+``run`` settles the store's accepted mandates by the batch policy (``--max-age`` seconds,
+batch size the circuit's N) until interrupted, or once with ``--once``. Keys may come from
+``$AEP2_PROCESSOR_KEY`` / ``$AEP2_DEPLOYER_KEY`` instead of ``--key``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+
+from aep2.deployment import Deployment
+from aep2.sqlite_store import SQLiteStore
+
+from .artifacts import build_artifacts
+from .chain import SettlementClient
+from .deploy import DEFAULT_WITHDRAWAL_DELAY, deploy
+from .processor import BatchPolicy, SettlementProcessor
+from .prover import Prover
+
+DEFAULT_SHAPE = (64, 4, 2)
+
+
+def _key(args: argparse.Namespace, variable: str) -> str:
+    key = args.key or os.environ.get(variable)
+    if not key:
+        raise SystemExit(f"error: pass --key or set {variable}")
+    return key
+
+
+def _find_artifacts(deployment: Deployment):
+    artifacts = build_artifacts(deployment.circuit.n, deployment.circuit.i, deployment.circuit.p)
+    if artifacts.hash != deployment.circuit.hash:
+        raise SystemExit(
+            f"error: circuit artifacts {artifacts.hash} differ from the deployed verifier's {deployment.circuit.hash}"
+        )
+    return artifacts
+
+
+async def _run(args: argparse.Namespace) -> int:
+    deployment = Deployment.load(args.deployment)
+    artifacts = _find_artifacts(deployment)
+    store = SQLiteStore(args.store)
+    await store.open()
+    client = SettlementClient(args.rpc_url or deployment.rpc_url, deployment.settlement, _key(args, "AEP2_PROCESSOR_KEY"))
+    processor = SettlementProcessor(
+        store,
+        client,
+        Prover(artifacts),
+        deployment.token,
+        policy=BatchPolicy(max_size=artifacts.n, max_age_seconds=args.max_age),
+    )
+    try:
+        if args.once:
+            results = await processor.settle_all()
+            for result in results:
+                print(json.dumps({"batch": result.batch_id, "tx": result.tx_hash, "mandates": result.mandates,
+                                  "gas": result.gas_used, "prove_seconds": round(result.prove_seconds, 2)}))
+            return 0
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await processor.run(stop, poll_seconds=args.poll)
+        return 0
+    finally:
+        await store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m settlement", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    build = commands.add_parser("build-circuit", help="compile the batch circuit and run the (development) setup")
+    for name, default in zip(("--n", "--i", "--p"), DEFAULT_SHAPE):
+        build.add_argument(name, type=int, default=default)
+
+    dep = commands.add_parser("deploy", help="deploy verifier, MockUSDC and Settlement")
+    dep.add_argument("--rpc-url", required=True)
+    dep.add_argument("--key", help="deployer key (or $AEP2_DEPLOYER_KEY)")
+    dep.add_argument("--out", required=True, help="deployment file to write")
+    dep.add_argument("--token", help="existing ERC-20 to use instead of deploying MockUSDC")
+    dep.add_argument("--withdrawal-delay", type=int, default=DEFAULT_WITHDRAWAL_DELAY)
+    for name, default in zip(("--n", "--i", "--p"), DEFAULT_SHAPE):
+        dep.add_argument(name, type=int, default=default)
+
+    run = commands.add_parser("run", help="settle accepted mandates")
+    run.add_argument("--deployment", default=os.environ.get("AEP2_DEPLOYMENT"))
+    run.add_argument("--store", default=os.environ.get("AEP2_STORE", "payments.sqlite"))
+    run.add_argument("--rpc-url", help="override the deployment's RPC URL")
+    run.add_argument("--key", help="processor key (or $AEP2_PROCESSOR_KEY)")
+    run.add_argument("--max-age", type=float, default=30.0, help="cut a batch when its oldest mandate is this old (s)")
+    run.add_argument("--poll", type=float, default=1.0)
+    run.add_argument("--once", action="store_true", help="settle what is pending now, then exit")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.command == "build-circuit":
+        artifacts = build_artifacts(args.n, args.i, args.p)
+        print(json.dumps({"directory": str(artifacts.directory), "constraints": artifacts.constraints,
+                          "hash": artifacts.hash, "developmentSetup": artifacts.development_setup}))
+        return 0
+    if args.command == "deploy":
+        artifacts = build_artifacts(args.n, args.i, args.p)
+        deployment = deploy(
+            args.rpc_url, _key(args, "AEP2_DEPLOYER_KEY"), artifacts, token=args.token,
+            withdrawal_delay=args.withdrawal_delay, path=args.out,
+        )
+        print(json.dumps(deployment.to_json()))
+        return 0
+    if not args.deployment:
+        raise SystemExit("error: pass --deployment or set AEP2_DEPLOYMENT")
+    return asyncio.run(_run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
