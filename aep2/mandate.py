@@ -1,8 +1,9 @@
 """The per-call mandate, signed by the agent's session key (docs/PROTOCOL.md §3).
 
-``M = Poseidon(intent, payee, amount, nonce, deadline, requestHash)`` with circomlib
-``Poseidon(6)``, signed with EdDSA-Poseidon (``aep2.eddsa``). The circuit hashes exactly
-these fields in this order.
+``M = Poseidon(intent, payee + amount·2^160, requestHash + nonce·2^160 + deadline·2^200)``
+with circomlib ``Poseidon(3)``, signed with EdDSA-Poseidon (``aep2.eddsa``). Packing the six
+fields into three elements halves the hashing cost of verifying a mandate; the circuit
+range-checks each part so the packing is injective.
 """
 
 from __future__ import annotations
@@ -16,23 +17,29 @@ from eth_utils import keccak, to_checksum_address
 from .eddsa import SessionKey, Signature
 from .poseidon import poseidon
 
-__all__ = ["MAX_AMOUNT", "MAX_NONCE", "MAX_DEADLINE", "Mandate", "request_hash", "payment_id"]
+__all__ = ["MAX_AMOUNT", "MAX_NONCE", "MAX_DEADLINE", "Mandate", "request_hash", "payment_id", "message_hash"]
 
 MAX_AMOUNT = 2**64 - 1
 MAX_NONCE = 2**40 - 1
-MAX_DEADLINE = 2**64 - 1
+MAX_DEADLINE = 2**40 - 1
+REQUEST_HASH_BITS = 160
 
 
 def request_hash(method: str, path_and_query: str, body: bytes = b"") -> int:
     """Bind a mandate to one HTTP request.
 
-    ``int(sha256(METHOD + " " + PATH_AND_QUERY + "\\n" + sha256(body))) >> 8``: upper-case
-    method, raw path plus ``?query`` when there is one, the 32-byte body digest. Shifted to
-    248 bits so it is a field element.
+    ``int(sha256(METHOD + " " + PATH_AND_QUERY + "\\n" + sha256(body))) >> 96``: upper-case
+    method, raw path plus ``?query`` when there is one, the 32-byte body digest. The top
+    160 bits, so it packs with the nonce and deadline into one field element.
     """
     line = f"{method.upper()} {path_and_query}\n".encode("utf-8")
     digest = hashlib.sha256(line + hashlib.sha256(body).digest()).digest()
-    return int.from_bytes(digest, "big") >> 8
+    return int.from_bytes(digest, "big") >> (256 - REQUEST_HASH_BITS)
+
+
+def message_hash(intent_field: int, payee: int, amount: int, nonce: int, deadline: int, request_hash: int) -> int:
+    """``M`` for raw field values (the circuit's packing, without range checks)."""
+    return poseidon(intent_field, payee + (amount << 160), request_hash + (nonce << 160) + (deadline << 200))
 
 
 def payment_id(intent_id: bytes, nonce: int) -> str:
@@ -68,9 +75,9 @@ class Mandate:
         if not 0 <= self.nonce <= MAX_NONCE:
             raise ValueError("mandate.nonce: must be in [0, 2^40)")
         if not 0 <= self.deadline <= MAX_DEADLINE:
-            raise ValueError("mandate.deadline: must be in [0, 2^64)")
-        if not 0 <= self.request_hash < 2**248:
-            raise ValueError("mandate.requestHash: must be in [0, 2^248)")
+            raise ValueError("mandate.deadline: must be in [0, 2^40)")
+        if not 0 <= self.request_hash < 2**REQUEST_HASH_BITS:
+            raise ValueError("mandate.requestHash: must be in [0, 2^160)")
 
     @property
     def intent_field(self) -> int:
@@ -79,13 +86,8 @@ class Mandate:
 
     def message(self) -> int:
         """``M``, the field element the session key signs."""
-        return poseidon(
-            self.intent_field,
-            int(self.payee, 16),
-            self.amount,
-            self.nonce,
-            self.deadline,
-            self.request_hash,
+        return message_hash(
+            self.intent_field, int(self.payee, 16), self.amount, self.nonce, self.deadline, self.request_hash
         )
 
     def sign(self, key: SessionKey) -> Signature:

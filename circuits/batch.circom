@@ -11,7 +11,8 @@ include "circomlib/circuits/eddsaposeidon.circom";
 // It proves that the processor knows, for every enabled mandate slot j:
 //   - a session key A of intent slot s (Poseidon(Ax, Ay) == keyHash[s]) and an
 //     EdDSA-Poseidon signature by A over
-//       M = Poseidon(intentField[s], payee, amount, nonce, deadline, requestHash);
+//       M = Poseidon(intentField[s], payee + amount*2^160, requestHash + nonce*2^160 + deadline*2^200)
+//     (three packed field elements, PROTOCOL.md §3: fewer Poseidon inputs verify faster off-chain);
 //   - that payee is the address of the selected payee slot p;
 //   - amount < 2^64 and amount <= cap[s];
 //   - deadline >= timeRef (the mandate may still be settled at the batch's time reference);
@@ -134,7 +135,7 @@ template Batch(N, I, P) {
         nextAllowed[0][s] <== startNonce[s];
     }
 
-    // Products sel·x, one signal per (mandate, slot), to form the selected values.
+    // Products sel*x, one signal per (mandate, slot), to form the selected values.
     signal selField[N][I];
     signal selAx[N][I];
     signal selAy[N][I];
@@ -153,6 +154,7 @@ template Batch(N, I, P) {
     component amountBits[N];
     component nonceBits[N];
     component deadlineBits[N];
+    component requestBits[N];
     component capCheck[N];
     component nonceCheck[N];
     component deadlineCheck[N];
@@ -179,14 +181,18 @@ template Batch(N, I, P) {
         // A padding slot carries no value.
         (1 - enabled[j]) * amount[j] === 0;
 
-        // Range checks: amount < 2^64, nonce < 2^40, deadline < 2^64. They also keep the
-        // LessThan comparators below sound (they assume inputs of at most n bits).
+        // Range checks: amount < 2^64, nonce < 2^40, deadline < 2^40, requestHash < 2^160.
+        // They keep the LessThan comparators below sound (they assume inputs of at most n
+        // bits) and make the packing of the signed message injective: without them another
+        // (requestHash, nonce, deadline) could pack to the same field element.
         amountBits[j] = Num2Bits(64);
         amountBits[j].in <== amount[j];
         nonceBits[j] = Num2Bits(40);
         nonceBits[j].in <== nonce[j];
-        deadlineBits[j] = Num2Bits(64);
+        deadlineBits[j] = Num2Bits(40);
         deadlineBits[j].in <== deadline[j];
+        requestBits[j] = Num2Bits(160);
+        requestBits[j].in <== requestHash[j];
 
         // Selected intent-slot values (all zero for a padding slot).
         var fAcc = 0; var xAcc = 0; var yAcc = 0; var cAcc = 0; var nAcc = 0;
@@ -225,7 +231,7 @@ template Batch(N, I, P) {
         nonceCheck[j].in[1] <== nextOf[j];
         nonceCheck[j].out === 0;
 
-        // Advance the selected slot: nextAllowed += sel·(nonce + 1 - nextAllowed).
+        // Advance the selected slot: nextAllowed += sel*(nonce + 1 - nextAllowed).
         for (s = 0; s < I; s++) {
             selStep[j][s] <== intentSel[j][s] * (nonce[j] + 1 - nextAllowed[j][s]);
             nextAllowed[j + 1][s] <== nextAllowed[j][s] + selStep[j][s];
@@ -238,14 +244,12 @@ template Batch(N, I, P) {
         deadlineCheck[j].in[1] <== timeRef;
         deadlineCheck[j].out * enabled[j] === 0;
 
-        // The signed message, fields in PROTOCOL.md §3 order.
-        msgHash[j] = Poseidon(6);
+        // The signed message, packed as in PROTOCOL.md §3 (payee < 2^160 comes from the
+        // range-checked payee word; the other parts are range-checked above).
+        msgHash[j] = Poseidon(3);
         msgHash[j].inputs[0] <== field_[j];
-        msgHash[j].inputs[1] <== payeeOf[j];
-        msgHash[j].inputs[2] <== amount[j];
-        msgHash[j].inputs[3] <== nonce[j];
-        msgHash[j].inputs[4] <== deadline[j];
-        msgHash[j].inputs[5] <== requestHash[j];
+        msgHash[j].inputs[1] <== payeeOf[j] + amount[j] * (1 << 160);
+        msgHash[j].inputs[2] <== requestHash[j] + nonce[j] * (1 << 160) + deadline[j] * (1 << 200);
 
         // Signature under the selected key. A padding slot (selected key all zero) checks
         // against B8 instead, so its witness stays computable; the check itself is off there.
@@ -268,7 +272,7 @@ template Batch(N, I, P) {
     }
 
     // ---- per-slot sums ----
-    // count and total are exact sums over the slot's mandates (no overflow: N·2^64 << r).
+    // count and total are exact sums over the slot's mandates (no overflow: N*2^64 << r).
     // lastNonce is the last nonce taken by the slot: nextAllowed ended at lastNonce + 1.
     // A slot with no mandates must report lastNonce 0, so a batch cannot move an intent's
     // on-chain nextNonce without settling one of its mandates.

@@ -57,7 +57,7 @@ _PAYEE_FIELDS = (("payee", 160), ("amount", 93))
 # A padding slot verifies (with the check switched off) against the base point B8, i.e. the
 # key with secret scalar 1, over the message of an all-zero mandate (circuits/batch.circom).
 PADDING_SECRET = 1
-PADDING_MESSAGE = poseidon(0, 0, 0, 0, 0, 0)
+PADDING_MESSAGE = poseidon(0, 0, 0)
 
 
 class ProofError(Exception):

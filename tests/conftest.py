@@ -28,6 +28,18 @@ PAYEE = Account.from_key(anvil_key(2)).address
 
 
 @pytest.fixture(scope="session")
+def payee() -> str:
+    """The example service's payee address (Anvil account 2)."""
+    return PAYEE
+
+
+@pytest.fixture(scope="session")
+def processor_key() -> str:
+    """The settlement processor's key (Anvil account 1)."""
+    return PROCESSOR_KEY
+
+
+@pytest.fixture(scope="session")
 def anvil() -> Iterator[Anvil]:
     with Anvil() as node:
         yield node

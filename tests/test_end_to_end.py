@@ -13,22 +13,20 @@ from settlement.chain import SettlementClient
 from settlement.processor import SettlementProcessor
 from settlement.prover import Prover
 
-from conftest import PAYEE, PROCESSOR_KEY
-
 pytestmark = [pytest.mark.chain, pytest.mark.circuit]
 
 
-async def test_paid_calls_settle_on_chain(deployment, make_payer, small_artifacts, serve, store_path):
+async def test_paid_calls_settle_on_chain(deployment, make_payer, small_artifacts, serve, store_path, payee, processor_key):
     payer = make_payer(escrow=1_000_000)
-    processor = Account.from_key(PROCESSOR_KEY).address
-    server = serve(create_app(deployment, PAYEE, store_path, processor=processor))
+    processor = Account.from_key(processor_key).address
+    server = serve(create_app(deployment, payee, store_path, processor=processor))
     key = create_session_key()
     intent = create_intent(
         payer.account.key, session_key=key, asset=deployment.token, max_amount=100_000, max_per_payment=5_000,
         valid_for_seconds=3600, chain_id=deployment.chain_id, settlement=deployment.settlement, processor=processor,
     )
     auth = AEP2Auth(intent, key, PayerState())
-    payee_before = payer.token.functions.balanceOf(PAYEE).call()
+    payee_before = payer.token.functions.balanceOf(payee).call()
     async with httpx.AsyncClient(auth=auth, base_url=server.url) as client:
         responses = [await client.get(f"/v1/forecast/city{n}") for n in range(5)]
         responses.append(await client.post("/v1/sentiment", json={"text": "fast and correct"}))
@@ -39,7 +37,7 @@ async def test_paid_calls_settle_on_chain(deployment, make_payer, small_artifact
     store = SQLiteStore(store_path)
     await store.open()
     try:
-        client = SettlementClient(deployment.rpc_url, deployment.settlement, PROCESSOR_KEY)
+        client = SettlementClient(deployment.rpc_url, deployment.settlement, processor_key)
         settler = SettlementProcessor(store, client, Prover(small_artifacts), deployment.token)
         results = await settler.settle_all()
         assert sum(r.mandates for r in results) == 6
@@ -49,7 +47,7 @@ async def test_paid_calls_settle_on_chain(deployment, make_payer, small_artifact
         assert receipt["status"] == "settled" and receipt["transaction"] in {r.tx_hash for r in results}
     finally:
         await store.close()
-    assert payer.token.functions.balanceOf(PAYEE).call() - payee_before == 7_000
+    assert payer.token.functions.balanceOf(payee).call() - payee_before == 7_000
     assert payer.balance() == 1_000_000 - 7_000
     record = await client.intent(intent.intent.intent_id)
     assert (record.next_nonce, record.spent) == (6, 7_000)

@@ -19,6 +19,7 @@ import pytest
 
 from aep2.eddsa import SessionKey, Signature
 from aep2.fields import FIELD_MODULUS
+from aep2.mandate import message_hash
 from aep2.poseidon import poseidon
 from settlement.artifacts import PROJECT_ROOT, CircuitArtifacts
 from settlement.prover import (
@@ -109,8 +110,9 @@ def build_inputs(
         paid[m.payee_slot] = (paid[m.payee_slot] + m.amount) % FIELD_MODULUS
         field = intent.field if m.signed_field is None else m.signed_field
         payee = payees[m.payee_slot] if m.signed_payee is None else m.signed_payee
-        message = poseidon(field, payee, m.amount % FIELD_MODULUS, m.nonce, m.deadline,
-                           m.request_hash)
+        message = message_hash(field, payee, m.amount, m.nonce, m.deadline, m.request_hash) if (
+            m.amount < 2**64 and m.nonce < 2**40 and m.deadline < 2**40
+        ) else poseidon(field, 0, 0)
         sig = (m.signer or intent.key).sign(message)
         _append_mandate(inputs, 1, [int(s == m.slot) for s in range(I)],
                         [int(p == m.payee_slot) for p in range(P)],
@@ -263,6 +265,10 @@ BROKEN_MANDATES: dict[str, tuple[list[Mandate] | None, str]] = {
     "nonce_over_40_bits": (_with(2, nonce=2**40 + 2), "nonceBits[j].in <== nonce[j]"),
     "deadline_before_time_ref": (_with(1, deadline=TIME_REF - 1),
                                  "deadlineCheck[j].out * enabled[j] === 0"),
+    # The signed message packs requestHash, nonce and deadline into one element: each part
+    # must stay in its bits, or another split of the same element would verify.
+    "deadline_over_40_bits": (_with(1, deadline=2**40 + TIME_REF), "deadlineBits[j].in <== deadline[j]"),
+    "request_hash_over_160_bits": (_with(0, request_hash=2**160 + 1), "requestBits[j].in <== requestHash[j]"),
 }
 
 
