@@ -17,9 +17,9 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
 	touch $@
 
+# `npm ci` refuses this registry's lock file (it omits other platforms' optional
+# binaries), so install from the lock with `npm install`.
 node_modules/.installed: package.json package-lock.json
-	# `npm ci` refuses this registry's lock file (it omits other platforms' optional
-	# binaries), so install from the lock with `npm install`.
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
