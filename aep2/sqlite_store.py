@@ -64,7 +64,13 @@ CREATE TABLE IF NOT EXISTS mandates (
     UNIQUE (intent_id, nonce)
 );
 CREATE INDEX IF NOT EXISTS mandates_by_status ON mandates (status, intent_id, nonce);
-CREATE INDEX IF NOT EXISTS mandates_by_payer ON mandates (payer, asset, status);
+CREATE INDEX IF NOT EXISTS mandates_by_payer ON mandates (payer, asset, status, settled_block);
+CREATE TABLE IF NOT EXISTS payer_outstanding (
+    payer TEXT NOT NULL,
+    asset TEXT NOT NULL,
+    amount INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (payer, asset)
+);
 CREATE INDEX IF NOT EXISTS mandates_by_batch ON mandates (batch_id);
 CREATE TABLE IF NOT EXISTS batches (
     batch_id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -90,11 +96,21 @@ CREATE TABLE IF NOT EXISTS exact_payments (
 );
 -- An intent's committed total counts every mandate that is not failed: it is what the
 -- intent's maximum is checked against.
+-- A payer's outstanding total counts mandates still to come out of the on-chain escrow
+-- ('accepted' or 'batched'), so the escrow check is one lookup however long the queue.
 CREATE TRIGGER IF NOT EXISTS mandate_inserted AFTER INSERT ON mandates BEGIN
     UPDATE intents SET committed = committed + NEW.amount WHERE intent_id = NEW.intent_id;
+    INSERT OR IGNORE INTO payer_outstanding (payer, asset) VALUES (NEW.payer, NEW.asset);
+    UPDATE payer_outstanding SET amount = amount + NEW.amount WHERE payer = NEW.payer AND asset = NEW.asset;
 END;
 CREATE TRIGGER IF NOT EXISTS mandate_deleted AFTER DELETE ON mandates BEGIN
     UPDATE intents SET committed = committed - OLD.amount WHERE intent_id = OLD.intent_id;
+    UPDATE payer_outstanding SET amount = amount - OLD.amount
+    WHERE payer = OLD.payer AND asset = OLD.asset AND OLD.status IN ('accepted', 'batched');
+END;
+CREATE TRIGGER IF NOT EXISTS mandate_left_queue AFTER UPDATE OF status ON mandates
+WHEN OLD.status IN ('accepted', 'batched') AND NEW.status NOT IN ('accepted', 'batched') BEGIN
+    UPDATE payer_outstanding SET amount = amount - OLD.amount WHERE payer = OLD.payer AND asset = OLD.asset;
 END;
 CREATE TRIGGER IF NOT EXISTS mandate_failed AFTER UPDATE OF status ON mandates
 WHEN NEW.status = 'failed' AND OLD.status != 'failed' BEGIN
@@ -103,11 +119,12 @@ END;
 """
 
 # Outstanding for a payer and asset: everything not yet out of the on-chain escrow as of
-# the block the cached balance was read at.
+# the block the cached balance was read at: the queue's running total, plus what settled
+# after that block (a short index range: only settlements newer than the cached read).
 _OUTSTANDING = """
-(SELECT COALESCE(SUM(amount), 0) FROM mandates
- WHERE payer = :payer AND asset = :asset
-   AND (status IN ('accepted', 'batched') OR (status = 'settled' AND settled_block > :block)))
+((SELECT COALESCE(SUM(amount), 0) FROM payer_outstanding WHERE payer = :payer AND asset = :asset)
+ + (SELECT COALESCE(SUM(amount), 0) FROM mandates
+    WHERE payer = :payer AND asset = :asset AND status = 'settled' AND settled_block > :block))
 """
 
 _RESERVE = f"""

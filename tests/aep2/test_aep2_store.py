@@ -1,0 +1,144 @@
+"""The SQLite payment store: reservations are atomic and its running totals never drift."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from eth_account import Account
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aep2.eddsa import SessionKey
+from aep2.errors import ErrorCode, PaymentError
+from aep2.intent import Intent
+from aep2.mandate import Mandate
+from aep2.sqlite_store import SQLiteStore
+from aep2.store import Reservation
+
+OWNER = Account.create()
+KEY = SessionKey(0xC0FFEE)
+ASSET = "0x" + "11" * 20
+PAYEE = "0x" + "22" * 20
+SIGNATURE = KEY.sign(1)
+
+
+def make_intent(max_amount: int = 1_000) -> Intent:
+    return Intent(
+        payer=OWNER.address, asset=ASSET, session_key=KEY.public_key, max_amount=max_amount, max_per_payment=100,
+        valid_after=0, valid_before=2**40, chain_id=31337, verifying_contract="0x" + "33" * 20,
+    )
+
+
+def mandate(intent: Intent, nonce: int, amount: int) -> Mandate:
+    return Mandate(intent.intent_id, PAYEE, amount, nonce, 2**39, 7)
+
+
+async def opened(path: str) -> SQLiteStore:
+    store = SQLiteStore(path)
+    await store.open()
+    return store
+
+
+async def totals(store: SQLiteStore) -> tuple[int, int]:
+    cursor = await store.conn.execute("SELECT committed FROM intents")
+    committed = (await cursor.fetchone())[0]
+    cursor = await store.conn.execute("SELECT COALESCE(SUM(amount), 0) FROM payer_outstanding")
+    outstanding = (await cursor.fetchone())[0]
+    return committed, outstanding
+
+
+async def test_reservation_refusals_name_their_reason(tmp_path):
+    store = await opened(str(tmp_path / "s.sqlite"))
+    intent = make_intent(max_amount=150)
+    await store.save_intent(intent.sign(OWNER.key))
+    limits = Reservation(150, 100, escrow_balance=120, escrow_block=0)
+    await store.reserve(mandate(intent, 0, 100), SIGNATURE, OWNER.address, ASSET, limits, time.time())
+    cases = [
+        (mandate(intent, 0, 10), ErrorCode.NONCE_USED),
+        (mandate(intent, 1, 101), ErrorCode.PER_PAYMENT_CAP_EXCEEDED),
+        (mandate(intent, 1, 60), ErrorCode.BUDGET_EXCEEDED),
+        (mandate(intent, 1, 30), ErrorCode.INSUFFICIENT_ESCROW),
+    ]
+    for m, code in cases:
+        with pytest.raises(PaymentError) as refused:
+            await store.reserve(m, SIGNATURE, OWNER.address, ASSET, limits, time.time())
+        assert refused.value.code == code
+    assert len(await store.accepted_mandates()) == 1
+    await store.close()
+
+
+async def test_sealed_watermark_refuses_lower_nonces_and_restores_on_retry(tmp_path):
+    store = await opened(str(tmp_path / "s.sqlite"))
+    intent = make_intent()
+    await store.save_intent(intent.sign(OWNER.key))
+    limits = Reservation(1_000, 100, 10_000, 0)
+    for nonce in (0, 2, 5):
+        await store.reserve(mandate(intent, nonce, 10), SIGNATURE, OWNER.address, ASSET, limits, time.time())
+    batch = await store.seal_batch([m.payment_id for m in await store.accepted_mandates()], time_ref=1)
+    assert await store.intent_watermark(intent.intent_id) == 5
+    with pytest.raises(PaymentError) as refused:
+        await store.reserve(mandate(intent, 4, 10), SIGNATURE, OWNER.address, ASSET, limits, time.time())
+    assert refused.value.code == ErrorCode.NONCE_TOO_LOW
+    await store.fail_batch(batch.batch_id, "not submitted", retry=True)
+    assert await store.intent_watermark(intent.intent_id) == -1
+    assert [m.status for m in await store.mandates()] == ["accepted"] * 3
+    await store.close()
+
+
+_STEP = st.one_of(
+    st.tuples(st.just("reserve"), st.integers(1, 60)),
+    st.tuples(st.just("release"), st.integers(0, 50)),
+    st.tuples(st.just("seal"), st.integers(1, 4)),
+    st.tuples(st.just("settle"), st.integers(0, 5)),
+    st.tuples(st.just("retry"), st.integers(0, 5)),
+    st.tuples(st.just("fail"), st.integers(0, 5)),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(_STEP, max_size=30))
+def test_running_totals_match_the_mandates(tmp_path_factory, steps):
+    """After any sequence of operations, the intent's committed total equals its non-failed
+    mandates and the payer's outstanding total equals its accepted + batched mandates; the
+    intent maximum is never exceeded."""
+
+    async def run() -> None:
+        store = await opened(str(tmp_path_factory.mktemp("store") / "s.sqlite"))
+        intent = make_intent(max_amount=300)
+        await store.save_intent(intent.sign(OWNER.key))
+        limits = Reservation(300, 100, 250, 0)
+        nonce = 0
+        block = 1
+        for op, value in steps:
+            if op == "reserve":
+                try:
+                    await store.reserve(mandate(intent, nonce, value), SIGNATURE, OWNER.address, ASSET, limits, 0)
+                except PaymentError:
+                    pass
+                nonce += 1
+            elif op == "release":
+                accepted = await store.accepted_mandates()
+                if accepted:
+                    await store.release(accepted[value % len(accepted)].payment_id)
+            elif op == "seal":
+                accepted = await store.accepted_mandates()
+                if accepted:
+                    await store.seal_batch([m.payment_id for m in accepted[:value]], time_ref=1)
+            else:
+                batches = [b for b in await store.batches() if b.status == "proving"]
+                if batches:
+                    batch = batches[value % len(batches)]
+                    if op == "settle":
+                        block += 1
+                        await store.mark_batch_settled(batch.batch_id, "0x01", block)
+                    else:
+                        await store.fail_batch(batch.batch_id, "test", retry=op == "retry")
+            mandates = await store.mandates()
+            committed, outstanding = await totals(store)
+            assert committed == sum(m.mandate.amount for m in mandates if m.status != "failed") <= 300
+            assert outstanding == sum(m.mandate.amount for m in mandates if m.status in ("accepted", "batched"))
+        await store.close()
+
+    asyncio.run(run())
