@@ -206,6 +206,8 @@ async def main(args: argparse.Namespace) -> dict:
                     break
                 await asyncio.sleep(0.5)
             await facilitator.settle_pending()
+            await facilitator.aclose()
+            await settler.client.aclose()
 
             mandates = await store.mandates()
             settled = [m for m in mandates if m.status == "settled"]

@@ -123,6 +123,7 @@ def create_app(
             stop.set()
             if task is not None:
                 await task
+                await facilitator.aclose()
                 await facilitator.store.close()
             await chain.aclose()
             await store.close()

@@ -61,6 +61,10 @@ class Web3ChainReader:
         record = await self.settlement.functions.getIntent(intent_id).call()
         return bool(record[self._revoked_index])
 
+    async def aclose(self) -> None:
+        """Close the HTTP session."""
+        await self.w3.provider.disconnect()
+
 
 class ChainCache:
     """Cached chain reads, refreshed every ``refresh_seconds`` in a background task.
@@ -136,7 +140,7 @@ class ChainCache:
             await self.refresh()
 
     async def aclose(self) -> None:
-        """Stop the background refresh."""
+        """Stop the background refresh and close the reader's connection."""
         if self._task is not None:
             self._task.cancel()
             try:
@@ -144,3 +148,6 @@ class ChainCache:
             except (asyncio.CancelledError, Exception):
                 pass
             self._task = None
+        close = getattr(self.reader, "aclose", None)
+        if close is not None:
+            await close()

@@ -78,6 +78,10 @@ class ExactFacilitator:
         await self.store.update_exact_payment(record.nonce, "settled", "0x" + bytes(tx_hash).hex(), None)
         return True
 
+    async def aclose(self) -> None:
+        """Close the HTTP session."""
+        await self.w3.provider.disconnect()
+
     async def run(self, stop: asyncio.Event) -> None:
         """Settle in a loop until ``stop`` is set; RPC errors are logged and retried."""
         while not stop.is_set():

@@ -76,6 +76,7 @@ async def _run(args: argparse.Namespace) -> int:
         await processor.run(stop, poll_seconds=args.poll)
         return 0
     finally:
+        await client.aclose()
         await store.close()
 
 

@@ -113,6 +113,10 @@ class SettlementClient:
         self._chain_id: int | None = None
         self._lock = asyncio.Lock()  # one transaction in flight at a time: nonces stay ordered
 
+    async def aclose(self) -> None:
+        """Close the HTTP session."""
+        await self.w3.provider.disconnect()
+
     @property
     def address(self) -> str:
         """The processor's address."""

@@ -51,3 +51,4 @@ async def test_paid_calls_settle_on_chain(deployment, make_payer, small_artifact
     assert payer.balance() == 1_000_000 - 7_000
     record = await client.intent(intent.intent.intent_id)
     assert (record.next_nonce, record.spent) == (6, 7_000)
+    await client.aclose()
