@@ -111,7 +111,8 @@ class SettlementClient:
         self.retries = retries
         self.backoff = backoff
         self._chain_id: int | None = None
-        self._lock = asyncio.Lock()  # one transaction in flight at a time: nonces stay ordered
+        #: Held while signing and broadcasting, so account nonces stay in order.
+        self.lock = asyncio.Lock()
 
     async def aclose(self) -> None:
         """Close the HTTP session."""
@@ -201,16 +202,29 @@ class SettlementClient:
         """The contract's own public-input vector for ``batch`` (a cross-check)."""
         return list(await self._retry(lambda: self.contract.functions.publicInputs(batch).call()))
 
+    async def sign(self, call: Any, *, gas: int) -> tuple[str, bytes]:
+        """Sign ``call`` as the account's next transaction; returns ``(tx_hash, raw)``.
+
+        Callers record the hash before broadcasting, so a crash in between leaves a
+        transaction the chain either has (found by hash) or never saw.
+        """
+        nonce = await self._retry(lambda: self.w3.eth.get_transaction_count(self.account.address, "pending"))
+        tx = await call.build_transaction(
+            {"from": self.account.address, "nonce": nonce, "gas": gas, "chainId": await self.chain_id()}
+        )
+        signed = self.account.sign_transaction(tx)
+        return "0x" + bytes(signed.hash).hex(), bytes(signed.raw_transaction)
+
+    async def broadcast(self, raw: bytes) -> None:
+        """Send a signed transaction (retried while the RPC endpoint is unreachable)."""
+        await self._retry(lambda: self.w3.eth.send_raw_transaction(raw))
+
     async def send(self, call: Any, *, gas: int) -> str:
         """Sign and broadcast ``call``; returns the transaction hash without waiting."""
-        async with self._lock:
-            nonce = await self._retry(lambda: self.w3.eth.get_transaction_count(self.account.address, "pending"))
-            tx = await call.build_transaction(
-                {"from": self.account.address, "nonce": nonce, "gas": gas, "chainId": await self.chain_id()}
-            )
-            signed = self.account.sign_transaction(tx)
-            tx_hash = await self._retry(lambda: self.w3.eth.send_raw_transaction(signed.raw_transaction))
-            return "0x" + bytes(tx_hash).hex()
+        async with self.lock:
+            tx_hash, raw = await self.sign(call, gas=gas)
+            await self.broadcast(raw)
+            return tx_hash
 
     async def wait(self, tx_hash: str, *, timeout: float = 120) -> dict[str, Any] | None:
         """The receipt of ``tx_hash``, or ``None`` if the chain does not know it (dropped)."""

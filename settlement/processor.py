@@ -25,7 +25,7 @@ from aep2.sqlite_store import SQLiteStore
 from aep2.store import MandateRecord
 
 from .batcher import IntentState, PendingMandate, plan_batch
-from .chain import ChainRevert, SettlementClient
+from .chain import SETTLE_GAS, ChainRevert, SettlementClient, decode_revert
 from .prover import Prover
 from .witness import IntentSlot, build_statement
 
@@ -199,13 +199,16 @@ class SettlementProcessor:
     async def _submit(self, batch_id: int, proof_words: tuple[int, ...], batch: tuple) -> dict:
         call = self.client.contract.functions.settleBatch(list(proof_words), batch)
         try:
-            await call.call({"from": self.client.address, "gas": 3_000_000})
+            # Simulated against the pending block: the batch executes in a new block stamped
+            # about now, while the latest block may be older than the batch time reference.
+            await call.call({"from": self.client.address, "gas": SETTLE_GAS}, block_identifier="pending")
         except Exception as exc:
-            from .chain import decode_revert
-
             raise decode_revert(exc) from exc
-        tx_hash = await self.client.send(call, gas=3_000_000)
-        await self.store.mark_batch_submitted(batch_id, tx_hash)
+        async with self.client.lock:
+            tx_hash, raw = await self.client.sign(call, gas=SETTLE_GAS)
+            # Recorded before it is broadcast: after a crash, reconcile() looks it up by hash.
+            await self.store.mark_batch_submitted(batch_id, tx_hash)
+            await self.client.broadcast(raw)
         receipt = await self.client.wait(tx_hash)
         if receipt is None or receipt["status"] != 1:
             # Reverted on chain after a successful simulation (state changed in between).
