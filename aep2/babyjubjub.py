@@ -107,11 +107,14 @@ def multiply(point: Point, scalar: int) -> Point:
 
 
 class FixedBaseTable:
-    """Windowed precomputation for multiplying one fixed point by many scalars.
+    """Signed-window precomputation for multiplying one fixed point by many scalars.
 
-    ``window`` bits per window; the table holds ``ceil(bits/window)·2^window`` points
-    (for ``B8`` with 8-bit windows: 32 windows × 256 points, about 2 MB), built once in
-    ``O(table size)`` additions. ``multiply(k)`` then costs one addition per non-zero window.
+    Scalars are recoded into signed digits in ``[-2^(w-1), 2^(w-1)]`` (``w = window``); row
+    ``i`` holds ``j·2^(w·i)·point`` for ``j = 1 … 2^(w-1)`` as affine ``(x, y, d·x·y)``, and a
+    negative digit uses the negated point ``(-x, y)`` for free. ``multiply(k)`` then costs one
+    mixed addition per non-zero digit: about ``bits/w`` instead of ``bits`` doublings plus
+    additions. Memory: ``ceil((bits+1)/w)·2^(w-1)`` points (``B8`` with ``w = 12``: 45k points,
+    about 15 MB, built once; a session key with ``w = 9``: 7.4k points, about 40 ms).
     Scalars must be below ``2^bits``.
     """
 
@@ -119,32 +122,56 @@ class FixedBaseTable:
         self.point = point
         self.window = window
         self.bits = bits
-        self._mask = (1 << window) - 1
-        windows = -(-bits // window)
-        tables: list[list[_Ext]] = []
+        half = 1 << (window - 1)
+        rows: list[list[tuple[mpz, mpz, mpz]]] = []
         base = _to_ext(point)
-        for _ in range(windows):
-            row: list[_Ext] = [(mpz(0), mpz(1), mpz(1), mpz(0))]
-            for _ in range(1, 1 << window):
-                row.append(_add_ext(row[-1], base))
-            tables.append(row)
-            base = _add_ext(row[-1], base)  # 2^window · base
-        self._tables = tables
+        for _ in range(-(-(bits + 1) // window)):
+            row_ext: list[_Ext] = [base]
+            for _ in range(1, half):
+                row_ext.append(_add_ext(row_ext[-1], base))
+            row = []
+            for x, y, z, _ in row_ext:
+                inv = gmpy2.invert(z, _P)
+                ax, ay = x * inv % _P, y * inv % _P
+                row.append((ax, ay, _D * ax % _P * ay % _P))
+            rows.append(row)
+            base = _add_ext(row_ext[-1], row_ext[-1])  # 2^w · base
+        self._rows = rows
 
     def multiply_ext(self, scalar: int) -> _Ext:
         """Return ``scalar·point`` in extended coordinates (see ``multiply``)."""
         if not 0 <= scalar < 1 << self.bits:
             raise ValueError(f"scalar out of range for a {self.bits}-bit table")
-        result: _Ext | None = None
-        mask, window = self._mask, self.window
-        for row in self._tables:
-            digit = scalar & mask
-            if digit:
-                result = row[digit] if result is None else _add_ext(result, row[digit])
-            scalar >>= window
+        window = self.window
+        full, half = 1 << window, 1 << (window - 1)
+        mask = full - 1
+        p = _P
+        x1, y1, z1, t1 = mpz(0), mpz(1), mpz(1), mpz(0)
+        for row in self._rows:
             if not scalar:
                 break
-        return result if result is not None else (mpz(0), mpz(1), mpz(1), mpz(0))
+            digit = scalar & mask
+            scalar >>= window
+            if digit > half:
+                digit -= full
+                scalar += 1
+            if not digit:
+                continue
+            if digit > 0:
+                x2, y2, t2d = row[digit - 1]
+            else:
+                x2, y2, t2d = row[-digit - 1]
+                x2, t2d = -x2, -t2d
+            # Mixed addition (second point affine, t2d = d·x2·y2): add-2008-hwcd with Z2 = 1.
+            a = x1 * x2
+            b = y1 * y2
+            c = t1 * t2d % p
+            e = ((x1 + y1) * (x2 + y2) - a - b) % p
+            f = z1 - c
+            g = z1 + c
+            h = (b - _A * a) % p
+            x1, y1, z1, t1 = e * f % p, g * h % p, f * g % p, e * h % p
+        return (x1, y1, z1, t1)
 
     def multiply(self, scalar: int) -> Point:
         """Return ``scalar·point`` (affine)."""

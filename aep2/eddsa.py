@@ -19,7 +19,17 @@ from .poseidon import poseidon
 
 __all__ = ["Signature", "SessionKey", "key_hash", "verify"]
 
-_B8_TABLE = bjj.FixedBaseTable(bjj.B8, window=8, bits=252)
+class _LazyTable:
+    # The B8 table takes a fraction of a second to build: do it on first use, not at import.
+    _table: bjj.FixedBaseTable | None = None
+
+    def __getattr__(self, name: str) -> object:
+        if _LazyTable._table is None:
+            _LazyTable._table = bjj.FixedBaseTable(bjj.B8, window=12, bits=253)
+        return getattr(_LazyTable._table, name)
+
+
+_B8_TABLE = _LazyTable()
 L = bjj.SUBGROUP_ORDER
 
 
@@ -87,16 +97,16 @@ def _public_key(secret: int) -> bjj.Point:
     return _B8_TABLE.multiply(secret)
 
 
-@lru_cache(maxsize=1024)
+@lru_cache(maxsize=512)
 def _key_table(public_key: bjj.Point) -> bjj.FixedBaseTable | None:
-    # Per-key windowed table of 8·A: built once per session key (a few ms), it turns
-    # hm·(8·A) into 32 additions on every later mandate of that intent.
+    # Per-key signed-window table of 8·A: built once per session key (tens of ms, ~2 MB),
+    # it turns hm·(8·A) into about 29 additions on every later mandate of that intent.
     if not bjj.is_on_curve(public_key):
         return None
     eight_a = bjj.multiply(public_key, 8)
     if eight_a == bjj.IDENTITY:
         return None
-    return bjj.FixedBaseTable(eight_a, window=8, bits=256)
+    return bjj.FixedBaseTable(eight_a, window=9, bits=254)
 
 
 def verify(public_key: bjj.Point, message: int, signature: Signature) -> bool:
