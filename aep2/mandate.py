@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from eth_abi import encode as abi_encode
 from eth_utils import keccak, to_checksum_address
 
 from .eddsa import SessionKey, Signature
@@ -44,7 +43,8 @@ def message_hash(intent_field: int, payee: int, amount: int, nonce: int, deadlin
 
 def payment_id(intent_id: bytes, nonce: int) -> str:
     """The receipt's payment id: ``0x`` + hex of ``keccak256(abi.encode(intentId, nonce))``."""
-    return "0x" + keccak(abi_encode(["bytes32", "uint256"], [intent_id, nonce])).hex()
+    # abi.encode(bytes32, uint256) is the two 32-byte words back to back.
+    return "0x" + keccak(intent_id + nonce.to_bytes(32, "big")).hex()
 
 
 @dataclass(frozen=True, slots=True)
