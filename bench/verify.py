@@ -1,7 +1,7 @@
 """``mandate_verify_us``: one full off-chain verification of a mandate, as the gateway does it.
 
 Per mandate: ``parse_payload`` of the aep2 payload object (schema, decimal strings, Mandate
-range checks), ``Mandate.message()`` (the Poseidon(6) mandate hash) and
+range checks), ``Mandate.message()`` (the packed Poseidon(3) mandate hash) and
 ``aep2.eddsa.verify`` with the session key's per-key table already built (the gateway's
 steady state: the table is built on the intent's first mandate). The baseline runs the very
 same steps but computes ``(8·hm)·A`` with the cold double-and-add ``aep2.babyjubjub.multiply``
