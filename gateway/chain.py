@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Protocol
+from typing import Awaitable, Callable, Protocol
 
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
@@ -88,24 +88,25 @@ class ChainCache:
 
     async def escrow(self, payer: str, asset: str, *, max_age: float | None = None) -> tuple[int, int]:
         """Escrowed balance of ``payer`` and the block it was read at."""
-        self._ensure_refreshing()
-        key = (payer, asset)
-        entry = self._escrow.get(key)
-        if entry is None or (max_age is not None and time.monotonic() - entry[2] > max_age):
-            value, block = await self.reader.escrow_balance(payer, asset)
-            entry = (value, block, time.monotonic())
-            self._escrow[key] = entry
-        return entry[0], entry[1]
+        return await self._read(self._escrow, (payer, asset), self.reader.escrow_balance, max_age)
 
     async def token(self, owner: str, asset: str, *, max_age: float | None = None) -> tuple[int, int]:
         """Token balance of ``owner`` and the block it was read at."""
+        return await self._read(self._token, (owner, asset), self.reader.token_balance, max_age)
+
+    async def _read(
+        self,
+        cache: dict[tuple[str, str], tuple[int, int, float]],
+        key: tuple[str, str],
+        read: Callable[[str, str], Awaitable[tuple[int, int]]],
+        max_age: float | None,
+    ) -> tuple[int, int]:
         self._ensure_refreshing()
-        key = (owner, asset)
-        entry = self._token.get(key)
+        entry = cache.get(key)
         if entry is None or (max_age is not None and time.monotonic() - entry[2] > max_age):
-            value, block = await self.reader.token_balance(owner, asset)
+            value, block = await read(*key)
             entry = (value, block, time.monotonic())
-            self._token[key] = entry
+            cache[key] = entry
         return entry[0], entry[1]
 
     def revoked(self, intent_id: bytes) -> bool:
@@ -116,18 +117,13 @@ class ChainCache:
 
     async def refresh(self) -> None:
         """Re-read every known entry once."""
-        for key in list(self._escrow):
-            try:
-                value, block = await self.reader.escrow_balance(*key)
-                self._escrow[key] = (value, block, time.monotonic())
-            except Exception as exc:  # keep serving the last good value
-                logger.warning("escrow refresh for %s failed: %s", key[0], exc)
-        for key in list(self._token):
-            try:
-                value, block = await self.reader.token_balance(*key)
-                self._token[key] = (value, block, time.monotonic())
-            except Exception as exc:
-                logger.warning("token balance refresh for %s failed: %s", key[0], exc)
+        for cache, read in ((self._escrow, self.reader.escrow_balance), (self._token, self.reader.token_balance)):
+            for key in list(cache):
+                try:
+                    value, block = await read(*key)
+                    cache[key] = (value, block, time.monotonic())
+                except Exception as exc:  # keep serving the last good value
+                    logger.warning("balance refresh for %s failed: %s", key[0], exc)
         for intent_id in list(self._revoked):
             try:
                 self._revoked[intent_id] = await self.reader.intent_revoked(intent_id)
