@@ -37,7 +37,7 @@ from aep2.payload import build_payload
 from aep2.x402 import PAYMENT_REQUIRED_HEADER, PAYMENT_RESPONSE_HEADER, PAYMENT_SIGNATURE_HEADER, decode_header, encode_header
 from settlement.artifacts import PROJECT_ROOT, build_artifacts
 from settlement.deploy import deploy
-from settlement.devchain import Anvil, _free_port, anvil_key
+from settlement.devchain import Anvil, free_port, anvil_key
 
 from .common import INTENT_SLOTS, PAYEE_INDICES, PAYEE_SLOTS, PROCESSOR_INDEX, FundedPayer, fund_payer, log, row
 
@@ -50,7 +50,7 @@ CITIES = 64
 
 
 def _start_server(deployment_path: Path, payee: str, store: Path, processor: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "AEP2_DEPLOYMENT": str(deployment_path),

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,7 @@ from payer import AEP2Auth, Escrow, PayerState, create_intent, create_session_ke
 from settlement.artifacts import build_artifacts
 from settlement.chain import SettlementClient
 from settlement.deploy import deploy
-from settlement.devchain import Anvil, anvil_key, mint
+from settlement.devchain import Anvil, anvil_key, free_port, mint
 from settlement.processor import BatchPolicy, SettlementProcessor
 from settlement.prover import Prover
 
@@ -58,7 +57,7 @@ def progress(label: str, done: int, total: int) -> None:
 
 
 def start_gateway(deployment_path: Path, store: Path, payee: str, processor: str, facilitator_key: str) -> tuple[subprocess.Popen, str]:
-    port = random.randint(20000, 40000)
+    port = free_port()
     env = {
         **os.environ,
         "AEP2_DEPLOYMENT": str(deployment_path),
@@ -166,6 +165,7 @@ async def main(args: argparse.Namespace) -> dict:
         gateway, url = start_gateway(deployment_path, store_path, payee, processor, facilitator_key)
         processes.append(gateway)
         try:
+            step(f"loading the proving key ({artifacts.constraints:,} constraints; tens of seconds at N=64)")
             store = SQLiteStore(str(store_path))
             await store.open()
             settler = SettlementProcessor(

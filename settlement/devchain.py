@@ -15,7 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-__all__ = ["Anvil", "anvil_key", "mint"]
+__all__ = ["Anvil", "anvil_key", "free_port", "mint"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ANVIL = PROJECT_ROOT / "node_modules" / ".bin" / "anvil"
@@ -32,7 +32,8 @@ def anvil_key(index: int) -> str:
     return "0x" + bytes(account.key).hex()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -42,7 +43,7 @@ class Anvil:
     """A running Anvil process on ``127.0.0.1:port`` (``rpc_url``), chain id ``chain_id``."""
 
     def __init__(self, *, port: int | None = None, chain_id: int = 31337, block_time: float | None = None) -> None:
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.chain_id = chain_id
         self.block_time = block_time
         self.process: subprocess.Popen[bytes] | None = None
