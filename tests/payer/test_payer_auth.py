@@ -75,6 +75,7 @@ def test_402_is_answered_with_a_verifiable_mandate(signed_intent, session_key):
     auth = AEP2Auth(signed_intent, session_key)
     body = b'{"q": "weather"}'
     request = httpx.Request("POST", URL, content=body)
+    signed_after = int(time.time())
     flow = start(auth, request)
     entry = requirement(10)
     retried = paid(flow, challenge(entry, url=URL))
@@ -91,7 +92,8 @@ def test_402_is_answered_with_a_verifiable_mandate(signed_intent, session_key):
     assert mandate.request_hash == request_hash("POST", "/weather?city=Z%C3%BCrich&units=metric", body)
     assert mandate.payee == PAYEE.lower()
     assert (mandate.amount, mandate.nonce) == (10, 0)
-    assert mandate.deadline >= int(time.time()) + 3600  # default lifetime, above minDeadlineSeconds
+    # Default lifetime (above minDeadlineSeconds), counted from when the mandate was signed.
+    assert signed_after + 3600 <= mandate.deadline <= int(time.time()) + 3600
 
     finish(flow, receipt_response(payment))
     assert auth.spent == 10
