@@ -50,11 +50,12 @@ def _find_artifacts(deployment: Deployment):
 
 
 async def _run(args: argparse.Namespace) -> int:
+    key = _key(args, "AEP2_PROCESSOR_KEY")
     deployment = Deployment.load(args.deployment)
     artifacts = _find_artifacts(deployment)
     store = SQLiteStore(args.store)
     await store.open()
-    client = SettlementClient(args.rpc_url or deployment.rpc_url, deployment.settlement, _key(args, "AEP2_PROCESSOR_KEY"))
+    client = SettlementClient(args.rpc_url or deployment.rpc_url, deployment.settlement, key)
     processor = SettlementProcessor(
         store,
         client,
