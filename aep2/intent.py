@@ -23,11 +23,20 @@ from eth_utils import keccak, to_checksum_address
 from .babyjubjub import Point
 from .eddsa import key_hash
 
-__all__ = ["DOMAIN_NAME", "DOMAIN_VERSION", "Intent", "SignedIntent", "INTENT_TYPES"]
+__all__ = ["DOMAIN_NAME", "DOMAIN_VERSION", "EIP712_DOMAIN_TYPE", "Intent", "SignedIntent", "INTENT_TYPES"]
 
 DOMAIN_NAME = "AEP2 Settlement"
 DOMAIN_VERSION = "1"
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
+
+#: EIP-712 ``EIP712Domain`` with name, version, chainId and verifyingContract (used by the
+#: intent's domain and by tokens' EIP-2612 / EIP-3009 domains).
+EIP712_DOMAIN_TYPE = [
+    {"name": "name", "type": "string"},
+    {"name": "version", "type": "string"},
+    {"name": "chainId", "type": "uint256"},
+    {"name": "verifyingContract", "type": "address"},
+]
 
 INTENT_TYPES = {
     "Intent": [
@@ -97,12 +106,7 @@ class Intent:
         """The EIP-712 ``full_message`` (types, primaryType, domain, message)."""
         return {
             "types": {
-                "EIP712Domain": [
-                    {"name": "name", "type": "string"},
-                    {"name": "version", "type": "string"},
-                    {"name": "chainId", "type": "uint256"},
-                    {"name": "verifyingContract", "type": "address"},
-                ],
+                "EIP712Domain": EIP712_DOMAIN_TYPE,
                 **INTENT_TYPES,
             },
             "primaryType": "Intent",

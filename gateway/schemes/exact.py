@@ -17,6 +17,7 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 
 from aep2.errors import ErrorCode, PaymentError
+from aep2.intent import EIP712_DOMAIN_TYPE
 from aep2.store import ExactPaymentRecord, PaymentStore
 
 from ..chain import ChainCache
@@ -26,12 +27,7 @@ from .aep2 import AcceptedPayment
 __all__ = ["ExactScheme", "TRANSFER_WITH_AUTHORIZATION_TYPES"]
 
 TRANSFER_WITH_AUTHORIZATION_TYPES = {
-    "EIP712Domain": [
-        {"name": "name", "type": "string"},
-        {"name": "version", "type": "string"},
-        {"name": "chainId", "type": "uint256"},
-        {"name": "verifyingContract", "type": "address"},
-    ],
+    "EIP712Domain": EIP712_DOMAIN_TYPE,
     "TransferWithAuthorization": [
         {"name": "from", "type": "address"},
         {"name": "to", "type": "address"},
