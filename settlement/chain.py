@@ -193,11 +193,6 @@ class SettlementClient:
         receipt = await self._transact(call, gas=400_000)
         return "0x" + bytes(receipt["transactionHash"]).hex()
 
-    async def settle_batch(self, proof_words: tuple[int, ...], batch: tuple) -> dict[str, Any]:
-        """Submit ``settleBatch``; returns the receipt. Raises ``ChainRevert`` if it would revert."""
-        call = self.contract.functions.settleBatch(list(proof_words), batch)
-        return await self._transact(call, gas=SETTLE_GAS)
-
     async def public_inputs(self, batch: tuple) -> list[int]:
         """The contract's own public-input vector for ``batch`` (a cross-check)."""
         return list(await self._retry(lambda: self.contract.functions.publicInputs(batch).call()))
