@@ -21,9 +21,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,7 +32,8 @@ from eth_account import Account
 from aep2.mandate import Mandate, request_hash
 from aep2.payload import build_payload
 from aep2.x402 import PAYMENT_REQUIRED_HEADER, PAYMENT_RESPONSE_HEADER, PAYMENT_SIGNATURE_HEADER, decode_header, encode_header
-from settlement.artifacts import PROJECT_ROOT, build_artifacts
+from examples.payee_service import start_process, stop_process
+from settlement.artifacts import build_artifacts
 from settlement.deploy import deploy
 from settlement.devchain import Anvil, free_port, anvil_key
 
@@ -47,48 +45,6 @@ WARMUP = 1.5  # seconds of load before each timed window
 LIVE_DURATION = 4.0
 PRESIGNED = 7_000  # mandates signed up front (the priced window stops early if it runs out)
 CITIES = 64
-
-
-def _start_server(deployment_path: Path, payee: str, store: Path, processor: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "AEP2_DEPLOYMENT": str(deployment_path),
-        "AEP2_PAYEE": payee,
-        "AEP2_STORE": str(store),
-        "AEP2_PROCESSOR": processor,
-    }
-    env.pop("AEP2_FACILITATOR_KEY", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "examples.payee_service:app", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--log-level", "warning", "--no-access-log"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"uvicorn exited with {process.returncode}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    _stop(process)
-    raise RuntimeError("uvicorn did not start within 60 s")
-
-
-def _stop(process: subprocess.Popen[bytes] | None) -> None:
-    if process is not None and process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _presign(payer: FundedPayer, requirement: dict[str, Any], base_url: str, count: int) -> list[tuple[str, dict[str, str]]]:
@@ -177,7 +133,10 @@ def run() -> list[dict[str, Any]]:
             budget = 10**12
             payer = fund_payer(deployment, escrow=budget, processor=processor, max_amount=budget)
             live_payer = fund_payer(deployment, escrow=budget, processor=processor, max_amount=budget)
-            server, base_url = _start_server(deployment_path, payee, Path(tmp) / "payments.sqlite", processor)
+            server, base_url = start_process(
+                free_port(), deployment=deployment_path, payee=payee, store=Path(tmp) / "payments.sqlite",
+                processor=processor, uvicorn_args=("--workers", "1", "--no-access-log"),
+            )
 
             challenge = httpx.get(base_url + "/v1/forecast/city0")
             assert challenge.status_code == 402, challenge.status_code
@@ -203,7 +162,8 @@ def run() -> list[dict[str, Any]]:
             live = _measure(base_url, live_requests, paid=True, label="GET /v1/forecast (AEP2Auth)",
                             duration=LIVE_DURATION, auth=auth)
         finally:
-            _stop(server)
+            if server is not None:
+                stop_process(server)
     return [
         row("priced_throughput", priced, "req/s", health, digits=1),
         row("priced_throughput_aep2auth", live, "req/s", health, digits=1),

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -30,8 +29,8 @@ import httpx
 from eth_account import Account
 from web3 import Web3
 
-from aep2.deployment import Deployment
 from aep2.sqlite_store import SQLiteStore
+from examples.payee_service import start_process, stop_process
 from gateway.facilitator import ExactFacilitator
 from payer import AEP2Auth, Escrow, PayerState, create_intent, create_session_key
 from settlement.artifacts import build_artifacts
@@ -54,35 +53,6 @@ def progress(label: str, done: int, total: int) -> None:
     filled = width * done // max(total, 1)
     end = "\n" if done >= total else ""
     print(f"\r    {label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end=end, file=sys.stderr, flush=True)
-
-
-def start_gateway(deployment_path: Path, store: Path, payee: str, processor: str, facilitator_key: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "AEP2_DEPLOYMENT": str(deployment_path),
-        "AEP2_PAYEE": payee,
-        "AEP2_STORE": str(store),
-        "AEP2_PROCESSOR": processor,
-        "AEP2_FACILITATOR_KEY": facilitator_key,
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "examples.payee_service:app", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning"],
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError("the payee service exited during start-up")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    process.terminate()
-    raise RuntimeError("the payee service did not start")
 
 
 async def run_agent(url: str, auth: AEP2Auth, calls: int, counter: list[int], total: int) -> int:
@@ -162,7 +132,10 @@ async def main(args: argparse.Namespace) -> dict:
 
         step("starting the example payee service behind the gateway (uvicorn)")
         store_path = workdir / "payments.sqlite"
-        gateway, url = start_gateway(deployment_path, store_path, payee, processor, facilitator_key)
+        gateway, url = start_process(
+            free_port(), deployment=deployment_path, payee=payee, store=store_path, processor=processor,
+            facilitator_key=facilitator_key,
+        )
         processes.append(gateway)
         try:
             step(f"loading the proving key ({artifacts.constraints:,} constraints; tens of seconds at N=64)")
@@ -238,8 +211,7 @@ async def main(args: argparse.Namespace) -> dict:
             await store.close()
         finally:
             for process in processes:
-                process.terminate()
-                process.wait(timeout=20)
+                stop_process(process)
 
     for line in mismatches:
         print(f"    MISMATCH {line}", file=sys.stderr)

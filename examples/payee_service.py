@@ -19,7 +19,13 @@ import contextlib
 import hashlib
 import math
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import AsyncIterator
+
+import httpx
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -36,7 +42,7 @@ from gateway.facilitator import ExactFacilitator
 from gateway.middleware import PaymentMiddleware
 from gateway.pricing import PricedRoute
 
-__all__ = ["create_app", "ROUTES"]
+__all__ = ["create_app", "start_process", "stop_process", "ROUTES"]
 
 _POSITIVE = {"good", "great", "excellent", "love", "fast", "happy", "correct", "pleasant"}
 _NEGATIVE = {"bad", "poor", "slow", "hate", "broken", "sad", "wrong", "awful"}
@@ -142,6 +148,67 @@ def create_app(
         ],
         lifespan=lifespan,
     )
+
+
+def start_process(
+    port: int,
+    *,
+    deployment: str | os.PathLike[str],
+    payee: str,
+    store: str | os.PathLike[str],
+    processor: str = ZERO_ADDRESS,
+    facilitator_key: str | None = None,
+    uvicorn_args: tuple[str, ...] = (),
+    timeout: float = 60.0,
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Run this service under ``uvicorn`` in a child process on ``127.0.0.1:port``, configured
+    through the environment as in production; returns the process and its base URL once
+    ``GET /health`` answers 200. Raises ``RuntimeError`` (with uvicorn's stderr) if it exits
+    or does not answer within ``timeout`` seconds.
+    """
+    env = {
+        **os.environ,
+        "AEP2_DEPLOYMENT": str(deployment),
+        "AEP2_PAYEE": payee,
+        "AEP2_STORE": str(store),
+        "AEP2_PROCESSOR": processor,
+    }
+    env.pop("AEP2_FACILITATOR_KEY", None)
+    if facilitator_key:
+        env["AEP2_FACILITATOR_KEY"] = facilitator_key
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "examples.payee_service:app", "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "warning", *uvicorn_args],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            error = process.stderr.read().decode() if process.stderr else ""
+            raise RuntimeError(f"the payee service exited during start-up: {error.strip()}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    stop_process(process)
+    raise RuntimeError(f"the payee service did not answer within {timeout} s")
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Stop a process started by ``start_process`` (terminate, then kill after 15 s)."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _from_environment() -> Starlette:
