@@ -86,11 +86,15 @@ class PaymentMiddleware:
         if route is None:
             await self.app(scope, receive, send)
             return
+        await self._ensure_store_open()
+        responder = _PaidRequest(self, route, scope, receive)
+        await responder(send)
+
+    async def _ensure_store_open(self) -> None:
+        # Opened on first use: an ASGI middleware has no start-up hook of its own.
         if not self._store_open:
             await self.store.open()
             self._store_open = True
-        responder = _PaidRequest(self, route, scope, receive)
-        await responder(send)
 
     async def _serve_own(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
@@ -100,9 +104,7 @@ class PaymentMiddleware:
         elif path == "/skill.md":
             response = PlainTextResponse(self._skill_md, media_type="text/markdown")
         else:
-            if not self._store_open:
-                await self.store.open()
-                self._store_open = True
+            await self._ensure_store_open()
             response = await self._receipt(path.removeprefix("/payments/"))
         await response(scope, receive, send)
 
