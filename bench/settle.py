@@ -35,7 +35,7 @@ from aep2.deployment import Deployment, contract_artifact
 from aep2.mandate import Mandate, request_hash
 from aep2.store import MandateRecord
 from gateway.schemes.exact import TRANSFER_WITH_AUTHORIZATION_TYPES
-from settlement.artifacts import PROJECT_ROOT, CircuitArtifacts, build_artifacts
+from settlement.artifacts import PROJECT_ROOT, build_artifacts
 from settlement.chain import SettlementClient
 from settlement.deploy import deploy
 from settlement.devchain import Anvil, anvil_key, mint

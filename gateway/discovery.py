@@ -87,7 +87,7 @@ def discovery_markdown(config: GatewayConfig, routes: Sequence[PricedRoute], ser
             f"token (EIP-712 domain `{config.token_name}` v{config.token_version})."
         )
     lines += [
-        f"- The answer carries `PAYMENT-RESPONSE` with a receipt; `GET /payments/<paymentId>` shows "
+        "- The answer carries `PAYMENT-RESPONSE` with a receipt; `GET /payments/<paymentId>` shows "
         "its settlement status.",
         "- Machine-readable form: `GET /skill.json`.",
         "",

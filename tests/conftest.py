@@ -3,7 +3,6 @@ circuit, funded payers, and a real uvicorn server on loopback for any ASGI app."
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import threading
 import time

@@ -16,7 +16,6 @@ import pytest
 from eth_account import Account
 from gateway_fixtures import (
     FORECAST_PRICE,
-    PAYEE,
     error_code,
     open_store,
     signer_for,

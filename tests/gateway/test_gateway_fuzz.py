@@ -12,7 +12,6 @@ import copy
 import json
 from typing import Any
 
-import httpx
 import pytest
 from eth_account import Account
 from gateway_fixtures import ERROR_CODES, InProcessGateway, error_code, signer_for

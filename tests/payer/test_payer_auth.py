@@ -36,7 +36,6 @@ from payer import (
     MalformedChallenge,
     NoAcceptableRequirement,
     PayeeNotAllowed,
-    PayerState,
     PaymentRefused,
     PerPaymentCapExceeded,
 )
