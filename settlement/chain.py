@@ -22,7 +22,7 @@ from web3.exceptions import ContractCustomError, ContractLogicError, TimeExhaust
 from aep2.deployment import contract_artifact
 from aep2.intent import SignedIntent
 
-__all__ = ["SettlementClient", "IntentRecord", "ChainRevert", "decode_revert"]
+__all__ = ["SettlementClient", "IntentRecord", "ChainRevert", "TransactionPending", "decode_revert"]
 
 logger = logging.getLogger("settlement.chain")
 T = TypeVar("T")
@@ -37,6 +37,10 @@ class ChainRevert(Exception):
     def __init__(self, error: str, detail: str = "") -> None:
         super().__init__(f"{error}{': ' + detail if detail else ''}")
         self.error = error
+
+
+class TransactionPending(Exception):
+    """A broadcast transaction has no receipt yet: it may still be mined (hash in ``args[0]``)."""
 
 
 @dataclass(frozen=True)
@@ -111,8 +115,7 @@ class SettlementClient:
         self.retries = retries
         self.backoff = backoff
         self._chain_id: int | None = None
-        #: Held while signing and broadcasting, so account nonces stay in order.
-        self.lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # held while signing and broadcasting: nonces stay in order
 
     async def aclose(self) -> None:
         """Close the HTTP session."""
@@ -190,8 +193,19 @@ class SettlementClient:
             message["salt"],
         )
         call = self.contract.functions.registerIntent(intent_tuple, signed_intent.signature)
-        receipt = await self._transact(call, gas=400_000)
+        receipt = await self.transact(call, gas=400_000)
         return "0x" + bytes(receipt["transactionHash"]).hex()
+
+    async def settle_batch(
+        self,
+        proof_words: tuple[int, ...],
+        batch: tuple,
+        *,
+        on_signed: Callable[[str], Awaitable[None]] | None = None,
+    ) -> dict[str, Any]:
+        """Submit ``settleBatch(proof, batch)`` through ``transact`` (same errors); returns the receipt."""
+        call = self.contract.functions.settleBatch(list(proof_words), batch)
+        return await self.transact(call, gas=SETTLE_GAS, on_signed=on_signed)
 
     async def public_inputs(self, batch: tuple) -> list[int]:
         """The contract's own public-input vector for ``batch`` (a cross-check)."""
@@ -214,13 +228,6 @@ class SettlementClient:
         """Send a signed transaction (retried while the RPC endpoint is unreachable)."""
         await self._retry(lambda: self.w3.eth.send_raw_transaction(raw))
 
-    async def send(self, call: Any, *, gas: int) -> str:
-        """Sign and broadcast ``call``; returns the transaction hash without waiting."""
-        async with self.lock:
-            tx_hash, raw = await self.sign(call, gas=gas)
-            await self.broadcast(raw)
-            return tx_hash
-
     async def wait(self, tx_hash: str, *, timeout: float = 120) -> dict[str, Any] | None:
         """The receipt of ``tx_hash``, or ``None`` if the chain does not know it (dropped)."""
         try:
@@ -230,15 +237,31 @@ class SettlementClient:
         except TimeExhausted:
             return None
 
-    async def _transact(self, call: Any, *, gas: int) -> dict[str, Any]:
+    async def transact(
+        self, call: Any, *, gas: int, on_signed: Callable[[str], Awaitable[None]] | None = None
+    ) -> dict[str, Any]:
+        """Simulate, sign, broadcast and wait for ``call``; returns the successful receipt.
+
+        The simulation runs against the pending block (the transaction executes in a new
+        block stamped about now). ``on_signed(tx_hash)`` runs after signing and before
+        broadcasting, so a caller can record the hash first. Raises ``ChainRevert`` when
+        the simulation or the mined transaction reverts (nothing took effect), and
+        ``TransactionPending`` when no receipt arrived in time (the outcome is unknown).
+        """
         try:
-            await self._retry(lambda: call.call({"from": self.account.address, "gas": gas}))
+            await self._retry(
+                lambda: call.call({"from": self.account.address, "gas": gas}, block_identifier="pending")
+            )
         except (ContractCustomError, ContractLogicError) as exc:
             raise decode_revert(exc) from exc
-        tx_hash = await self.send(call, gas=gas)
+        async with self._lock:
+            tx_hash, raw = await self.sign(call, gas=gas)
+            if on_signed is not None:
+                await on_signed(tx_hash)
+            await self.broadcast(raw)
         receipt = await self.wait(tx_hash)
         if receipt is None:
-            raise ChainRevert("Dropped", tx_hash)
+            raise TransactionPending(tx_hash)
         if receipt["status"] != 1:
             raise ChainRevert("Reverted", tx_hash)
         return receipt

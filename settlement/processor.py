@@ -16,6 +16,7 @@ on chain and puts back (``retry``) one that did not, so nothing is lost or settl
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from aep2.sqlite_store import SQLiteStore
 from aep2.store import MandateRecord
 
 from .batcher import IntentState, PendingMandate, plan_batch
-from .chain import SETTLE_GAS, ChainRevert, SettlementClient, decode_revert
+from .chain import ChainRevert, SettlementClient
 from .prover import Prover
 from .witness import IntentSlot, build_statement
 
@@ -170,13 +171,18 @@ class SettlementProcessor:
             on_chain_inputs = await self.client.public_inputs(statement.batch)
             if tuple(on_chain_inputs) != proof.public_inputs:
                 raise RuntimeError("contract's public inputs differ from the proof's")
-            receipt = await self._submit(batch.batch_id, proof.words, statement.batch)
+            # The hash is recorded before the broadcast: after a crash, reconcile() looks it up.
+            receipt = await self.client.settle_batch(
+                proof.words, statement.batch, on_signed=functools.partial(self.store.mark_batch_submitted, batch.batch_id)
+            )
         except ChainRevert as exc:
-            # Diagnosed before sending (eth_call): nothing is on chain; re-plan next round.
+            # Reverted in simulation or on chain: nothing settled; re-plan next round.
             await self.store.fail_batch(batch.batch_id, str(exc), retry=True)
             logger.warning("batch %d would revert (%s); its mandates return to the queue", batch.batch_id, exc)
             raise
         except BaseException:
+            # Still 'proving': never sent, put it back. 'submitted' (including a transaction
+            # with no receipt yet) stays for reconcile(), which asks the chain.
             await self._undo_if_not_sent(batch.batch_id)
             raise
         tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
@@ -195,26 +201,6 @@ class SettlementProcessor:
         current = await self.store.get_batch(batch_id)
         if current.status == "proving":
             await self.store.fail_batch(batch_id, "processing interrupted before submission", retry=True)
-
-    async def _submit(self, batch_id: int, proof_words: tuple[int, ...], batch: tuple) -> dict:
-        call = self.client.contract.functions.settleBatch(list(proof_words), batch)
-        try:
-            # Simulated against the pending block: the batch executes in a new block stamped
-            # about now, while the latest block may be older than the batch time reference.
-            await call.call({"from": self.client.address, "gas": SETTLE_GAS}, block_identifier="pending")
-        except Exception as exc:
-            raise decode_revert(exc) from exc
-        async with self.client.lock:
-            tx_hash, raw = await self.client.sign(call, gas=SETTLE_GAS)
-            # Recorded before it is broadcast: after a crash, reconcile() looks it up by hash.
-            await self.store.mark_batch_submitted(batch_id, tx_hash)
-            await self.client.broadcast(raw)
-        receipt = await self.client.wait(tx_hash)
-        if receipt is None or receipt["status"] != 1:
-            # Reverted on chain after a successful simulation (state changed in between).
-            await self.store.fail_batch(batch_id, f"transaction {tx_hash} reverted", retry=True)
-            raise ChainRevert("Reverted", tx_hash)
-        return receipt
 
     async def _intent_state(self, signed: SignedIntent, balances: dict[str, int]) -> IntentState | None:
         intent = signed.intent
