@@ -33,7 +33,8 @@ class CircuitShape:
 
 @dataclass(frozen=True)
 class Deployment:
-    """Addresses of one deployment on one chain."""
+    """Addresses of one deployment on one chain; ``settlement_window`` is the Settlement's
+    ``settlementWindow()`` in seconds (docs/PROTOCOL.md §7)."""
 
     chain_id: int
     rpc_url: str
@@ -42,6 +43,7 @@ class Deployment:
     verifier: str
     circuit: CircuitShape
     deployed_at: int
+    settlement_window: int
 
     @property
     def network(self) -> str:
@@ -57,6 +59,7 @@ class Deployment:
             "token": self.token,
             "verifier": self.verifier,
             "circuit": asdict(self.circuit),
+            "settlementWindow": self.settlement_window,
             "deployedAt": self.deployed_at,
         }
 
@@ -73,6 +76,7 @@ class Deployment:
                 verifier=to_checksum_address(data["verifier"]),
                 circuit=CircuitShape(int(circuit["n"]), int(circuit["i"]), int(circuit["p"]), str(circuit["hash"])),
                 deployed_at=int(data["deployedAt"]),
+                settlement_window=int(data["settlementWindow"]),
             )
         except KeyError as exc:
             raise ValueError(f"deployment: missing field {exc.args[0]!r}") from None
@@ -98,7 +102,8 @@ class Deployment:
 
 @lru_cache(maxsize=None)
 def contract_artifact(name: str) -> dict[str, Any]:
-    """``{"abi": [...], "bytecode": "0x…"}`` of a contract compiled by forge into ``out/``.
+    """``{"abi": [...], "bytecode": "0x…", "linkReferences": {...}}`` of a contract compiled by
+    forge into ``out/`` (library placeholders in the bytecode are listed in ``linkReferences``).
 
     Raises ``FileNotFoundError`` telling to run ``make contracts`` when it is missing.
     """
@@ -106,4 +111,5 @@ def contract_artifact(name: str) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"{path} missing: run `make contracts` (forge build) first")
     data = json.loads(path.read_text())
-    return {"abi": data["abi"], "bytecode": data["bytecode"]["object"]}
+    bytecode = data["bytecode"]
+    return {"abi": data["abi"], "bytecode": bytecode["object"], "linkReferences": bytecode.get("linkReferences", {})}

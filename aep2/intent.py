@@ -3,11 +3,13 @@
 Typed data (docs/PROTOCOL.md §2)::
 
     Intent(address payer,address asset,uint256 sessionKeyHash,uint256 maxAmount,
-           uint256 maxPerPayment,uint64 validAfter,uint64 validBefore,address[] payees,
+           uint256 maxPerPayment,uint64 validAfter,uint64 validBefore,uint256 payeesRoot,
            address processor,bytes32 salt)
 
 under the domain ``{name: "AEP2 Settlement", version: "1", chainId, verifyingContract}``.
-The intent id is the EIP-712 digest; mandates sign ``intent_field = int(intent_id) >> 8``.
+The intent id is the EIP-712 digest; mandates sign ``intent_field = int(intent_id) >> 8``;
+the contract and the circuit identify the intent by its ``commitment``
+``Poseidon(intent_field, sessionKeyHash, payeesRoot, cap)``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from eth_utils import keccak, to_checksum_address
 
 from .babyjubjub import Point
 from .eddsa import key_hash
+from .payees import payees_root
+from .poseidon import poseidon
 
 __all__ = ["DOMAIN_NAME", "DOMAIN_VERSION", "EIP712_DOMAIN_TYPE", "Intent", "SignedIntent", "INTENT_TYPES"]
 
@@ -47,7 +51,7 @@ INTENT_TYPES = {
         {"name": "maxPerPayment", "type": "uint256"},
         {"name": "validAfter", "type": "uint64"},
         {"name": "validBefore", "type": "uint64"},
-        {"name": "payees", "type": "address[]"},
+        {"name": "payeesRoot", "type": "uint256"},
         {"name": "processor", "type": "address"},
         {"name": "salt", "type": "bytes32"},
     ]
@@ -59,10 +63,11 @@ class Intent:
     """An unsigned intent.
 
     Amounts are token base units; ``valid_after``/``valid_before`` unix seconds (valid when
-    ``valid_after <= t < valid_before``); ``payees`` are normalised to sorted checksummed
-    addresses (empty: any payee); ``processor`` ``ZERO_ADDRESS`` means any processor the
-    payer authorised on the contract. ``chain_id`` and ``verifying_contract`` (the
-    Settlement contract) form the EIP-712 domain.
+    ``valid_after <= t < valid_before``, ``valid_after < 2^32``); ``payees`` are normalised to
+    sorted checksummed addresses (empty: any payee; at most 256) and signed as their
+    allowlist root (``aep2.payees``); ``processor`` is the one processor that may settle the
+    intent. ``chain_id`` and ``verifying_contract`` (the Settlement contract) form the
+    EIP-712 domain.
 
     Raises ``ValueError`` naming the field for out-of-range values.
     """
@@ -76,8 +81,8 @@ class Intent:
     valid_before: int
     chain_id: int
     verifying_contract: str
+    processor: str
     payees: tuple[str, ...] = ()
-    processor: str = ZERO_ADDRESS
     salt: bytes = field(default_factory=lambda: secrets.token_bytes(32))
 
     def __post_init__(self) -> None:
@@ -88,11 +93,17 @@ class Intent:
             raise ValueError("payees: duplicate address")
         object.__setattr__(self, "payees", payees)
         object.__setattr__(self, "session_key", (int(self.session_key[0]), int(self.session_key[1])))
+        if int(self.processor, 16) == 0:
+            raise ValueError("processor: must name the settlement processor (not the zero address)")
+        if not 0 < self.chain_id < 2**256:
+            raise ValueError("chainId: must be in (0, 2^256)")
         if not 0 < self.max_amount < 2**96:
             raise ValueError("maxAmount: must be in (0, 2^96)")
         if not 0 < self.max_per_payment < 2**256:
-            raise ValueError("maxPerPayment: must be positive")
-        if not 0 <= self.valid_after < self.valid_before < 2**64:
+            raise ValueError("maxPerPayment: must be in (0, 2^256)")
+        if not 0 <= self.valid_after < 2**32:
+            raise ValueError("validAfter: must be in [0, 2^32)")
+        if not self.valid_after < self.valid_before < 2**64:
             raise ValueError("validBefore: must be after validAfter and below 2^64")
         if len(self.salt) != 32:
             raise ValueError("salt: must be 32 bytes")
@@ -101,6 +112,11 @@ class Intent:
     def session_key_hash(self) -> int:
         """``Poseidon(Ax, Ay)`` of the session key."""
         return key_hash(self.session_key)
+
+    @cached_property
+    def payees_root(self) -> int:
+        """The allowlist root the intent signs (0: any payee)."""
+        return payees_root(self.payees)
 
     def typed_data(self) -> dict:
         """The EIP-712 ``full_message`` (types, primaryType, domain, message)."""
@@ -129,7 +145,7 @@ class Intent:
             "maxPerPayment": self.max_per_payment,
             "validAfter": self.valid_after,
             "validBefore": self.valid_before,
-            "payees": list(self.payees),
+            "payeesRoot": self.payees_root,
             "processor": self.processor,
             "salt": self.salt,
         }
@@ -149,6 +165,12 @@ class Intent:
     def cap(self) -> int:
         """The per-payment cap as the circuit checks it: ``min(maxPerPayment, 2^64 - 1)``."""
         return min(self.max_per_payment, 2**64 - 1)
+
+    @cached_property
+    def commitment(self) -> int:
+        """``Poseidon(intent_field, sessionKeyHash, payeesRoot, cap)``: the intent as the
+        contract stores it and the circuit opens it (docs/PROTOCOL.md §2)."""
+        return poseidon(self.intent_field, self.session_key_hash, self.payees_root, self.cap)
 
     def allows_payee(self, payee: str) -> bool:
         """Whether ``payee`` may receive mandates under this intent."""

@@ -17,6 +17,7 @@ from .errors import ErrorCode, PaymentError
 from .fields import FIELD_MODULUS
 from .intent import Intent, SignedIntent
 from .mandate import Mandate
+from .payees import MAX_PAYEES
 
 __all__ = ["ParsedPayload", "parse_payload", "build_payload"]
 
@@ -75,7 +76,7 @@ class _IntentModel(_Strict):
     maxPerPayment: Dec
     validAfter: Dec
     validBefore: Dec
-    payees: Annotated[list[Address], Field(max_length=64)]
+    payees: Annotated[list[Address], Field(max_length=MAX_PAYEES)]
     processor: Address
     salt: Hex32
     chainId: Dec

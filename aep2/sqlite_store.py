@@ -30,7 +30,7 @@ from .store import BatchRecord, ExactPaymentRecord, MandateRecord, Reservation
 
 __all__ = ["SQLiteStore", "SCHEMA_VERSION"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: one-time nonces (no sealed watermark)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -39,7 +39,6 @@ CREATE TABLE IF NOT EXISTS intents (
     payer TEXT NOT NULL,
     asset TEXT NOT NULL,
     body TEXT NOT NULL,
-    watermark INTEGER NOT NULL DEFAULT -1,
     committed INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS mandates (
@@ -76,7 +75,6 @@ CREATE TABLE IF NOT EXISTS batches (
     batch_id INTEGER PRIMARY KEY AUTOINCREMENT,
     status TEXT NOT NULL,
     time_ref INTEGER NOT NULL,
-    previous_watermarks TEXT NOT NULL,
     tx_hash TEXT,
     reason TEXT,
     created_at REAL NOT NULL
@@ -134,7 +132,6 @@ SELECT :payment_id, :intent_id, :nonce, :payee, :amount, :deadline, :request_has
        :r8x, :r8y, :s, :payer, :asset, 'accepted', :now
 FROM intents
 WHERE intent_id = :intent_id
-  AND :nonce > watermark
   AND :amount <= :max_per_payment
   AND committed + :amount <= :max_amount
   AND {_OUTSTANDING} + :amount <= :escrow
@@ -208,6 +205,12 @@ class SQLiteStore:
                 version = int(row[0]) if row else 0
                 if version > SCHEMA_VERSION:
                     raise RuntimeError(f"store schema {version} is newer than this code ({SCHEMA_VERSION})")
+                if 0 < version < SCHEMA_VERSION:
+                    # Schema 1 ordered nonces per intent; its mandates belong to the old contract.
+                    raise RuntimeError(
+                        f"store schema {version} predates one-time nonces: settle it with the previous "
+                        "release, then start a new store"
+                    )
                 await self._conn.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
                 )
@@ -248,12 +251,6 @@ class SQLiteStore:
         cursor = await self.conn.execute("SELECT intent_id FROM intents ORDER BY intent_id")
         return [bytes(row[0]) for row in await cursor.fetchall()]
 
-    async def intent_watermark(self, intent_id: bytes) -> int:
-        """Highest nonce sealed into a batch for the intent (-1: none)."""
-        cursor = await self.conn.execute("SELECT watermark FROM intents WHERE intent_id = ?", (intent_id,))
-        row = await cursor.fetchone()
-        return row[0] if row else -1
-
     # -- reservations --------------------------------------------------------------------
 
     async def reserve(
@@ -289,19 +286,17 @@ class SQLiteStore:
 
     async def _refusal(self, mandate: Mandate, params: dict[str, Any]) -> PaymentError:
         cursor = await self.conn.execute(
-            f"SELECT watermark, committed, {_OUTSTANDING} FROM intents WHERE intent_id = :intent_id", params
+            f"SELECT committed, {_OUTSTANDING} FROM intents WHERE intent_id = :intent_id", params
         )
         row = await cursor.fetchone()
         if row is None:
             return PaymentError(ErrorCode.UNKNOWN_INTENT, "intentId: not recorded")
-        watermark, committed, outstanding = row
+        committed, outstanding = row
         used = await self.conn.execute(
             "SELECT 1 FROM mandates WHERE intent_id = :intent_id AND nonce = :nonce", params
         )
         if await used.fetchone():
             return PaymentError(ErrorCode.NONCE_USED, f"mandate.nonce: {mandate.nonce} already used")
-        if mandate.nonce <= watermark:
-            return PaymentError(ErrorCode.NONCE_TOO_LOW, f"mandate.nonce: {mandate.nonce} ≤ settled watermark {watermark}")
         if mandate.amount > params["max_per_payment"]:
             return PaymentError(
                 ErrorCode.PER_PAYMENT_CAP_EXCEEDED, f"mandate.amount: {mandate.amount} > cap {params['max_per_payment']}"
@@ -346,23 +341,13 @@ class SQLiteStore:
         async with self._transaction():
             marks = ",".join("?" * len(payment_ids))
             cursor = await self.conn.execute(
-                f"SELECT intent_id, MAX(nonce), COUNT(*) FROM mandates "
-                f"WHERE payment_id IN ({marks}) AND status = 'accepted' GROUP BY intent_id",
+                f"SELECT COUNT(*) FROM mandates WHERE payment_id IN ({marks}) AND status = 'accepted'",
                 tuple(payment_ids),
             )
-            groups = await cursor.fetchall()
-            if sum(row[2] for row in groups) != len(payment_ids):
+            if (await cursor.fetchone())[0] != len(payment_ids):
                 raise ValueError("payment_ids: every mandate of a batch must be 'accepted'")
-            previous: dict[str, int] = {}
-            for intent_id, last_nonce, _ in groups:
-                cursor = await self.conn.execute("SELECT watermark FROM intents WHERE intent_id = ?", (intent_id,))
-                previous[bytes(intent_id).hex()] = (await cursor.fetchone())[0]
-                await self.conn.execute(
-                    "UPDATE intents SET watermark = MAX(watermark, ?) WHERE intent_id = ?", (last_nonce, intent_id)
-                )
             cursor = await self.conn.execute(
-                "INSERT INTO batches (status, time_ref, previous_watermarks, created_at) VALUES ('proving', ?, ?, ?)",
-                (time_ref, json.dumps(previous), time.time()),
+                "INSERT INTO batches (status, time_ref, created_at) VALUES ('proving', ?, ?)", (time_ref, time.time())
             )
             batch_id = cursor.lastrowid
             await self.conn.execute(
@@ -419,18 +404,10 @@ class SQLiteStore:
 
     async def fail_batch(self, batch_id: int, reason: str, *, retry: bool) -> None:
         async with self._transaction():
-            cursor = await self.conn.execute(
-                "SELECT previous_watermarks FROM batches WHERE batch_id = ?", (batch_id,)
-            )
-            previous = json.loads((await cursor.fetchone())[0])
             await self.conn.execute(
                 "UPDATE batches SET status = 'failed', reason = ? WHERE batch_id = ?", (reason, batch_id)
             )
             if retry:
-                for intent_hex, watermark in previous.items():
-                    await self.conn.execute(
-                        "UPDATE intents SET watermark = ? WHERE intent_id = ?", (watermark, bytes.fromhex(intent_hex))
-                    )
                 await self.conn.execute(
                     "UPDATE mandates SET status = 'accepted', batch_id = NULL WHERE batch_id = ?", (batch_id,)
                 )

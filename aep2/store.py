@@ -2,7 +2,7 @@
 settlement processor (which batches and settles them).
 
 Mandate lifecycle: ``accepted`` (reserved by the gateway, request served) → ``batched``
-(sealed into a batch: the intent's watermark moved past its nonce) → ``settled`` (the
+(sealed into a batch) → ``settled`` (the
 batch's transaction succeeded) or ``failed`` (diagnosed as unsettleable, with a reason).
 A batch is ``proving`` → ``submitted`` (transaction hash known) → ``settled`` / ``failed``.
 
@@ -106,8 +106,8 @@ class PaymentStore(Protocol):
     ) -> str:
         """Atomically check and record an accepted mandate; returns its payment id.
 
-        Raises ``PaymentError`` with ``nonce_used`` (nonce already reserved),
-        ``nonce_too_low`` (at or below the intent's sealed watermark), ``budget_exceeded``
+        Raises ``PaymentError`` with ``nonce_used`` (nonce of the intent already reserved:
+        nonces are one-time, in any order, docs/PROTOCOL.md §3), ``budget_exceeded``
         (accepted + batched + settled + amount > max_amount), ``per_payment_cap_exceeded``
         or ``insufficient_escrow`` (outstanding for the payer and asset + amount > escrow).
         Committed durably before it returns.
@@ -126,8 +126,8 @@ class PaymentStore(Protocol):
         """All ``accepted`` mandates, ordered by intent then nonce."""
 
     async def seal_batch(self, payment_ids: Sequence[str], time_ref: int) -> BatchRecord:
-        """Create a ``proving`` batch of ``accepted`` mandates, mark them ``batched`` and
-        move each intent's watermark to its highest nonce in the batch, atomically."""
+        """Create a ``proving`` batch of ``accepted`` mandates and mark them ``batched``,
+        atomically. Raises ``ValueError`` if one of them is no longer ``accepted``."""
 
     async def open_batches(self) -> list[BatchRecord]:
         """Batches neither ``settled`` nor ``failed`` (what a restarted processor resumes)."""
@@ -142,8 +142,8 @@ class PaymentStore(Protocol):
         """The batch's transaction succeeded: its mandates become ``settled``."""
 
     async def fail_batch(self, batch_id: int, reason: str, *, retry: bool) -> None:
-        """The batch did not settle: with ``retry`` its mandates go back to ``accepted``
-        (watermarks restored), otherwise they are ``failed`` with ``reason``."""
+        """The batch did not settle: with ``retry`` its mandates go back to ``accepted``,
+        otherwise they are ``failed`` with ``reason``."""
 
     async def fail_mandates(self, payment_ids: Sequence[str], reason: str) -> None:
         """Mark ``accepted`` mandates ``failed`` (they can never settle)."""

@@ -13,7 +13,7 @@ from web3 import Web3
 
 from aep2.deployment import Deployment
 from aep2.eddsa import SessionKey
-from aep2.intent import ZERO_ADDRESS, SignedIntent
+from aep2.intent import SignedIntent
 
 #: Circuit shape of every batch benchmark: I intent slots and P payee slots for all N.
 INTENT_SLOTS = 4
@@ -78,10 +78,9 @@ def fund_payer(
     max_amount: int,
     max_per_payment: int = 5_000,
     valid_for_seconds: int = 7 * 24 * 3600,
-    intent_processor: str = ZERO_ADDRESS,
 ) -> FundedPayer:
     """A fresh payer: ETH for gas, ``escrow`` MockUSDC deposited, ``processor`` authorised,
-    and a signed intent (not registered) for a fresh session key."""
+    and a signed intent naming ``processor`` (not registered) for a fresh session key."""
     from payer import Escrow, create_intent, create_session_key
     from settlement.devchain import mint
 
@@ -102,6 +101,6 @@ def fund_payer(
         valid_for_seconds=valid_for_seconds,
         chain_id=deployment.chain_id,
         settlement=deployment.settlement,
-        processor=intent_processor,
+        processor=processor,
     )
     return FundedPayer("0x" + bytes(account.key).hex(), account.address, key, signed)

@@ -3,52 +3,277 @@ pragma circom 2.1.5;
 include "circomlib/circuits/poseidon.circom";
 include "circomlib/circuits/bitify.circom";
 include "circomlib/circuits/comparators.circom";
+include "circomlib/circuits/babyjub.circom";
 include "circomlib/circuits/eddsaposeidon.circom";
 
-// Batch(N, I, P): one Groth16 proof settles up to N mandates of up to I intents,
-// paid out to up to P payees (docs/PROTOCOL.md §3 and §5 are the normative layout).
+// Batch(N, I, P): one Groth16 proof settles up to N mandates of up to I intent slots, paid
+// out to up to P payees (docs/PROTOCOL.md §3 and §5 are the normative layout).
 //
-// It proves that the processor knows, for every enabled mandate slot j:
-//   - a session key A of intent slot s (Poseidon(Ax, Ay) == keyHash[s]) and an
-//     EdDSA-Poseidon signature by A over
-//       M = Poseidon(intentField[s], payee + amount*2^160, requestHash + nonce*2^160 + deadline*2^200)
-//     (three packed field elements, PROTOCOL.md §3: fewer Poseidon inputs verify faster off-chain);
-//   - that payee is the address of the selected payee slot p;
-//   - amount < 2^64 and amount <= cap[s];
-//   - deadline >= timeRef (the mandate may still be settled at the batch's time reference);
-//   - nonces strictly increase per intent slot in mandate order, the first one of a slot
-//     is >= startNonce[s] (the contract's nextNonce) and the last one is lastNonce[s];
-// and that the public per-slot sums are exact: count[s] and total[s] over the mandates of
-// intent slot s, and amount[p] over the mandates paid to payee slot p. The contract then
-// moves exactly total[s] out of each intent's escrow and pays exactly amount[p] to each payee.
+// The contract supplies, per intent slot, the intent's commitment
+//     intentHash = Poseidon(intentField, Poseidon(Ax, Ay), payeesRoot, cap)
+// which it computed itself at registration from the payer-signed intent. The circuit proves
+// that the processor knows, for every enabled mandate slot j:
+//   - the opening of the selected slot's intentHash: the intent field the mandate signed, its
+//     session key A, its payee allowlist root and its per-payment cap (intent binding: a
+//     mandate settles only against the intent whose id it signed, on this chain and contract);
+//   - an EdDSA-Poseidon signature by A over
+//       M = Poseidon(intentField, payee + amount*2^160, requestHash + nonce*2^160 + deadline*2^200);
+//   - that payee is the selected payee slot's address, and that address is in the intent's
+//     payee allowlist (a Poseidon Merkle tree of depth D) unless the root is 0 (any payee);
+//   - amount < 2^64 and amount <= cap; deadline >= timeRef;
+//   - nonce lies in the slot's 128-nonce window and nonces strictly increase within a slot,
+//     so the slot's nonce bitmap is a sum of distinct powers of two;
+// and that the public per-slot figures are exact: the bitmap and total of each intent slot and
+// the amount of each payee slot. The contract refuses a bitmap that overlaps the nonces already
+// settled and then records it, so each nonce of an intent settles at most once and settling one
+// never invalidates another.
 //
 // Disabled (padding) mandate slots carry amount 0 and select no intent and no payee, so they
-// add nothing to any sum. Their signature check is switched off (EdDSAPoseidonVerifier's
-// `enabled` input), but its witness computation still has to run without dividing by zero:
-// a padding slot verifies against the base point B8 as its key (the selected key is all zero
-// there, and B8 is substituted), and the witness supplies a real signature with secret
-// scalar 1 over the padding message (see settlement/prover.py: padding_signature).
-//
-// Intent binding: a session key belongs to exactly one registered intent (the contract
-// refuses a second intent with the same key hash, PROTOCOL.md §2), so a signature under
-// the key of slot s can only have been made for that slot's intent; intentField[s] is a
-// private input that the signer committed to inside M.
-template Batch(N, I, P) {
+// add nothing to any sum. Their signature check is switched off, but its witness computation
+// still has to run without dividing by zero: a padding slot verifies against the base point B8
+// (see settlement/encoding.py: padding_signature).
+
+// A binary Poseidon Merkle root over 2^D leaves: `index`'s bits pick, level by level, whether
+// the running node is the left or the right child.
+template MerkleRoot(D) {
+    signal input leaf;
+    signal input index;
+    signal input siblings[D];
+    signal output root;
+
+    component bits = Num2Bits(D);
+    bits.in <== index;
+    component hashers[D];
+    signal node[D + 1];
+    signal swap[D];
+    node[0] <== leaf;
+    for (var k = 0; k < D; k++) {
+        // swap = bit * (sibling - node): left = node + swap, right = sibling - swap.
+        swap[k] <== bits.out[k] * (siblings[k] - node[k]);
+        hashers[k] = Poseidon(2);
+        hashers[k].inputs[0] <== node[k] + swap[k];
+        hashers[k].inputs[1] <== siblings[k] - swap[k];
+        node[k + 1] <== hashers[k].out;
+    }
+    root <== node[D];
+}
+
+// One intent slot: unpacks the public word window | bitmap<<33 | total<<161 (Num2Bits makes
+// the split unique and each part exactly as wide as PROTOCOL.md §5 says) and ties the private
+// opening to the public commitment. An unused slot has intentHash = 0 and an all-zero word.
+template IntentSlot() {
+    signal input intentHash;
+    signal input intentWord;
+    signal input Ax;
+    signal input Ay;
+    signal input intentField;
+    signal input payeesRoot;
+    signal input cap;
+    signal output window;
+    signal output bitmap;
+    signal output total;
+    signal output anyPayee;   // 1 when the allowlist root is 0
+
+    component bits = Num2Bits(249);
+    bits.in <== intentWord;
+    var w = 0; var b = 0; var t = 0;
+    for (var k = 0; k < 33; k++) { w += bits.out[k] * (1 << k); }
+    for (var k = 0; k < 128; k++) { b += bits.out[33 + k] * (1 << k); }
+    for (var k = 0; k < 88; k++) { t += bits.out[161 + k] * (1 << k); }
+    window <== w;
+    bitmap <== b;
+    total <== t;
+
+    // cap < 2^64 keeps the amount comparison sound.
+    component capBits = Num2Bits(64);
+    capBits.in <== cap;
+
+    component unused = IsZero();
+    unused.in <== intentHash;
+    component keyHash = Poseidon(2);
+    keyHash.inputs[0] <== Ax;
+    keyHash.inputs[1] <== Ay;
+    component commitment = Poseidon(4);
+    commitment.inputs[0] <== intentField;
+    commitment.inputs[1] <== keyHash.out;
+    commitment.inputs[2] <== payeesRoot;
+    commitment.inputs[3] <== cap;
+    (1 - unused.out) * (commitment.out - intentHash) === 0;
+    unused.out * intentWord === 0;
+
+    // A used slot's key is a BabyJubJub point (an unused slot's opening is free).
+    signal x2 <== Ax * Ax;
+    signal y2 <== Ay * Ay;
+    signal x2y2 <== x2 * y2;
+    (1 - unused.out) * (168700 * x2 + y2 - 1 - 168696 * x2y2) === 0;
+
+    component rootZero = IsZero();
+    rootZero.in <== payeesRoot;
+    anyPayee <== rootZero.out;
+}
+
+// One payee slot: payee | amount<<160, payee 160 bits and amount 93 bits.
+template PayeeSlot() {
+    signal input payeeWord;
+    signal output payee;
+    signal output amount;
+
+    component bits = Num2Bits(253);
+    bits.in <== payeeWord;
+    var a = 0; var b = 0;
+    for (var k = 0; k < 160; k++) { a += bits.out[k] * (1 << k); }
+    for (var k = 0; k < 93; k++) { b += bits.out[160 + k] * (1 << k); }
+    payee <== a;
+    amount <== b;
+}
+
+// Selectors that are bits summing to `enabled`: an enabled mandate picks exactly one slot,
+// a padding one picks none.
+template OneHot(K) {
+    signal input sel[K];
+    signal input enabled;
+    var acc = 0;
+    for (var k = 0; k < K; k++) {
+        sel[k] * (1 - sel[k]) === 0;
+        acc += sel[k];
+    }
+    acc === enabled;
+}
+
+// sum_k sel[k] * values[k]: the selected value (0 when nothing is selected).
+template Select(K) {
+    signal input sel[K];
+    signal input values[K];
+    signal output out;
+    signal terms[K];
+    var acc = 0;
+    for (var k = 0; k < K; k++) {
+        terms[k] <== sel[k] * values[k];
+        acc += terms[k];
+    }
+    out <== acc;
+}
+
+// nonce < 2^40 split into its window (nonce >> 7) and its bit 2^(nonce mod 128).
+template NonceBit() {
+    signal input nonce;
+    signal output window;
+    signal output bit;
+
+    component bits = Num2Bits(40);
+    bits.in <== nonce;
+    var w = 0;
+    for (var k = 0; k < 33; k++) { w += bits.out[7 + k] * (1 << k); }
+    window <== w;
+    // 2^offset = prod_k (1 + b_k * (2^(2^k) - 1)) over the offset's 7 bits.
+    signal power[7];
+    power[0] <== 1 + bits.out[0];
+    for (var k = 1; k < 7; k++) {
+        power[k] <== power[k - 1] * (1 + bits.out[k] * ((1 << (1 << k)) - 1));
+    }
+    bit <== power[6];
+}
+
+// The checks of one mandate slot against the values of the slots it selected.
+template MandateCheck() {
+    signal input enabled;
+    signal input timeRef;
+    signal input field;       // selected slot's intent field
+    signal input Ax;          // selected slot's key (0 when padding)
+    signal input Ay;
+    signal input cap;
+    signal input window;
+    signal input nextAllowed; // smallest nonce the selected slot still allows
+    signal input payee;       // selected payee slot's address
+    signal input amount;
+    signal input nonce;
+    signal input deadline;
+    signal input requestHash;
+    signal input R8x;
+    signal input R8y;
+    signal input S;
+    signal output bit;        // 2^(nonce mod 128)
+
+    var B8X = 5299619240641551281634865583518297030282874472190772894086521144482721001553;
+    var B8Y = 16950150798460657717958625567821834550301663161624707787222815936182638968203;
+
+    // A padding slot carries no value.
+    (1 - enabled) * amount === 0;
+
+    // Range checks keep the comparators sound (they assume n-bit inputs) and make the packing
+    // of the signed message injective.
+    component amountBits = Num2Bits(64);
+    amountBits.in <== amount;
+    component deadlineBits = Num2Bits(40);
+    deadlineBits.in <== deadline;
+    component requestBits = Num2Bits(160);
+    requestBits.in <== requestHash;
+    component nonceBit = NonceBit();
+    nonceBit.nonce <== nonce;
+    bit <== nonceBit.bit;
+
+    // amount <= cap (padding: 0 <= 0).
+    component capCheck = LessEqThan(64);
+    capCheck.in[0] <== amount;
+    capCheck.in[1] <== cap;
+    capCheck.out === 1;
+
+    // The nonce is in the slot's window and above the slot's previous nonce in this batch
+    // (nonce < 2^40 and nextAllowed <= 2^40, so 41 bits suffice).
+    enabled * (nonceBit.window - window) === 0;
+    component nonceCheck = LessThan(41);
+    nonceCheck.in[0] <== nonce;
+    nonceCheck.in[1] <== nextAllowed;
+    nonceCheck.out === 0;
+
+    // Not expired at the batch's time reference.
+    component deadlineCheck = LessThan(64);
+    deadlineCheck.in[0] <== deadline;
+    deadlineCheck.in[1] <== timeRef;
+    deadlineCheck.out * enabled === 0;
+
+    // R8 is a curve point (the padding signature's is too).
+    component r8OnCurve = BabyCheck();
+    r8OnCurve.x <== R8x;
+    r8OnCurve.y <== R8y;
+
+    component message = Poseidon(3);
+    message.inputs[0] <== field;
+    message.inputs[1] <== payee + amount * (1 << 160);
+    message.inputs[2] <== requestHash + nonce * (1 << 160) + deadline * (1 << 200);
+
+    // A padding slot (selected key all zero) checks against B8 instead, so its witness stays
+    // computable; the check itself is off there.
+    component signature = EdDSAPoseidonVerifier();
+    signature.enabled <== enabled;
+    signature.Ax <== Ax + (1 - enabled) * B8X;
+    signature.Ay <== Ay + (1 - enabled) * B8Y;
+    signature.S <== S;
+    signature.R8x <== R8x;
+    signature.R8y <== R8y;
+    signature.M <== message.out;
+}
+
+template Batch(N, I, P, D) {
     // ---- public inputs (this order is the verifier's pubSignals order) ----
     signal input timeRef;             // unix seconds, < 2^64
-    signal input keyHash[I];          // Poseidon(Ax, Ay) per intent slot; 0 = unused slot
-    signal input intentWord[I];       // startNonce | lastNonce<<40 | count<<80 | total<<96 | cap<<184
+    signal input intentHash[I];       // Poseidon(intentField, keyHash, payeesRoot, cap); 0 = unused
+    signal input intentWord[I];       // window | bitmap<<33 | total<<161
     signal input payeeWord[P];        // payee | amount<<160
 
     // ---- private inputs: intent slots ----
     signal input Ax[I];
     signal input Ay[I];
     signal input intentField[I];      // uint256(intentId) >> 8, what this slot's mandates sign
+    signal input payeesRoot[I];       // allowlist root; 0 = any payee
+    signal input cap[I];              // min(maxPerPayment, 2^64 - 1)
+    signal input payeeIndex[I][P];    // leaf index of payee slot p in intent s's allowlist
+    signal input payeePath[I][P][D];  // its Merkle siblings
 
     // ---- private inputs: mandate slots ----
     signal input enabled[N];
-    signal input intentSel[N][I];     // one-hot, sums to enabled[j]
-    signal input payeeSel[N][P];      // one-hot, sums to enabled[j]
+    signal input intentSel[N][I];
+    signal input payeeSel[N][P];
     signal input amount[N];
     signal input nonce[N];
     signal input deadline[N];
@@ -57,247 +282,158 @@ template Batch(N, I, P) {
     signal input R8y[N];
     signal input S[N];
 
-    var i;
-    var j;
-    var s;
-    var p;
-    var acc;
-
-    // Base point B8 of BabyJubJub: the stand-in key of padding slots.
-    var B8X = 5299619240641551281634865583518297030282874472190772894086521144482721001553;
-    var B8Y = 16950150798460657717958625567821834550301663161624707787222815936182638968203;
-
     // timeRef < 2^64, so that the 64-bit comparison with each deadline is sound.
     component timeBits = Num2Bits(64);
     timeBits.in <== timeRef;
 
-    // ---- unpack the intent words ----
-    // Num2Bits(248) both range-checks the word (< 2^248) and makes the split unique, so
-    // every packed field has exactly the width PROTOCOL.md §5 gives it.
-    signal startNonce[I];
-    signal lastNonce[I];
-    signal count[I];
-    signal total[I];
-    signal cap[I];
-    component intentBits[I];
-    for (s = 0; s < I; s++) {
-        intentBits[s] = Num2Bits(248);
-        intentBits[s].in <== intentWord[s];
-        var f0 = 0; var f1 = 0; var f2 = 0; var f3 = 0; var f4 = 0;
-        for (i = 0; i < 40; i++) { f0 += intentBits[s].out[i] * (1 << i); }
-        for (i = 0; i < 40; i++) { f1 += intentBits[s].out[40 + i] * (1 << i); }
-        for (i = 0; i < 16; i++) { f2 += intentBits[s].out[80 + i] * (1 << i); }
-        for (i = 0; i < 88; i++) { f3 += intentBits[s].out[96 + i] * (1 << i); }
-        for (i = 0; i < 64; i++) { f4 += intentBits[s].out[184 + i] * (1 << i); }
-        startNonce[s] <== f0;
-        lastNonce[s] <== f1;
-        count[s] <== f2;
-        total[s] <== f3;
-        cap[s] <== f4;
+    component slot[I];
+    for (var s = 0; s < I; s++) {
+        slot[s] = IntentSlot();
+        slot[s].intentHash <== intentHash[s];
+        slot[s].intentWord <== intentWord[s];
+        slot[s].Ax <== Ax[s];
+        slot[s].Ay <== Ay[s];
+        slot[s].intentField <== intentField[s];
+        slot[s].payeesRoot <== payeesRoot[s];
+        slot[s].cap <== cap[s];
+    }
+    component payee[P];
+    for (var p = 0; p < P; p++) {
+        payee[p] = PayeeSlot();
+        payee[p].payeeWord <== payeeWord[p];
     }
 
-    // ---- unpack the payee words: payee 160 bits, amount 93 bits ----
-    signal payee[P];
-    signal payeeAmount[P];
-    component payeeBits[P];
-    for (p = 0; p < P; p++) {
-        payeeBits[p] = Num2Bits(253);
-        payeeBits[p].in <== payeeWord[p];
-        var a = 0; var b = 0;
-        for (i = 0; i < 160; i++) { a += payeeBits[p].out[i] * (1 << i); }
-        for (i = 0; i < 93; i++) { b += payeeBits[p].out[160 + i] * (1 << i); }
-        payee[p] <== a;
-        payeeAmount[p] <== b;
-    }
-
-    // ---- intent slots: key commitment, unused slots ----
-    // A used slot (keyHash != 0) must hold the key behind keyHash. An unused slot must have
-    // an all-zero word; with count == 0 the count sum below then keeps every mandate off it.
-    component slotUnused[I];
-    component keyHasher[I];
-    for (s = 0; s < I; s++) {
-        slotUnused[s] = IsZero();
-        slotUnused[s].in <== keyHash[s];
-        keyHasher[s] = Poseidon(2);
-        keyHasher[s].inputs[0] <== Ax[s];
-        keyHasher[s].inputs[1] <== Ay[s];
-        (1 - slotUnused[s].out) * (keyHasher[s].out - keyHash[s]) === 0;
-        slotUnused[s].out * intentWord[s] === 0;
-    }
-
-    // ---- mandate slots ----
-    // nextAllowed[j][s]: the smallest nonce a mandate j may carry for slot s, given the
-    // mandates before it. It starts at startNonce and becomes nonce + 1 after each mandate
-    // of that slot, so nonces strictly increase per intent but may leave gaps: a mandate the
-    // gateway refused must not block the later ones (PROTOCOL.md §3).
+    // nextAllowed[j][s]: the smallest nonce mandate j may carry for slot s. It becomes
+    // nonce + 1 after each mandate of that slot: nonces strictly increase per slot, so each
+    // sets a different bit of the slot's bitmap.
     signal nextAllowed[N + 1][I];
-    for (s = 0; s < I; s++) {
-        nextAllowed[0][s] <== startNonce[s];
+    for (var s = 0; s < I; s++) {
+        nextAllowed[0][s] <== 0;
     }
-
-    // Products sel*x, one signal per (mandate, slot), to form the selected values.
-    signal selField[N][I];
-    signal selAx[N][I];
-    signal selAy[N][I];
-    signal selCap[N][I];
-    signal selNext[N][I];
-    signal selStep[N][I];
-    signal selAmount[N][I];
-    signal paySel[N][P];
+    signal step[N][I];
+    signal slotAmount[N][I];
+    signal slotBit[N][I];
     signal payAmount[N][P];
+    signal pair[N][I][P];
 
-    signal field_[N];
-    signal payeeOf[N];
-    signal capOf[N];
-    signal nextOf[N];
-
-    component amountBits[N];
-    component nonceBits[N];
-    component deadlineBits[N];
-    component requestBits[N];
-    component capCheck[N];
-    component nonceCheck[N];
-    component deadlineCheck[N];
-    component msgHash[N];
-    component sigCheck[N];
-
-    for (j = 0; j < N; j++) {
-        // enabled is a bit; selectors are bits that sum to enabled, so an enabled mandate
-        // selects exactly one intent slot and one payee slot and a padding slot selects none.
+    component intentOneHot[N];
+    component payeeOneHot[N];
+    component selField[N];
+    component selAx[N];
+    component selAy[N];
+    component selCap[N];
+    component selWindow[N];
+    component selNext[N];
+    component selPayee[N];
+    component check[N];
+    for (var j = 0; j < N; j++) {
         enabled[j] * (1 - enabled[j]) === 0;
-        acc = 0;
-        for (s = 0; s < I; s++) {
-            intentSel[j][s] * (1 - intentSel[j][s]) === 0;
-            acc += intentSel[j][s];
+        intentOneHot[j] = OneHot(I);
+        payeeOneHot[j] = OneHot(P);
+        intentOneHot[j].enabled <== enabled[j];
+        payeeOneHot[j].enabled <== enabled[j];
+        selField[j] = Select(I);
+        selAx[j] = Select(I);
+        selAy[j] = Select(I);
+        selCap[j] = Select(I);
+        selWindow[j] = Select(I);
+        selNext[j] = Select(I);
+        for (var s = 0; s < I; s++) {
+            intentOneHot[j].sel[s] <== intentSel[j][s];
+            selField[j].sel[s] <== intentSel[j][s];
+            selField[j].values[s] <== intentField[s];
+            selAx[j].sel[s] <== intentSel[j][s];
+            selAx[j].values[s] <== Ax[s];
+            selAy[j].sel[s] <== intentSel[j][s];
+            selAy[j].values[s] <== Ay[s];
+            selCap[j].sel[s] <== intentSel[j][s];
+            selCap[j].values[s] <== cap[s];
+            selWindow[j].sel[s] <== intentSel[j][s];
+            selWindow[j].values[s] <== slot[s].window;
+            selNext[j].sel[s] <== intentSel[j][s];
+            selNext[j].values[s] <== nextAllowed[j][s];
         }
-        acc === enabled[j];
-        acc = 0;
-        for (p = 0; p < P; p++) {
-            payeeSel[j][p] * (1 - payeeSel[j][p]) === 0;
-            acc += payeeSel[j][p];
-        }
-        acc === enabled[j];
-
-        // A padding slot carries no value.
-        (1 - enabled[j]) * amount[j] === 0;
-
-        // Range checks: amount < 2^64, nonce < 2^40, deadline < 2^40, requestHash < 2^160.
-        // They keep the LessThan comparators below sound (they assume inputs of at most n
-        // bits) and make the packing of the signed message injective: without them another
-        // (requestHash, nonce, deadline) could pack to the same field element.
-        amountBits[j] = Num2Bits(64);
-        amountBits[j].in <== amount[j];
-        nonceBits[j] = Num2Bits(40);
-        nonceBits[j].in <== nonce[j];
-        deadlineBits[j] = Num2Bits(40);
-        deadlineBits[j].in <== deadline[j];
-        requestBits[j] = Num2Bits(160);
-        requestBits[j].in <== requestHash[j];
-
-        // Selected intent-slot values (all zero for a padding slot).
-        var fAcc = 0; var xAcc = 0; var yAcc = 0; var cAcc = 0; var nAcc = 0;
-        for (s = 0; s < I; s++) {
-            selField[j][s] <== intentSel[j][s] * intentField[s];
-            selAx[j][s] <== intentSel[j][s] * Ax[s];
-            selAy[j][s] <== intentSel[j][s] * Ay[s];
-            selCap[j][s] <== intentSel[j][s] * cap[s];
-            selNext[j][s] <== intentSel[j][s] * nextAllowed[j][s];
-            fAcc += selField[j][s];
-            xAcc += selAx[j][s];
-            yAcc += selAy[j][s];
-            cAcc += selCap[j][s];
-            nAcc += selNext[j][s];
-        }
-        field_[j] <== fAcc;
-        capOf[j] <== cAcc;
-        nextOf[j] <== nAcc;
-        var pAcc = 0;
-        for (p = 0; p < P; p++) {
-            paySel[j][p] <== payeeSel[j][p] * payee[p];
-            pAcc += paySel[j][p];
-        }
-        payeeOf[j] <== pAcc;
-
-        // amount <= cap of the selected intent (padding: 0 <= 0). Both sides < 2^64.
-        capCheck[j] = LessEqThan(64);
-        capCheck[j].in[0] <== amount[j];
-        capCheck[j].in[1] <== capOf[j];
-        capCheck[j].out === 1;
-
-        // nonce >= nextAllowed of the selected slot (padding: compares with 0, always holds).
-        // nonce < 2^40 and nextAllowed <= 2^40, so 41 bits suffice.
-        nonceCheck[j] = LessThan(41);
-        nonceCheck[j].in[0] <== nonce[j];
-        nonceCheck[j].in[1] <== nextOf[j];
-        nonceCheck[j].out === 0;
-
-        // Advance the selected slot: nextAllowed += sel*(nonce + 1 - nextAllowed).
-        for (s = 0; s < I; s++) {
-            selStep[j][s] <== intentSel[j][s] * (nonce[j] + 1 - nextAllowed[j][s]);
-            nextAllowed[j + 1][s] <== nextAllowed[j][s] + selStep[j][s];
+        selPayee[j] = Select(P);
+        for (var p = 0; p < P; p++) {
+            payeeOneHot[j].sel[p] <== payeeSel[j][p];
+            selPayee[j].sel[p] <== payeeSel[j][p];
+            selPayee[j].values[p] <== payee[p].payee;
         }
 
-        // deadline >= timeRef when enabled: the mandate has not expired at the time reference
-        // (the contract requires timeRef <= block.timestamp).
-        deadlineCheck[j] = LessThan(64);
-        deadlineCheck[j].in[0] <== deadline[j];
-        deadlineCheck[j].in[1] <== timeRef;
-        deadlineCheck[j].out * enabled[j] === 0;
+        check[j] = MandateCheck();
+        check[j].enabled <== enabled[j];
+        check[j].timeRef <== timeRef;
+        check[j].field <== selField[j].out;
+        check[j].Ax <== selAx[j].out;
+        check[j].Ay <== selAy[j].out;
+        check[j].cap <== selCap[j].out;
+        check[j].window <== selWindow[j].out;
+        check[j].nextAllowed <== selNext[j].out;
+        check[j].payee <== selPayee[j].out;
+        check[j].amount <== amount[j];
+        check[j].nonce <== nonce[j];
+        check[j].deadline <== deadline[j];
+        check[j].requestHash <== requestHash[j];
+        check[j].R8x <== R8x[j];
+        check[j].R8y <== R8y[j];
+        check[j].S <== S[j];
 
-        // The signed message, packed as in PROTOCOL.md §3 (payee < 2^160 comes from the
-        // range-checked payee word; the other parts are range-checked above).
-        msgHash[j] = Poseidon(3);
-        msgHash[j].inputs[0] <== field_[j];
-        msgHash[j].inputs[1] <== payeeOf[j] + amount[j] * (1 << 160);
-        msgHash[j].inputs[2] <== requestHash[j] + nonce[j] * (1 << 160) + deadline[j] * (1 << 200);
-
-        // Signature under the selected key. A padding slot (selected key all zero) checks
-        // against B8 instead, so its witness stays computable; the check itself is off there.
-        sigCheck[j] = EdDSAPoseidonVerifier();
-        sigCheck[j].enabled <== enabled[j];
-        sigCheck[j].Ax <== xAcc + (1 - enabled[j]) * B8X;
-        sigCheck[j].Ay <== yAcc + (1 - enabled[j]) * B8Y;
-        sigCheck[j].S <== S[j];
-        sigCheck[j].R8x <== R8x[j];
-        sigCheck[j].R8y <== R8y[j];
-        sigCheck[j].M <== msgHash[j].out;
-
-        // Per-mandate contributions to the intent totals and payouts.
-        for (s = 0; s < I; s++) {
-            selAmount[j][s] <== intentSel[j][s] * amount[j];
+        // Advance the selected slot: nextAllowed += sel * (nonce + 1 - nextAllowed).
+        for (var s = 0; s < I; s++) {
+            step[j][s] <== intentSel[j][s] * (nonce[j] + 1 - nextAllowed[j][s]);
+            nextAllowed[j + 1][s] <== nextAllowed[j][s] + step[j][s];
+            slotAmount[j][s] <== intentSel[j][s] * amount[j];
+            slotBit[j][s] <== intentSel[j][s] * check[j].bit;
+            for (var p = 0; p < P; p++) {
+                pair[j][s][p] <== intentSel[j][s] * payeeSel[j][p];
+            }
         }
-        for (p = 0; p < P; p++) {
+        for (var p = 0; p < P; p++) {
             payAmount[j][p] <== payeeSel[j][p] * amount[j];
         }
     }
 
-    // ---- per-slot sums ----
-    // count and total are exact sums over the slot's mandates (no overflow: N*2^64 << r).
-    // lastNonce is the last nonce taken by the slot: nextAllowed ended at lastNonce + 1.
-    // A slot with no mandates must report lastNonce 0, so a batch cannot move an intent's
-    // on-chain nextNonce without settling one of its mandates.
-    component noMandates[I];
-    for (s = 0; s < I; s++) {
-        var cnt = 0;
+    // Per intent slot: the public bitmap and total are exact sums over its mandates (the bits
+    // are distinct powers of two, and N * 2^64 << r). An unused slot's zero word keeps every
+    // mandate off it: a selected mandate would add a non-zero bit.
+    for (var s = 0; s < I; s++) {
+        var bits = 0;
         var sum = 0;
-        for (j = 0; j < N; j++) {
-            cnt += intentSel[j][s];
-            sum += selAmount[j][s];
+        for (var j = 0; j < N; j++) {
+            bits += slotBit[j][s];
+            sum += slotAmount[j][s];
         }
-        count[s] === cnt;
-        total[s] === sum;
-        count[s] * (nextAllowed[N][s] - 1 - lastNonce[s]) === 0;
-        noMandates[s] = IsZero();
-        noMandates[s].in <== count[s];
-        noMandates[s].out * lastNonce[s] === 0;
+        slot[s].bitmap === bits;
+        slot[s].total === sum;
     }
 
-    // Each payee slot is paid exactly what its mandates add up to.
-    for (p = 0; p < P; p++) {
+    // Per payee slot: paid exactly what its mandates add up to.
+    for (var p = 0; p < P; p++) {
         var sum = 0;
-        for (j = 0; j < N; j++) {
+        for (var j = 0; j < N; j++) {
             sum += payAmount[j][p];
         }
-        payeeAmount[p] === sum;
+        payee[p].amount === sum;
+    }
+
+    // Allowlists: a (slot, payee) pair used by any mandate needs the payee in the slot's tree,
+    // unless the slot allows any payee. One membership proof per pair, not per mandate.
+    component member[I][P];
+    signal guarded[I][P];
+    for (var s = 0; s < I; s++) {
+        for (var p = 0; p < P; p++) {
+            var used = 0;
+            for (var j = 0; j < N; j++) {
+                used += pair[j][s][p];
+            }
+            member[s][p] = MerkleRoot(D);
+            member[s][p].leaf <== payee[p].payee;
+            member[s][p].index <== payeeIndex[s][p];
+            for (var k = 0; k < D; k++) {
+                member[s][p].siblings[k] <== payeePath[s][p][k];
+            }
+            guarded[s][p] <== used * (1 - slot[s].anyPayee);
+            guarded[s][p] * (member[s][p].root - payeesRoot[s]) === 0;
+        }
     }
 }

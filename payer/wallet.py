@@ -14,7 +14,7 @@ from eth_account.signers.local import LocalAccount
 
 from aep2.babyjubjub import Point
 from aep2.eddsa import SessionKey
-from aep2.intent import ZERO_ADDRESS, Intent, SignedIntent
+from aep2.intent import Intent, SignedIntent
 
 __all__ = ["create_session_key", "create_intent"]
 
@@ -36,8 +36,8 @@ def create_intent(
     valid_for_seconds: int | None = None,
     valid_before: int | None = None,
     valid_after: int | None = None,
+    processor: str,
     payees: tuple[str, ...] | list[str] = (),
-    processor: str = ZERO_ADDRESS,
     salt: bytes | None = None,
 ) -> SignedIntent:
     """Build the intent for ``session_key`` and sign it with ``owner_key`` (the payer).
@@ -45,7 +45,10 @@ def create_intent(
     Give exactly one of ``valid_for_seconds`` (from now) and ``valid_before`` (unix
     seconds). ``valid_after`` defaults to a minute ago, so clocks a little behind ours
     (a gateway's, a chain's latest block) already see it valid. ``settlement`` is the Settlement contract
-    (the EIP-712 verifying contract). Raises ``ValueError`` naming the field on bad input.
+    (the EIP-712 verifying contract); ``processor`` the settlement processor of the gateways the
+    agent pays (their ``/skill.json`` names it): only it can settle the intent's mandates.
+    ``payees`` (at most 256) is the owner's allowlist, enforced in the settlement proof.
+    Raises ``ValueError`` naming the field on bad input.
     """
     account = owner_key if isinstance(owner_key, LocalAccount) else Account.from_key(owner_key)
     now = int(time.time())

@@ -26,7 +26,7 @@ from aep2.sqlite_store import SQLiteStore
 
 from .artifacts import build_artifacts
 from .chain import SettlementClient
-from .deploy import DEFAULT_WITHDRAWAL_DELAY, deploy
+from .deploy import DEFAULT_SETTLEMENT_WINDOW, DEFAULT_WITHDRAWAL_DELAY, deploy
 from .processor import BatchPolicy, SettlementProcessor
 from .prover import Prover
 
@@ -94,7 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     dep.add_argument("--key", help="deployer key (or $AEP2_DEPLOYER_KEY)")
     dep.add_argument("--out", required=True, help="deployment file to write")
     dep.add_argument("--token", help="existing ERC-20 to use instead of deploying MockUSDC")
-    dep.add_argument("--withdrawal-delay", type=int, default=DEFAULT_WITHDRAWAL_DELAY)
+    dep.add_argument("--withdrawal-delay", type=int, default=DEFAULT_WITHDRAWAL_DELAY, help="seconds")
+    dep.add_argument(
+        "--settlement-window", type=int, default=DEFAULT_SETTLEMENT_WINDOW,
+        help="seconds a served mandate has to settle (at most the withdrawal delay)",
+    )
     for name, default in zip(("--n", "--i", "--p"), DEFAULT_SHAPE):
         dep.add_argument(name, type=int, default=default)
 
@@ -118,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         artifacts = build_artifacts(args.n, args.i, args.p)
         deployment = deploy(
             args.rpc_url, _key(args, "AEP2_DEPLOYER_KEY"), artifacts, token=args.token,
-            withdrawal_delay=args.withdrawal_delay, path=args.out,
+            withdrawal_delay=args.withdrawal_delay, settlement_window=args.settlement_window, path=args.out,
         )
         print(json.dumps(deployment.to_json()))
         return 0

@@ -1,17 +1,21 @@
 """Batch planning: which accepted mandates go into the next settlement batch.
 
 The plan is pure computation over the store's accepted mandates and the on-chain state of
-their intents, so a batch that would revert is diagnosed before anything is proven:
+their intents, so a batch that would revert is diagnosed before anything is proven. Nonces
+are one-time bits (docs/PROTOCOL.md §3), so any subset of an intent's mandates can settle
+in any order; a slot of the circuit holds one (intent, 128-nonce window).
 
-- per intent, mandates are taken in nonce order and only as a prefix, because the contract
-  advances ``nextNonce`` past the last settled nonce (docs/PROTOCOL.md §3): a mandate left out
-  while a later nonce of the same intent settles could never settle afterwards;
-- a mandate that can never settle (nonce already passed on chain, amount over the cap, the
-  intent revoked or spent, the payer's escrow short) is rejected with a reason;
-- a mandate that merely does not fit (slots full, time window) waits for the next batch.
+- A mandate that can never settle is rejected with a reason: its nonce already settled on
+  chain, its amount over the cap or zero, the intent's budget or the payer's escrow short,
+  or no time reference left that the contract would take (its deadline or the intent's
+  ``validBefore`` older than ``now - settlement_window``, or the intent's revocation grace
+  over).
+- A mandate that merely does not fit (slots or payees full, another intent's time window)
+  waits for the next batch. Oldest accepted first.
 
-The batch's time reference must satisfy, for every intent and mandate in it,
-``validAfter <= timeRef < validBefore``, ``timeRef <= deadline`` and ``timeRef <= now``.
+The batch's time reference satisfies, for every intent and mandate in it,
+``validAfter <= timeRef < validBefore``, ``timeRef <= deadline``, ``timeRef <= now`` and
+``timeRef >= now - settlement_window + margin``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
+
+from .encoding import nonce_window
 
 MAX_CAP = 2**64 - 1
 
@@ -44,19 +50,23 @@ class IntentState:
     """On-chain state of a registered intent plus its payer's escrowed balance.
 
     Amounts in token base units, times in unix seconds. ``balance`` is the payer's escrow
-    for the intent's asset, shared by all of that payer's intents.
+    for the intent's asset, shared by all of that payer's intents. ``settleable_until`` is
+    when settlement stops for good (revocation grace or lapsed processor consent), ``None``
+    when not scheduled, and ``closed_reason`` the rejection reason after it. ``settled`` maps
+    a nonce window to the bitmap settled on chain.
     """
 
     intent_id: bytes
     payer: str
-    next_nonce: int
     spent: int
     max_amount: int
     max_per_payment: int
     valid_after: int
     valid_before: int
-    revoked: bool
     balance: int
+    settleable_until: int | None = None
+    closed_reason: str = "intent_revoked"
+    settled: Mapping[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -69,26 +79,18 @@ class Rejection:
 
 @dataclass
 class BatchPlan:
-    """The next batch: per intent its mandates in nonce order, plus rejections.
+    """The next batch: per (intent, window) its mandates in nonce order, plus rejections.
 
-    ``intents`` is sorted ascending by intent id, as the contract requires.
+    ``slots`` is sorted ascending by ``(intent id, window)``, as the contract requires.
     """
 
     time_ref: int
-    intents: list[tuple[bytes, list[PendingMandate]]] = field(default_factory=list)
+    slots: list[tuple[bytes, int, list[PendingMandate]]] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
 
     @property
     def mandates(self) -> list[PendingMandate]:
-        return [mandate for _, mandates in self.intents for mandate in mandates]
-
-    @property
-    def payees(self) -> dict[str, int]:
-        """Total per payee address, in base units, in first-seen order."""
-        totals: dict[str, int] = {}
-        for mandate in self.mandates:
-            totals[mandate.payee] = totals.get(mandate.payee, 0) + mandate.amount
-        return totals
+        return [mandate for _, _, mandates in self.slots for mandate in mandates]
 
 
 def plan_batch(
@@ -99,84 +101,81 @@ def plan_batch(
     i: int,
     p: int,
     now: int,
+    settlement_window: int,
+    margin: int = 60,
 ) -> BatchPlan:
-    """Choose up to ``n`` mandates of at most ``i`` intents paying at most ``p`` payees.
+    """Choose up to ``n`` mandates in at most ``i`` (intent, window) slots paying at most ``p`` payees.
 
-    Intents are served oldest accepted mandate first. Raises ``KeyError`` if a pending
-    mandate's intent has no entry in ``states`` (register intents before planning).
+    ``now`` is the chain's time (unix seconds); ``margin`` seconds of ``settlement_window``
+    are kept for proving and inclusion. Raises ``KeyError`` if a pending mandate's intent has
+    no entry in ``states`` (register intents before planning).
     """
     if n < 1 or i < 1 or p < 1:
         raise ValueError(f"batch shape must be positive, got n={n} i={i} p={p}")
-    by_intent: dict[bytes, list[PendingMandate]] = defaultdict(list)
-    for mandate in pending:
-        by_intent[mandate.intent_id].append(mandate)
-    order = sorted(by_intent, key=lambda intent_id: min(m.accepted_at for m in by_intent[intent_id]))
-
+    oldest_time_ref = now - settlement_window + margin
     rejected: list[Rejection] = []
-    chosen: dict[bytes, list[PendingMandate]] = {}
+    groups: dict[tuple[bytes, int], list[PendingMandate]] = defaultdict(list)
+    for mandate in pending:
+        reason = _never_settles(mandate, states[mandate.intent_id], oldest_time_ref, now)
+        if reason is not None:
+            rejected.append(Rejection(mandate.payment_id, reason))
+        else:
+            groups[(mandate.intent_id, nonce_window(mandate.nonce)[0])].append(mandate)
+
+    spent: dict[bytes, int] = defaultdict(int)
+    debited: dict[str, int] = defaultdict(int)
+    chosen: dict[tuple[bytes, int], list[PendingMandate]] = {}
     payees: set[str] = set()
-    reserved_by_payer: dict[str, int] = defaultdict(int)
-    lower, upper = 0, now
+    lower, upper = oldest_time_ref, now
     size = 0
-    for intent_id in order:
-        state = states[intent_id]
-        mandates = sorted(by_intent[intent_id], key=lambda m: m.nonce)
-        usable = _reject_unsettleable(mandates, state, rejected)
-        if not usable or len(chosen) == i or size == n:
-            continue
-        intent_lower = max(lower, state.valid_after)
-        intent_upper = min(upper, state.valid_before - 1)
+    for key in sorted(groups, key=lambda k: min(m.accepted_at for m in groups[k])):
+        if len(chosen) == i or size == n:
+            break
+        state = states[key[0]]
+        slot_lower = max(lower, state.valid_after)
+        slot_upper = min(upper, state.valid_before - 1)
         taken: list[PendingMandate] = []
-        total = 0
-        for mandate in usable:
+        for mandate in sorted(groups[key], key=lambda m: (m.accepted_at, m.nonce)):
             if size + len(taken) == n:
                 break
             if mandate.payee not in payees and len(payees | {m.payee for m in taken}) == p:
-                break
-            mandate_upper = min(intent_upper, mandate.deadline)
-            if mandate_upper < intent_lower:
-                # Settling this one would need a time reference the batch can't have now.
-                break
-            if state.spent + total + mandate.amount > state.max_amount:
-                rejected.extend(Rejection(m.payment_id, "budget_exceeded") for m in usable[len(taken):])
-                break
-            if reserved_by_payer[state.payer] + total + mandate.amount > state.balance:
-                rejected.extend(Rejection(m.payment_id, "insufficient_escrow") for m in usable[len(taken):])
-                break
+                continue  # next batch
+            mandate_upper = min(slot_upper, mandate.deadline)
+            if mandate_upper < slot_lower:
+                continue  # needs a time reference this batch can't have; next batch
+            if state.spent + spent[state.intent_id] + mandate.amount > state.max_amount:
+                rejected.append(Rejection(mandate.payment_id, "budget_exceeded"))
+                continue
+            if debited[state.payer] + mandate.amount > state.balance:
+                rejected.append(Rejection(mandate.payment_id, "insufficient_escrow"))
+                continue
             taken.append(mandate)
-            total += mandate.amount
-            intent_upper = mandate_upper
+            spent[state.intent_id] += mandate.amount
+            debited[state.payer] += mandate.amount
+            slot_upper = mandate_upper
         if not taken:
             continue
-        chosen[intent_id] = taken
+        chosen[key] = sorted(taken, key=lambda m: m.nonce)
         payees.update(m.payee for m in taken)
-        reserved_by_payer[state.payer] += total
-        lower, upper = intent_lower, intent_upper
+        lower, upper = slot_lower, slot_upper
         size += len(taken)
 
     plan = BatchPlan(time_ref=upper, rejected=rejected)
-    plan.intents = sorted(chosen.items(), key=lambda item: item[0])
+    plan.slots = [(intent_id, window, chosen[(intent_id, window)]) for intent_id, window in sorted(chosen)]
     return plan
 
 
-def _reject_unsettleable(
-    mandates: list[PendingMandate], state: IntentState, rejected: list[Rejection]
-) -> list[PendingMandate]:
-    """Drop (and record) the mandates of one intent that no batch could ever settle."""
-    if state.revoked:
-        rejected.extend(Rejection(m.payment_id, "intent_revoked") for m in mandates)
-        return []
-    usable = []
-    cap = min(state.max_per_payment, MAX_CAP)
-    for mandate in mandates:
-        if mandate.nonce < state.next_nonce:
-            rejected.append(Rejection(mandate.payment_id, "nonce_already_settled"))
-        elif mandate.amount > cap:
-            rejected.append(Rejection(mandate.payment_id, "per_payment_cap_exceeded"))
-        elif mandate.deadline < state.valid_after or mandate.amount <= 0:
-            rejected.append(Rejection(mandate.payment_id, "mandate_expired" if mandate.amount > 0 else "invalid_amount"))
-        elif usable and usable[-1].nonce == mandate.nonce:
-            rejected.append(Rejection(mandate.payment_id, "nonce_used"))
-        else:
-            usable.append(mandate)
-    return usable
+def _never_settles(mandate: PendingMandate, state: IntentState, oldest_time_ref: int, now: int) -> str | None:
+    """Why no batch could ever settle ``mandate``, or ``None``."""
+    window, bit = nonce_window(mandate.nonce)
+    if state.settled.get(window, 0) & bit:
+        return "nonce_already_settled"
+    if mandate.amount <= 0:
+        return "invalid_amount"
+    if mandate.amount > min(state.max_per_payment, MAX_CAP):
+        return "per_payment_cap_exceeded"
+    if state.settleable_until is not None and now >= state.settleable_until:
+        return state.closed_reason
+    if min(mandate.deadline, state.valid_before - 1) < max(oldest_time_ref, state.valid_after):
+        return "mandate_expired"
+    return None

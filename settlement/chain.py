@@ -45,23 +45,27 @@ class TransactionPending(Exception):
 
 @dataclass(frozen=True)
 class IntentRecord:
-    """``ISettlement.IntentRecord`` as stored on chain (amounts in base units)."""
+    """``ISettlement.IntentRecord`` as stored on chain (amounts in base units, times in unix
+    seconds; ``revoked_at`` 0 when not revoked)."""
 
     payer: str
-    next_nonce: int
-    revoked: bool
     asset: str
     valid_after: int
-    processor: str
     valid_before: int
-    session_key_hash: int
+    processor: str
     max_amount: int
     spent: int
     max_per_payment: int
+    revoked_at: int
+    commitment: int
 
     @property
     def registered(self) -> bool:
         return int(self.payer, 16) != 0
+
+    def settleable_until(self, settlement_window: int) -> int | None:
+        """When a revocation stops settlement (``revoked_at + window``), or ``None``."""
+        return self.revoked_at + settlement_window if self.revoked_at else None
 
 
 def _error_selectors(abi: list[dict[str, Any]]) -> dict[str, str]:
@@ -155,27 +159,49 @@ class SettlementClient:
         fields = dict(zip(_struct_names(self.contract.abi, "getIntent"), raw))
         return IntentRecord(
             payer=fields["payer"],
-            next_nonce=fields["nextNonce"],
-            revoked=fields["revoked"],
             asset=fields["asset"],
             valid_after=fields["validAfter"],
-            processor=fields["processor"],
             valid_before=fields["validBefore"],
-            session_key_hash=fields["sessionKeyHash"],
+            processor=fields["processor"],
             max_amount=fields["maxAmount"],
             spent=fields["spent"],
             max_per_payment=fields["maxPerPayment"],
+            revoked_at=fields["revokedAt"],
+            commitment=fields["commitment"],
         )
+
+    async def settled_nonces(self, intent_id: bytes, window: int) -> int:
+        """Bitmap of the intent's settled nonces ``window·128 … window·128 + 127``."""
+        return int(await self._retry(lambda: self.contract.functions.settledNonces(intent_id, window).call()))
+
+    async def settlement_window(self) -> int:
+        """The contract's settlement window (seconds)."""
+        return int(await self._retry(lambda: self.contract.functions.settlementWindow().call()))
 
     async def balance_of(self, payer: str, token: str) -> int:
         """Payer's escrowed balance (base units)."""
         return int(await self._retry(lambda: self.contract.functions.balanceOf(payer, token).call()))
 
-    async def is_processor(self, payer: str) -> bool:
-        """Whether ``payer`` authorised this processor."""
-        return bool(
-            await self._retry(lambda: self.contract.functions.isProcessor(payer, self.account.address).call())
+    async def consent_until(self, payer: str) -> int:
+        """When ``payer``'s consent to this processor lapses (unix seconds; 0: never given,
+        ``2^64 - 1``: not withdrawn)."""
+        return int(
+            await self._retry(
+                lambda: self.contract.functions.processorConsentUntil(payer, self.account.address).call()
+            )
         )
+
+    async def dry_run_settle(self, batch: tuple) -> str | None:
+        """Simulate ``settleBatch`` of ``batch`` with an all-zero proof; returns the revert's
+        custom error name (``Settlement__InvalidProof`` once every other check passed)."""
+        call = self.contract.functions.settleBatch([0] * 8, batch)
+        try:
+            await self._retry(
+                lambda: call.call({"from": self.account.address, "gas": SETTLE_GAS}, block_identifier="pending")
+            )
+        except (ContractCustomError, ContractLogicError) as exc:
+            return decode_revert(exc).error
+        return None
 
     async def register_intent(self, signed_intent: SignedIntent) -> str:
         """Register an intent from its payer's signature; returns the transaction hash."""
@@ -188,12 +214,12 @@ class SettlementClient:
             message["maxPerPayment"],
             message["validAfter"],
             message["validBefore"],
-            message["payees"],
+            message["payeesRoot"],
             message["processor"],
             message["salt"],
         )
         call = self.contract.functions.registerIntent(intent_tuple, signed_intent.signature)
-        receipt = await self.transact(call, gas=400_000)
+        receipt = await self.transact(call, gas=600_000)  # PoseidonT5 of the commitment: ~55k
         return "0x" + bytes(receipt["transactionHash"]).hex()
 
     async def settle_batch(

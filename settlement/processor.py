@@ -1,14 +1,20 @@
 """The settlement processor: accepted mandates → batches → one Groth16 proof → one transaction.
 
-Each round: reconcile unfinished batches with the chain, read the on-chain state of every
-intent with accepted mandates (registering intents not yet on chain), plan a batch
-(``batcher.plan_batch``: mandates that can never settle are marked ``failed`` with a
-reason, the rest wait), seal it in the store (the gateway then refuses nonces at or below
-the new watermark), build the witness, prove, verify in Python, cross-check the public
-inputs with the contract's own, simulate, record the transaction hash, send, and mark the
-batch settled once the receipt succeeds.
+Each round (``settle_once``) runs four steps:
 
-Crash safety: the store records each step before the next starts, and intent nonces on
+1. ``load_intents``: read the on-chain state of every intent with accepted mandates
+   (registering intents not yet on chain), the payer's escrow and consent, and the settled
+   nonce bitmaps of the windows in play;
+2. ``plan``: ``batcher.plan_batch`` picks the batch; mandates that can never settle are
+   marked ``failed`` with a reason, the rest wait; the batch is sealed in the store;
+3. ``prove``: build the witness, prove, verify in Python and cross-check the public inputs
+   with the contract's own;
+4. ``submit``: simulate, record the transaction hash, send, and mark the batch settled once
+   the receipt succeeds. If the simulation reverts, ``isolate`` dry-runs each intent slot
+   alone: the slots the contract refuses for their own reason are failed with it, the rest
+   go back to the queue, so one bad intent never stalls the others.
+
+Crash safety: the store records each step before the next starts, and the nonce bitmaps on
 chain are the truth. On restart ``reconcile()`` settles a batch whose transaction made it
 on chain and puts back (``retry``) one that did not, so nothing is lost or settled twice.
 """
@@ -20,17 +26,34 @@ import functools
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from aep2.intent import SignedIntent
 from aep2.sqlite_store import SQLiteStore
-from aep2.store import MandateRecord
+from aep2.store import BatchRecord, MandateRecord
 
 from .batcher import IntentState, PendingMandate, plan_batch
 from .chain import ChainRevert, SettlementClient
-from .prover import Prover
-from .witness import IntentSlot, build_statement
+from .encoding import nonce_window
+from .prover import Proof, Prover
+from .witness import BatchStatement, IntentSlot, build_statement
 
-__all__ = ["BatchPolicy", "BatchResult", "SettlementProcessor"]
+__all__ = ["BatchPolicy", "BatchResult", "SettlementProcessor", "SLOT_REVERTS"]
+
+#: Contract errors that a single intent slot causes on its own, and the reason its mandates
+#: fail with: no later batch could settle them either.
+SLOT_REVERTS = {
+    "Settlement__UnknownIntent": "unknown_intent",
+    "Settlement__IntentRevoked": "intent_revoked",
+    "Settlement__AssetMismatch": "asset_mismatch",
+    "Settlement__IntentExpired": "mandate_expired",
+    "Settlement__UnauthorizedProcessor": "processor_not_authorized",
+    "Settlement__NonceAlreadySettled": "nonce_already_settled",
+    "Settlement__NonceOutOfRange": "invalid_nonce",
+    "Settlement__AmountOutOfRange": "invalid_amount",
+    "Settlement__IntentBudgetExceeded": "budget_exceeded",
+    "Settlement__InsufficientBalance": "insufficient_escrow",
+}
 
 logger = logging.getLogger("settlement")
 
@@ -76,6 +99,7 @@ class SettlementProcessor:
         self.n, self.i, self.p = shape.n, shape.i, shape.p
         self.policy = policy or BatchPolicy(max_size=self.n)
         self.results: list[BatchResult] = []
+        self._window: int | None = None
 
     # -- crash recovery ------------------------------------------------------------------
 
@@ -97,13 +121,18 @@ class SettlementProcessor:
             logger.info("batch %d: not on chain; its mandates return to the queue", batch.batch_id)
 
     async def _settled_on_chain(self, records: list[MandateRecord]) -> bool:
-        last: dict[bytes, int] = {}
+        """Whether every mandate's nonce bit is set on chain (settled by some transaction)."""
+        if not records:
+            return False
+        bitmaps: dict[tuple[bytes, int], int] = {}
         for record in records:
-            last[record.mandate.intent_id] = max(last.get(record.mandate.intent_id, -1), record.mandate.nonce)
-        for intent_id, nonce in last.items():
-            if (await self.client.intent(intent_id)).next_nonce <= nonce:
+            window, bit = nonce_window(record.mandate.nonce)
+            key = (record.mandate.intent_id, window)
+            if key not in bitmaps:
+                bitmaps[key] = await self.client.settled_nonces(*key)
+            if not bitmaps[key] & bit:
                 return False
-        return bool(last)
+        return True
 
     # -- one round -----------------------------------------------------------------------
 
@@ -117,76 +146,25 @@ class SettlementProcessor:
         return time.time() - min(r.accepted_at for r in accepted) >= self.policy.max_age_seconds
 
     async def settle_once(self) -> BatchResult | None:
-        """Plan, prove and settle one batch; ``None`` when nothing is ready to settle."""
+        """Plan, prove and settle one batch; ``None`` when nothing is ready to settle.
+
+        Raises ``ChainRevert`` when the batch would revert for a reason common to all its
+        slots (its mandates return to the queue), and what the prover or the RPC raises.
+        """
         await self.reconcile()
         accepted = await self.store.accepted_mandates()
         if not accepted:
             return None
-        intents: dict[bytes, SignedIntent] = {}
-        states: dict[bytes, IntentState] = {}
-        balances: dict[str, int] = {}
-        blocked: set[bytes] = set()
-        for record in accepted:
-            intent_id = record.mandate.intent_id
-            if intent_id in intents or intent_id in blocked:
-                continue
-            signed = await self.store.get_intent(intent_id)
-            if signed is None:
-                await self.store.fail_mandates([record.payment_id], "unknown_intent")
-                continue
-            state = await self._intent_state(signed, balances)
-            if state is None:
-                blocked.add(intent_id)
-                continue
-            intents[intent_id] = signed
-            states[intent_id] = state
-        pending = [
-            PendingMandate(
-                r.payment_id, r.mandate.intent_id, r.mandate.nonce, r.mandate.payee, r.mandate.amount,
-                r.mandate.deadline, r.accepted_at,
-            )
-            for r in accepted
-            if r.mandate.intent_id in states
-        ]
-        # The batch executes in a block stamped about now; the latest block may be older.
-        now = max(await self.client.latest_timestamp(), int(time.time()) - 2)
-        plan = plan_batch(pending, states, n=min(self.n, self.policy.max_size), i=self.i, p=self.p, now=now)
-        failed = [(rejection.payment_id, rejection.reason) for rejection in plan.rejected]
-        for reason in {reason for _, reason in failed}:
-            await self.store.fail_mandates([pid for pid, r in failed if r == reason], reason)
-        if not plan.intents:
+        intents, states = await self.load_intents(accepted)
+        planned = await self.plan(accepted, intents, states)
+        if planned is None:
             return None
-
-        by_id = {record.payment_id: record for record in accepted}
-        slots = [
-            IntentSlot(intents[intent_id].intent, states[intent_id].next_nonce, tuple(by_id[m.payment_id] for m in chosen))
-            for intent_id, chosen in plan.intents
-        ]
-        statement = build_statement(slots, time_ref=plan.time_ref, asset=self.asset, n=self.n, i=self.i, p=self.p)
-        batch = await self.store.seal_batch([m.payment_id for m in plan.mandates], plan.time_ref)
-        try:
-            proof = await asyncio.to_thread(self.prover.prove, statement.inputs)
-            if not self.prover.verify(proof):
-                raise RuntimeError("proof does not verify in Python")
-            on_chain_inputs = await self.client.public_inputs(statement.batch)
-            if tuple(on_chain_inputs) != proof.public_inputs:
-                raise RuntimeError("contract's public inputs differ from the proof's")
-            # The hash is recorded before the broadcast: after a crash, reconcile() looks it up.
-            receipt = await self.client.settle_batch(
-                proof.words, statement.batch, on_signed=functools.partial(self.store.mark_batch_submitted, batch.batch_id)
-            )
-        except ChainRevert as exc:
-            # Reverted in simulation or on chain: nothing settled; re-plan next round.
-            await self.store.fail_batch(batch.batch_id, str(exc), retry=True)
-            logger.warning("batch %d would revert (%s); its mandates return to the queue", batch.batch_id, exc)
-            raise
-        except BaseException:
-            # Still 'proving': never sent, put it back. 'submitted' (including a transaction
-            # with no receipt yet) stays for reconcile(), which asks the chain.
-            await self._undo_if_not_sent(batch.batch_id)
-            raise
+        batch, statement, failed = planned
+        proof = await self.prove(batch.batch_id, statement)
+        receipt = await self.submit(batch.batch_id, statement, proof)
+        if receipt is None:
+            return None
         tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
-        await self.store.mark_batch_settled(batch.batch_id, tx_hash, int(receipt["blockNumber"]))
         result = BatchResult(
             batch.batch_id, tx_hash, statement.mandate_count, int(receipt["gasUsed"]), proof.seconds, failed
         )
@@ -197,12 +175,154 @@ class SettlementProcessor:
         )
         return result
 
+    async def load_intents(
+        self, accepted: list[MandateRecord]
+    ) -> tuple[dict[bytes, SignedIntent], dict[bytes, IntentState]]:
+        """Signed intents and on-chain states of the intents with accepted mandates.
+
+        Intents not yet on chain are registered. A mandate of an intent the store does not
+        know is failed (``unknown_intent``); an intent that cannot be registered or whose
+        payer has not (yet) consented to this processor is left out (its mandates wait).
+        """
+        windows: dict[bytes, set[int]] = {}
+        for record in accepted:
+            windows.setdefault(record.mandate.intent_id, set()).add(nonce_window(record.mandate.nonce)[0])
+        intents: dict[bytes, SignedIntent] = {}
+        states: dict[bytes, IntentState] = {}
+        balances: dict[str, int] = {}
+        for intent_id, intent_windows in windows.items():
+            signed = await self.store.get_intent(intent_id)
+            if signed is None:
+                await self.store.fail_mandates(
+                    [r.payment_id for r in accepted if r.mandate.intent_id == intent_id], "unknown_intent"
+                )
+                continue
+            state = await self._intent_state(signed, intent_windows, balances)
+            if state is not None:
+                intents[intent_id] = signed
+                states[intent_id] = state
+        return intents, states
+
+    async def plan(
+        self, accepted: list[MandateRecord], intents: dict[bytes, SignedIntent], states: dict[bytes, IntentState]
+    ) -> tuple[BatchRecord, BatchStatement, list[tuple[str, str]]] | None:
+        """Plan the next batch, fail what can never settle, and seal the batch in the store.
+
+        Returns the sealed batch, its statement and the failed ``(payment id, reason)``s, or
+        ``None`` when nothing can settle now.
+        """
+        pending = [
+            PendingMandate(
+                r.payment_id, r.mandate.intent_id, r.mandate.nonce, r.mandate.payee, r.mandate.amount,
+                r.mandate.deadline, r.accepted_at,
+            )
+            for r in accepted
+            if r.mandate.intent_id in states
+        ]
+        # The batch executes in a block stamped about now; the latest block may be older.
+        now = max(await self.client.latest_timestamp(), int(time.time()) - 2)
+        plan = plan_batch(
+            pending, states, n=min(self.n, self.policy.max_size), i=self.i, p=self.p, now=now,
+            settlement_window=await self._settlement_window(),
+        )
+        failed = [(rejection.payment_id, rejection.reason) for rejection in plan.rejected]
+        for reason in {reason for _, reason in failed}:
+            await self.store.fail_mandates([pid for pid, r in failed if r == reason], reason)
+        if not plan.slots:
+            return None
+        by_id = {record.payment_id: record for record in accepted}
+        slots = [
+            IntentSlot(intents[intent_id].intent, window, tuple(by_id[m.payment_id] for m in chosen))
+            for intent_id, window, chosen in plan.slots
+        ]
+        statement = build_statement(slots, time_ref=plan.time_ref, asset=self.asset, n=self.n, i=self.i, p=self.p)
+        batch = await self.store.seal_batch([m.payment_id for m in plan.mandates], plan.time_ref)
+        return batch, statement, failed
+
+    async def prove(self, batch_id: int, statement: BatchStatement) -> Proof:
+        """Prove the sealed batch and cross-check it; an error puts its mandates back in the queue."""
+        try:
+            proof = await asyncio.to_thread(self.prover.prove, statement.inputs)
+            if not self.prover.verify(proof):
+                raise RuntimeError("proof does not verify in Python")
+            on_chain_inputs = await self.client.public_inputs(statement.batch)
+            if tuple(on_chain_inputs) != proof.public_inputs:
+                raise RuntimeError("contract's public inputs differ from the proof's")
+        except BaseException:
+            await self._undo_if_not_sent(batch_id)
+            raise
+        return proof
+
+    async def submit(self, batch_id: int, statement: BatchStatement, proof: Proof) -> dict[str, Any] | None:
+        """Send ``settleBatch`` and mark the batch settled; returns the receipt.
+
+        A simulated revert caused by some slots only fails those slots' mandates with the
+        contract's reason and returns ``None`` (the others are re-planned next round).
+        """
+        try:
+            # The hash is recorded before the broadcast: after a crash, reconcile() looks it up.
+            receipt = await self.client.settle_batch(
+                proof.words, statement.batch, on_signed=functools.partial(self.store.mark_batch_submitted, batch_id)
+            )
+        except ChainRevert as exc:
+            if await self.isolate(batch_id, statement):
+                return None
+            # Nothing settled and no slot is to blame: re-plan next round.
+            await self.store.fail_batch(batch_id, str(exc), retry=True)
+            logger.warning("batch %d would revert (%s); its mandates return to the queue", batch_id, exc)
+            raise
+        except BaseException:
+            # Still 'proving': never sent, put it back. 'submitted' (including a transaction
+            # with no receipt yet) stays for reconcile(), which asks the chain.
+            await self._undo_if_not_sent(batch_id)
+            raise
+        tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
+        await self.store.mark_batch_settled(batch_id, tx_hash, int(receipt["blockNumber"]))
+        return receipt
+
+    async def isolate(self, batch_id: int, statement: BatchStatement) -> bool:
+        """Dry-run each intent slot of a reverting batch alone; fail the slots the contract
+        refuses for a reason of their own and return the batch's mandates otherwise.
+
+        Returns whether any slot was to blame (the batch is then closed: its other mandates
+        are back in the queue).
+        """
+        records = await self.store.batch_mandates(batch_id)
+        blamed: dict[str, str] = {}
+        for slot in statement.batch[2]:
+            intent_id, window = slot[0], slot[1]
+            mine = [r for r in records if r.mandate.intent_id == intent_id and nonce_window(r.mandate.nonce)[0] == window]
+            payouts: dict[str, int] = {}
+            for record in mine:
+                payouts[record.mandate.payee_checksum] = payouts.get(record.mandate.payee_checksum, 0) + record.mandate.amount
+            alone = (statement.batch[0], statement.batch[1], [slot], [list(item) for item in payouts.items()])
+            error = await self.client.dry_run_settle(alone)
+            reason = SLOT_REVERTS.get(error or "")
+            if reason is not None:
+                for record in mine:
+                    blamed[record.payment_id] = reason
+        if not blamed:
+            return False
+        await self.store.fail_batch(batch_id, "isolated: " + ", ".join(sorted(set(blamed.values()))), retry=True)
+        for reason in set(blamed.values()):
+            await self.store.fail_mandates([pid for pid, r in blamed.items() if r == reason], reason)
+        logger.warning("batch %d: %d mandates can never settle (%s); the rest return to the queue",
+                       batch_id, len(blamed), ", ".join(sorted(set(blamed.values()))))
+        return True
+
     async def _undo_if_not_sent(self, batch_id: int) -> None:
         current = await self.store.get_batch(batch_id)
         if current.status == "proving":
             await self.store.fail_batch(batch_id, "processing interrupted before submission", retry=True)
 
-    async def _intent_state(self, signed: SignedIntent, balances: dict[str, int]) -> IntentState | None:
+    async def _settlement_window(self) -> int:
+        if self._window is None:
+            self._window = await self.client.settlement_window()
+        return self._window
+
+    async def _intent_state(
+        self, signed: SignedIntent, windows: set[int], balances: dict[str, int]
+    ) -> IntentState | None:
         intent = signed.intent
         record = await self.client.intent(intent.intent_id)
         if not record.registered:
@@ -212,22 +332,30 @@ class SettlementProcessor:
                 logger.warning("intent 0x%s cannot be registered: %s", intent.intent_id.hex(), exc)
                 return None
             record = await self.client.intent(intent.intent_id)
-        if not await self.client.is_processor(intent.payer):
+        consent_until = await self.client.consent_until(intent.payer)
+        if consent_until == 0:
             logger.warning("payer %s has not authorised processor %s; waiting", intent.payer, self.client.address)
             return None
+        window = await self._settlement_window()
+        closes = [(until, reason) for until, reason in (
+            (record.settleable_until(window), "intent_revoked"),
+            (None if consent_until == 2**64 - 1 else consent_until, "processor_not_authorized"),
+        ) if until is not None]
+        settleable_until, closed_reason = min(closes) if closes else (None, "intent_revoked")
         if intent.payer not in balances:
             balances[intent.payer] = await self.client.balance_of(intent.payer, intent.asset)
         return IntentState(
             intent_id=intent.intent_id,
             payer=intent.payer,
-            next_nonce=record.next_nonce,
             spent=record.spent,
             max_amount=record.max_amount,
             max_per_payment=record.max_per_payment,
             valid_after=record.valid_after,
             valid_before=record.valid_before,
-            revoked=record.revoked,
             balance=balances[intent.payer],
+            settleable_until=settleable_until,
+            closed_reason=closed_reason,
+            settled={w: await self.client.settled_nonces(intent.intent_id, w) for w in windows},
         )
 
     # -- loop ----------------------------------------------------------------------------

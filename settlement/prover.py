@@ -9,13 +9,10 @@ GIL but takes seconds, so async callers run it in a thread::
     proof = await asyncio.to_thread(prover.prove, inputs)
     assert prover.verify(proof)
 
-``inputs`` maps each input signal of ``Batch(N, I, P)`` to an int or a nested list of ints:
-public ``timeRef``, ``keyHash[I]``, ``intentWord[I]``, ``payeeWord[P]``; private ``Ax[I]``,
-``Ay[I]``, ``intentField[I]``, ``enabled[N]``, ``intentSel[N][I]``, ``payeeSel[N][P]``,
-``amount[N]``, ``nonce[N]``, ``deadline[N]``, ``requestHash[N]``, ``R8x[N]``, ``R8y[N]``, ``S[N]``.
-A padding mandate slot has ``enabled = 0``, all selectors, ``amount``, ``nonce``, ``deadline``
-and ``requestHash`` 0, and carries ``padding_signature()``; an unused intent slot has
-``keyHash = intentWord = Ax = Ay = intentField = 0``.
+``inputs`` maps each input signal of ``Batch(N, I, P, D)`` to an int or a nested list of
+ints, as ``settlement.witness.build_statement`` lays them out: public ``timeRef``,
+``intentHash[I]``, ``intentWord[I]``, ``payeeWord[P]``; private intent-slot openings and
+allowlist paths, and the mandate columns (circuits/batch.circom names them all).
 """
 
 from __future__ import annotations
@@ -25,39 +22,16 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
 import groth16py
 
-from aep2.eddsa import SessionKey, Signature
 from aep2.fields import FIELD_MODULUS
-from aep2.poseidon import poseidon
 
 from .artifacts import CircuitArtifacts
 
-__all__ = [
-    "Proof",
-    "Prover",
-    "WitnessError",
-    "ProofError",
-    "pack_intent_word",
-    "pack_payee_word",
-    "public_inputs",
-    "padding_signature",
-    "PADDING_MESSAGE",
-    "PADDING_SECRET",
-]
-
-# Field widths inside the packed public words (PROTOCOL.md §5).
-_INTENT_FIELDS = (("startNonce", 40), ("lastNonce", 40), ("count", 16), ("total", 88), ("cap", 64))
-_PAYEE_FIELDS = (("payee", 160), ("amount", 93))
-
-# A padding slot verifies (with the check switched off) against the base point B8, i.e. the
-# key with secret scalar 1, over the message of an all-zero mandate (circuits/batch.circom).
-PADDING_SECRET = 1
-PADDING_MESSAGE = poseidon(0, 0, 0)
+__all__ = ["Proof", "Prover", "WitnessError", "ProofError", "public_inputs"]
 
 
 class ProofError(Exception):
@@ -96,41 +70,12 @@ class Proof:
         return [w[0], w[1]], [[w[2], w[3]], [w[4], w[5]]], [w[6], w[7]], list(self.public_inputs)
 
 
-def _pack(fields: tuple[tuple[str, int], ...], values: tuple[int, ...]) -> int:
-    word = 0
-    shift = 0
-    for (name, bits), value in zip(fields, values):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ValueError(f"{name} must be an int, got {type(value).__name__}")
-        if not 0 <= value < 1 << bits:
-            raise ValueError(f"{name} = {value} does not fit in {bits} bits")
-        word |= value << shift
-        shift += bits
-    return word
-
-
-def pack_intent_word(start: int, last: int, count: int, total: int, cap: int) -> int:
-    """``startNonce + lastNonce·2^40 + count·2^80 + total·2^96 + cap·2^184`` (range-checked)."""
-    return _pack(_INTENT_FIELDS, (start, last, count, total, cap))
-
-
-def pack_payee_word(payee: int, amount: int) -> int:
-    """``payee + amount·2^160`` (payee < 2^160, amount < 2^93)."""
-    return _pack(_PAYEE_FIELDS, (payee, amount))
-
-
-@lru_cache(maxsize=1)
-def padding_signature() -> Signature:
-    """The signature a padding mandate slot carries (key B8, message ``PADDING_MESSAGE``)."""
-    return SessionKey(PADDING_SECRET).sign(PADDING_MESSAGE)
-
-
 def public_inputs(inputs: Mapping[str, Any]) -> tuple[int, ...]:
     """The public inputs of a circuit input dict, in PROTOCOL.md §5 order."""
     try:
         values = [
             int(inputs["timeRef"]),
-            *(int(v) for v in inputs["keyHash"]),
+            *(int(v) for v in inputs["intentHash"]),
             *(int(v) for v in inputs["intentWord"]),
             *(int(v) for v in inputs["payeeWord"]),
         ]
@@ -151,7 +96,7 @@ def _to_json(value: Any, name: str) -> Any:
 
 
 class Prover:
-    """Proves ``Batch(N, I, P)`` statements with a proving key held in memory."""
+    """Proves ``Batch(N, I, P, D)`` statements with a proving key held in memory."""
 
     def __init__(self, artifacts: CircuitArtifacts, *, node: str = "node") -> None:
         self.artifacts = artifacts

@@ -2,7 +2,7 @@
 
 Both come from one ``BatchStatement`` so the public inputs the proof commits to and the
 figures the contract acts on cannot disagree (docs/PROTOCOL.md §5): intent slot ``s`` is the
-``s``-th intent in ascending intent-id order, payee slot ``k`` the ``k``-th payout.
+``s``-th (intent id, nonce window) in ascending order, payee slot ``k`` the ``k``-th payout.
 """
 
 from __future__ import annotations
@@ -13,28 +13,39 @@ from typing import Any, Sequence
 from eth_utils import to_checksum_address
 
 from aep2.intent import Intent
+from aep2.payees import PAYEE_TREE_DEPTH, payee_path
 from aep2.store import MandateRecord
 
-from .prover import pack_intent_word, pack_payee_word, padding_signature
+from .encoding import nonce_window, pack_intent_word, pack_payee_word, padding_signature
 
 __all__ = ["IntentSlot", "BatchStatement", "build_statement"]
 
 
 @dataclass(frozen=True)
 class IntentSlot:
-    """One intent's part of a batch: its mandates in nonce order and its on-chain ``nextNonce``."""
+    """One intent's mandates of one nonce window, in nonce order."""
 
     intent: Intent
-    start_nonce: int
+    window: int
     mandates: tuple[MandateRecord, ...]
 
     @property
     def total(self) -> int:
+        """Sum of the amounts (base units)."""
         return sum(record.mandate.amount for record in self.mandates)
 
     @property
-    def last_nonce(self) -> int:
-        return self.mandates[-1].mandate.nonce
+    def nonces(self) -> int:
+        """The bitmap of the slot's nonces within its window."""
+        bits = 0
+        for record in self.mandates:
+            bits |= nonce_window(record.mandate.nonce)[1]
+        return bits
+
+    @property
+    def key(self) -> tuple[bytes, int]:
+        """The contract's ordering key: ``(intentId, window)``."""
+        return self.intent.intent_id, self.window
 
 
 @dataclass(frozen=True)
@@ -52,14 +63,18 @@ class BatchStatement:
 
 
 def build_statement(slots: Sequence[IntentSlot], *, time_ref: int, asset: str, n: int, i: int, p: int) -> BatchStatement:
-    """Lay out ``slots`` into a ``Batch(n, i, p)`` statement.
+    """Lay out ``slots`` into a ``Batch(n, i, p, D)`` statement.
 
-    Raises ``ValueError`` if the batch exceeds the circuit's shape or is unordered.
+    Raises ``ValueError`` if the batch exceeds the circuit's shape, a slot's nonces are not
+    strictly increasing inside its window, two slots share an (intent, window), or a payee
+    is outside its intent's allowlist.
     """
-    slots = sorted(slots, key=lambda slot: slot.intent.intent_id)
+    slots = sorted(slots, key=lambda slot: slot.key)
     mandate_count = sum(len(slot.mandates) for slot in slots)
     if not slots or len(slots) > i or mandate_count > n:
-        raise ValueError(f"batch of {len(slots)} intents / {mandate_count} mandates does not fit N={n}, I={i}")
+        raise ValueError(f"batch of {len(slots)} intent slots / {mandate_count} mandates does not fit N={n}, I={i}")
+    if len({slot.key for slot in slots}) != len(slots):
+        raise ValueError("slots: an (intent, window) pair appears twice")
     payees: dict[str, int] = {}
     for slot in slots:
         for record in slot.mandates:
@@ -68,16 +83,27 @@ def build_statement(slots: Sequence[IntentSlot], *, time_ref: int, asset: str, n
         raise ValueError(f"batch pays {len(payees)} payees, the circuit has {p} slots")
     payee_index = {payee: k for k, payee in enumerate(payees)}
 
-    key_hash, intent_word, ax, ay, intent_field = [0] * i, [0] * i, [0] * i, [0] * i, [0] * i
+    intent_hash, intent_word = [0] * i, [0] * i
+    ax, ay, intent_field, payees_root, cap = [0] * i, [0] * i, [0] * i, [0] * i, [0] * i
+    path_index = [[0] * p for _ in range(i)]
+    path = [[[0] * PAYEE_TREE_DEPTH for _ in range(p)] for _ in range(i)]
     for s, slot in enumerate(slots):
         nonces = [record.mandate.nonce for record in slot.mandates]
-        if nonces != sorted(set(nonces)) or nonces[0] < slot.start_nonce:
-            raise ValueError(f"intent 0x{slot.intent.intent_id.hex()}: nonces must increase from {slot.start_nonce}")
+        if nonces != sorted(set(nonces)) or any(nonce_window(nonce)[0] != slot.window for nonce in nonces):
+            raise ValueError(
+                f"intent 0x{slot.intent.intent_id.hex()}: nonces must strictly increase inside window {slot.window}"
+            )
         intent = slot.intent
-        key_hash[s] = intent.session_key_hash
-        intent_word[s] = pack_intent_word(slot.start_nonce, slot.last_nonce, len(slot.mandates), slot.total, intent.cap)
+        intent_hash[s] = intent.commitment
+        intent_word[s] = pack_intent_word(slot.window, slot.nonces, slot.total)
         ax[s], ay[s] = intent.session_key
         intent_field[s] = intent.intent_field
+        payees_root[s] = intent.payees_root
+        cap[s] = intent.cap
+        if intent.payees:
+            for payee in {record.mandate.payee for record in slot.mandates}:
+                k = payee_index[payee]
+                path_index[s][k], path[s][k] = payee_path(intent.payees, payee)
     payee_word = [0] * p
     for payee, amount in payees.items():
         payee_word[payee_index[payee]] = pack_payee_word(int(payee, 16), amount)
@@ -112,19 +138,23 @@ def build_statement(slots: Sequence[IntentSlot], *, time_ref: int, asset: str, n
 
     inputs: dict[str, Any] = {
         "timeRef": time_ref,
-        "keyHash": key_hash,
+        "intentHash": intent_hash,
         "intentWord": intent_word,
         "payeeWord": payee_word,
         "Ax": ax,
         "Ay": ay,
         "intentField": intent_field,
+        "payeesRoot": payees_root,
+        "cap": cap,
+        "payeeIndex": path_index,
+        "payeePath": path,
         **columns,
     }
     payouts = tuple((to_checksum_address(payee), amount) for payee, amount in payees.items())
     batch = (
         to_checksum_address(asset),
         time_ref,
-        [(slot.intent.intent_id, slot.last_nonce, len(slot.mandates), slot.total) for slot in slots],
+        [(slot.intent.intent_id, slot.window, slot.nonces, slot.total) for slot in slots],
         [list(payout) for payout in payouts],
     )
     return BatchStatement(inputs=inputs, batch=batch, payouts=payouts, time_ref=time_ref)

@@ -10,21 +10,24 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {Strings} from "@openzeppelin/contracts/utils/Strings.sol";
 
+import {PoseidonT5} from "poseidon-solidity/PoseidonT5.sol";
+
+import {IBatchVerifier} from "./interfaces/IBatchVerifier.sol";
 import {ISettlement} from "./interfaces/ISettlement.sol";
 
 /// @title Settlement
 /// @notice Escrow debit wallet for AEP2 payers and the entry point that settles Groth16-proven batches
 ///         of session-key-signed mandates against EIP-712 intents.
-/// @dev Note:
-///      - The payee allow-list of an intent is stored only as its hash: mandates bind the payee under the
-///        payer's session key, and the circuit's public inputs carry no per-intent payee list, so the
-///        allow-list is enforced off chain (gateway), not here.
-///      - `timeRef` may lie in the past (only `timeRef <= block.timestamp` is required), so mandates of an
-///        intent stay settleable after its validBefore with a timeRef inside its window. Payers bound their
-///        exposure with maxAmount and the withdrawal delay protects processors from withdrawal races.
-///      - Deposits credit the tokens actually received; rebasing tokens are not supported.
-///      - maxAmount is stored saturated at 2^96 - 1 and maxPerPayment as the circuit's cap
-///        min(maxPerPayment, 2^64 - 1); both saturations are unreachable with real token supplies.
+/// @dev The settlement guarantee (PROTOCOL.md §7): a mandate a gateway served at time t settles in any
+///      batch its intent's processor submits before t + settlementWindow, whatever the payer does after t:
+///      - nonces are a per-intent bitmap, so settling one mandate never invalidates another;
+///      - revocation and de-authorisation take effect settlementWindow seconds late, and a withdrawal waits
+///        withdrawalDelay >= settlementWindow while its funds stay debitable;
+///      - every mandate is bound to its intent (the proof opens the intent's commitment, computed here at
+///        registration from the signed intent) and to the intent's payee allowlist.
+///      Deposits credit the tokens actually received; rebasing tokens are not supported. maxAmount is stored
+///      saturated at 2^96 - 1, maxPerPayment as the circuit's cap min(maxPerPayment, 2^64 - 1) and validBefore
+///      at 2^32 - 1; all saturations are unreachable in practice.
 contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
 
@@ -39,12 +42,16 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
     /// @notice EIP-712 type hash of {Intent} (PROTOCOL.md §2).
     bytes32 public constant INTENT_TYPEHASH = keccak256(
         "Intent(address payer,address asset,uint256 sessionKeyHash,uint256 maxAmount,uint256 maxPerPayment,"
-        "uint64 validAfter,uint64 validBefore,address[] payees,address processor,bytes32 salt)"
+        "uint64 validAfter,uint64 validBefore,uint256 payeesRoot,address processor,bytes32 salt)"
     );
+
+    /// @notice Depth of the payee allowlist tree the circuit checks (PROTOCOL.md §2).
+    uint256 public constant PAYEE_TREE_DEPTH = 8;
 
     /// @dev Upper bound on either slot count, so every loop stays bounded.
     uint256 private constant _MAX_SLOTS = 256;
     /// @dev Bit widths of the packed public-input words (PROTOCOL.md §5).
+    uint256 private constant _WINDOW_LIMIT = 1 << 33;
     uint256 private constant _TOTAL_LIMIT = 1 << 88;
     uint256 private constant _PAYOUT_LIMIT = 1 << 93;
 
@@ -53,9 +60,11 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
     //////////////////////////////////////////////////////////////*/
 
     address private immutable _VERIFIER;
+    uint256 private immutable _BATCH_SIZE;
     uint256 private immutable _INTENT_SLOTS;
     uint256 private immutable _PAYEE_SLOTS;
     uint64 private immutable _WITHDRAWAL_DELAY;
+    uint64 private immutable _SETTLEMENT_WINDOW;
     /// @dev Selector of verifyProof(uint256[2],uint256[2][2],uint256[2],uint256[K]), K = 1 + 2I + P.
     bytes4 private immutable _VERIFY_SELECTOR;
 
@@ -65,58 +74,64 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
 
     mapping(address payer => mapping(address token => uint256)) private _balances;
     mapping(address payer => mapping(address token => Withdrawal)) private _withdrawals;
-    mapping(address payer => mapping(address processor => bool)) private _processors;
+    mapping(address payer => mapping(address processor => uint64 until)) private _consentUntil;
     mapping(bytes32 intentId => StoredIntent) private _intents;
-    mapping(bytes32 intentId => bytes32 payeesHash) private _payeesHashes;
-    mapping(uint256 sessionKeyHash => bytes32 intentId) private _sessionKeys;
+    mapping(bytes32 intentId => IntentTerms) private _terms;
+    /// @dev Two 128-nonce windows per word: window w is bits (w & 1) * 128 .. + 127 of word w >> 1.
+    mapping(bytes32 intentId => mapping(uint256 word => uint256)) private _nonceWords;
 
-    /// @dev An intent's settlement-relevant state in five slots; settleBatch reads all five once and
-    ///      writes only the last (spent, nextNonce). payeesHash lives apart: settlement never reads it.
+    /// @dev What settleBatch reads of an intent, in four slots; it writes only slot 2 (spent).
     struct StoredIntent {
         // slot 0
         address payer;
-        uint64 maxPerPayment; // the circuit's cap, min(maxPerPayment, 2^64 - 1)
-        bool revoked;
+        uint32 validAfter;
+        uint32 validBefore; // saturated
+        uint32 revokedAt;
         // slot 1
-        address asset;
-        uint64 validAfter;
-        // slot 2
         address processor;
-        uint64 validBefore;
-        // slot 3
-        uint256 sessionKeyHash;
-        // slot 4
         uint96 maxAmount; // saturated at 2^96 - 1
+        // slot 2
+        address asset;
         uint96 spent;
-        uint40 nextNonce;
+        // slot 3
+        uint256 commitment;
     }
 
-    /// @dev What the public inputs need from one settled intent, read once from storage.
-    struct SlotInputs {
-        uint256 keyHash;
-        uint256 startNonce;
-        uint256 cap;
+    /// @dev The rest of the signed intent, for getIntent only (the commitment binds it for settlement).
+    struct IntentTerms {
+        uint256 sessionKeyHash;
+        uint256 payeesRoot;
+        uint64 maxPerPayment; // the circuit's cap
     }
 
     /*//////////////////////////////////////////////////////////////
                                CONSTRUCTOR
     //////////////////////////////////////////////////////////////*/
 
-    /// @param verifier_ Groth16 verifier exposing verifyProof(uint256[2],uint256[2][2],uint256[2],uint256[K]).
-    /// @param intentSlots_ Intent slots I of the circuit (1..256).
-    /// @param payeeSlots_ Payee slots P of the circuit (1..256).
-    /// @param withdrawalDelay_ Seconds a withdrawal request waits before it can be executed.
-    constructor(address verifier_, uint256 intentSlots_, uint256 payeeSlots_, uint64 withdrawalDelay_)
+    /// @param verifier_ Generated Groth16 verifier of Batch(N, I, P, D) (IBatchVerifier); its shape sets the
+    ///        slot counts, D must be PAYEE_TREE_DEPTH.
+    /// @param withdrawalDelay_ Seconds a withdrawal request waits before it can be executed (>= the window).
+    /// @param settlementWindow_ Seconds a served mandate has to settle (non-zero).
+    constructor(address verifier_, uint64 withdrawalDelay_, uint64 settlementWindow_)
         EIP712("AEP2 Settlement", "1")
     {
+        if (verifier_.code.length == 0) revert Settlement__InvalidConfig();
+        (uint256 n, uint256 intentSlots_, uint256 payeeSlots_, uint256 depth, bool developmentSetup) =
+            IBatchVerifier(verifier_).batchShape();
         if (
-            verifier_.code.length == 0 || intentSlots_ == 0 || intentSlots_ > _MAX_SLOTS || payeeSlots_ == 0
-                || payeeSlots_ > _MAX_SLOTS
+            n == 0 || intentSlots_ == 0 || intentSlots_ > _MAX_SLOTS || payeeSlots_ == 0
+                || payeeSlots_ > _MAX_SLOTS || depth != PAYEE_TREE_DEPTH || settlementWindow_ == 0
+                || withdrawalDelay_ < settlementWindow_
         ) revert Settlement__InvalidConfig();
+        if (developmentSetup && block.chainid != 31337 && block.chainid != 1337) {
+            revert Settlement__DevelopmentVerifier();
+        }
         _VERIFIER = verifier_;
+        _BATCH_SIZE = n;
         _INTENT_SLOTS = intentSlots_;
         _PAYEE_SLOTS = payeeSlots_;
         _WITHDRAWAL_DELAY = withdrawalDelay_;
+        _SETTLEMENT_WINDOW = settlementWindow_;
         uint256 k = 1 + 2 * intentSlots_ + payeeSlots_;
         _VERIFY_SELECTOR = bytes4(
             keccak256(
@@ -205,13 +220,25 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
     /// @inheritdoc ISettlement
     function setProcessor(address processor, bool allowed) external {
         if (processor == address(0)) revert Settlement__ZeroAddress();
-        _processors[msg.sender][processor] = allowed;
-        emit ProcessorSet(msg.sender, processor, allowed);
+        uint64 until = type(uint64).max;
+        if (!allowed) {
+            // Served mandates keep their settlement window; consent never lengthens by withdrawing it.
+            uint64 current = _consentUntil[msg.sender][processor];
+            uint64 lapse = SafeCast.toUint64(block.timestamp + _SETTLEMENT_WINDOW);
+            until = current < lapse ? current : lapse;
+        }
+        _consentUntil[msg.sender][processor] = until;
+        emit ProcessorSet(msg.sender, processor, allowed, until);
     }
 
     /// @inheritdoc ISettlement
     function isProcessor(address payer, address processor) external view returns (bool) {
-        return _processors[payer][processor];
+        return block.timestamp < _consentUntil[payer][processor];
+    }
+
+    /// @inheritdoc ISettlement
+    function processorConsentUntil(address payer, address processor) external view returns (uint64) {
+        return _consentUntil[payer][processor];
     }
 
     /*//////////////////////////////////////////////////////////////
@@ -219,40 +246,45 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
     //////////////////////////////////////////////////////////////*/
 
     /// @inheritdoc ISettlement
+    /// @dev Registration computes the commitment the circuit opens: Poseidon(uint256(intentId) >> 8,
+    ///      sessionKeyHash, payeesRoot, cap) (circomlib Poseidon(4)). Anyone may register a signed intent, and
+    ///      an intent id can be registered once, so nobody can keep a signed intent from being registered.
     function registerIntent(Intent calldata intent, bytes calldata signature) external returns (bytes32 intentId) {
         uint256 keyHash = intent.sessionKeyHash;
         if (keyHash == 0 || keyHash >= FIELD_MODULUS) revert Settlement__InvalidSessionKey();
-        if (intent.validBefore <= intent.validAfter) revert Settlement__InvalidValidityWindow();
+        if (intent.payeesRoot >= FIELD_MODULUS) revert Settlement__InvalidPayeesRoot();
+        if (intent.validBefore <= intent.validAfter || intent.validAfter > type(uint32).max) {
+            revert Settlement__InvalidValidityWindow();
+        }
+        if (intent.validBefore <= block.timestamp) revert Settlement__IntentExpired();
+        if (intent.maxAmount == 0) revert Settlement__ZeroMaxAmount();
         if (intent.maxPerPayment == 0) revert Settlement__ZeroMaxPerPayment();
-        if (intent.asset == address(0)) revert Settlement__ZeroAddress();
-        bytes32 payeesHash = _payeesHash(intent.payees);
+        if (intent.asset == address(0) || intent.processor == address(0)) revert Settlement__ZeroAddress();
 
-        intentId = _hashTypedDataV4(_structHash(intent, payeesHash));
+        intentId = _hashTypedDataV4(_structHash(intent));
         (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(intentId, signature);
         if (err != ECDSA.RecoverError.NoError || signer != intent.payer) revert Settlement__InvalidSignature();
-
         if (_intents[intentId].payer != address(0)) revert Settlement__IntentExists();
-        if (_sessionKeys[keyHash] != bytes32(0)) revert Settlement__SessionKeyInUse();
-        _sessionKeys[keyHash] = intentId;
 
+        uint256 cap = intent.maxPerPayment > type(uint64).max ? type(uint64).max : intent.maxPerPayment;
         uint256 maxAmount = intent.maxAmount;
-        uint256 cap = intent.maxPerPayment;
+        uint256 validBefore = intent.validBefore;
         _intents[intentId] = StoredIntent({
             payer: intent.payer,
             // forge-lint: disable-next-line(unsafe-typecast)
-            maxPerPayment: cap > type(uint64).max ? type(uint64).max : uint64(cap), // saturated
-            revoked: false,
-            asset: intent.asset,
-            validAfter: intent.validAfter,
+            validAfter: uint32(intent.validAfter), // checked above
+            // forge-lint: disable-next-line(unsafe-typecast)
+            validBefore: validBefore > type(uint32).max ? type(uint32).max : uint32(validBefore), // saturated
+            revokedAt: 0,
             processor: intent.processor,
-            validBefore: intent.validBefore,
-            sessionKeyHash: keyHash,
             // forge-lint: disable-next-line(unsafe-typecast)
             maxAmount: maxAmount > type(uint96).max ? type(uint96).max : uint96(maxAmount), // saturated
+            asset: intent.asset,
             spent: 0,
-            nextNonce: 0
+            commitment: PoseidonT5.hash([uint256(intentId) >> 8, keyHash, intent.payeesRoot, cap])
         });
-        _payeesHashes[intentId] = payeesHash;
+        // forge-lint: disable-next-line(unsafe-typecast)
+        _terms[intentId] = IntentTerms(keyHash, intent.payeesRoot, uint64(cap));
         emit IntentRegistered(intentId, intent.payer, intent.asset, keyHash);
     }
 
@@ -260,37 +292,43 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
     function revokeIntent(bytes32 intentId) external {
         StoredIntent storage record = _intents[intentId];
         if (record.payer != msg.sender || msg.sender == address(0)) revert Settlement__NotPayer();
-        record.revoked = true;
-        emit IntentRevoked(intentId, msg.sender);
+        uint256 revokedAt = record.revokedAt;
+        if (revokedAt == 0) {
+            revokedAt = block.timestamp;
+            record.revokedAt = SafeCast.toUint32(revokedAt);
+        }
+        emit IntentRevoked(intentId, msg.sender, SafeCast.toUint64(revokedAt + _SETTLEMENT_WINDOW));
     }
 
     /// @inheritdoc ISettlement
     function getIntent(bytes32 intentId) external view returns (IntentRecord memory) {
         StoredIntent memory stored = _intents[intentId];
+        IntentTerms memory terms = _terms[intentId];
         return IntentRecord({
             payer: stored.payer,
             asset: stored.asset,
-            sessionKeyHash: stored.sessionKeyHash,
+            sessionKeyHash: terms.sessionKeyHash,
             maxAmount: stored.maxAmount,
-            maxPerPayment: stored.maxPerPayment,
+            maxPerPayment: terms.maxPerPayment,
             validAfter: stored.validAfter,
             validBefore: stored.validBefore,
-            payeesHash: _payeesHashes[intentId],
+            payeesRoot: terms.payeesRoot,
             processor: stored.processor,
             spent: stored.spent,
-            nextNonce: stored.nextNonce,
-            revoked: stored.revoked
+            revokedAt: stored.revokedAt,
+            commitment: stored.commitment
         });
     }
 
     /// @inheritdoc ISettlement
     function intentDigest(Intent calldata intent) external view returns (bytes32) {
-        return _hashTypedDataV4(_structHash(intent, _payeesHash(intent.payees)));
+        return _hashTypedDataV4(_structHash(intent));
     }
 
     /// @inheritdoc ISettlement
-    function intentOfSessionKey(uint256 sessionKeyHash) external view returns (bytes32) {
-        return _sessionKeys[sessionKeyHash];
+    function settledNonces(bytes32 intentId, uint64 window) external view returns (uint128) {
+        // forge-lint: disable-next-line(unsafe-typecast)
+        return uint128(_nonceWords[intentId][window >> 1] >> ((window & 1) * 128));
     }
 
     /// @notice EIP-712 domain separator (recomputed if the chain id changes).
@@ -310,11 +348,12 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
         if (intents.length > _INTENT_SLOTS || payouts.length > _PAYEE_SLOTS) revert Settlement__BatchTooLarge();
         uint64 timeRef = batch.timeRef;
         if (timeRef > block.timestamp) revert Settlement__TimeRefInFuture();
+        if (timeRef + uint256(_SETTLEMENT_WINDOW) < block.timestamp) revert Settlement__TimeRefTooOld();
         address asset = batch.asset;
 
-        (SlotInputs[] memory slots, uint256 total, uint256 mandates) = _debitAll(intents, asset, timeRef);
+        (uint256[] memory commitments, uint256 total, uint256 mandates) = _debitAll(intents, asset, timeRef);
         if (_sumPayouts(payouts) != total) revert Settlement__UnbalancedBatch();
-        _verifyProof(proof, _publicInputs(timeRef, intents, payouts, slots));
+        _verifyProof(proof, _publicInputs(timeRef, intents, payouts, commitments));
         _pay(asset, payouts);
         emit BatchSettled(msg.sender, asset, timeRef, mandates, total);
     }
@@ -323,12 +362,11 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
     function publicInputs(Batch calldata batch) external view returns (uint256[] memory) {
         uint256 n = batch.intents.length;
         if (n > _INTENT_SLOTS || batch.payouts.length > _PAYEE_SLOTS) revert Settlement__BatchTooLarge();
-        SlotInputs[] memory slots = new SlotInputs[](n);
+        uint256[] memory commitments = new uint256[](n);
         for (uint256 i; i < n; ++i) {
-            StoredIntent storage record = _intents[batch.intents[i].intentId];
-            slots[i] = SlotInputs(record.sessionKeyHash, record.nextNonce, record.maxPerPayment);
+            commitments[i] = _intents[batch.intents[i].intentId].commitment;
         }
-        return _publicInputs(batch.timeRef, batch.intents, batch.payouts, slots);
+        return _publicInputs(batch.timeRef, batch.intents, batch.payouts, commitments);
     }
 
     /*//////////////////////////////////////////////////////////////
@@ -355,6 +393,16 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
         return _WITHDRAWAL_DELAY;
     }
 
+    /// @inheritdoc ISettlement
+    function settlementWindow() external view returns (uint64) {
+        return _SETTLEMENT_WINDOW;
+    }
+
+    /// @inheritdoc ISettlement
+    function batchSize() external view returns (uint256) {
+        return _BATCH_SIZE;
+    }
+
     /// @notice Selector of the verifier's verifyProof for K = 1 + 2I + P public inputs.
     function verifierSelector() external view returns (bytes4) {
         return _VERIFY_SELECTOR;
@@ -374,21 +422,26 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
         emit Deposited(payer, token, msg.sender, received);
     }
 
-    /// @dev Runs _debit over the strictly ascending intents; returns their public-input data and sums.
+    /// @dev Runs _debit over the intent windows, strictly ascending by (intentId, window); returns their
+    ///      commitments, the total debited and the number of nonces settled.
     function _debitAll(IntentSettlement[] calldata intents, address asset, uint64 timeRef)
         private
-        returns (SlotInputs[] memory slots, uint256 total, uint256 mandates)
+        returns (uint256[] memory commitments, uint256 total, uint256 mandates)
     {
         uint256 n = intents.length;
-        slots = new SlotInputs[](n);
-        bytes32 previous;
+        commitments = new uint256[](n);
+        bytes32 previousId;
+        uint256 previousWindow;
         for (uint256 i; i < n; ++i) {
             IntentSettlement calldata s = intents[i];
-            if (s.intentId <= previous) revert Settlement__UnsortedIntents();
-            previous = s.intentId;
-            slots[i] = _debit(s, asset, timeRef);
+            if (i != 0 && (s.intentId < previousId || (s.intentId == previousId && s.window <= previousWindow))) {
+                revert Settlement__UnsortedIntents();
+            }
+            previousId = s.intentId;
+            previousWindow = s.window;
+            commitments[i] = _debit(s, asset, timeRef);
             total += s.total;
-            mandates += s.count;
+            mandates += _popcount(s.nonces);
         }
     }
 
@@ -411,63 +464,61 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
         }
     }
 
-    /// @dev Checks one intent settlement against its stored intent and applies its effects (spent,
-    ///      nextNonce, payer debit). Returns the stored values the public inputs need.
-    function _debit(IntentSettlement calldata s, address asset, uint64 timeRef)
-        private
-        returns (SlotInputs memory inputs)
-    {
+    /// @dev Checks one intent window against its stored intent and applies its effects (nonce bits, spent,
+    ///      payer debit). Returns the intent's commitment for the public inputs.
+    function _debit(IntentSettlement calldata s, address asset, uint64 timeRef) private returns (uint256) {
         StoredIntent memory record = _intents[s.intentId];
         if (record.payer == address(0)) revert Settlement__UnknownIntent();
-        if (record.revoked) revert Settlement__IntentRevoked();
+        if (record.revokedAt != 0 && block.timestamp >= uint256(record.revokedAt) + _SETTLEMENT_WINDOW) {
+            revert Settlement__IntentRevoked();
+        }
         if (record.asset != asset) revert Settlement__AssetMismatch();
         if (timeRef < record.validAfter) revert Settlement__IntentNotYetValid();
         if (timeRef >= record.validBefore) revert Settlement__IntentExpired();
-        if (s.count == 0) revert Settlement__ZeroCount();
-        if (s.lastNonce < record.nextNonce) revert Settlement__StaleNonce();
-        if (s.lastNonce == type(uint40).max) revert Settlement__NonceExhausted();
+        if (record.processor != msg.sender || block.timestamp >= _consentUntil[record.payer][msg.sender]) {
+            revert Settlement__UnauthorizedProcessor();
+        }
+        if (s.nonces == 0) revert Settlement__ZeroCount();
+        if (s.window >= _WINDOW_LIMIT) revert Settlement__NonceOutOfRange();
         if (s.total >= _TOTAL_LIMIT) revert Settlement__AmountOutOfRange();
         uint256 spent = uint256(record.spent) + s.total;
         if (spent > record.maxAmount) revert Settlement__IntentBudgetExceeded();
         uint256 balance = _balances[record.payer][asset];
         if (balance < s.total) revert Settlement__InsufficientBalance();
-        if (
-            !_processors[record.payer][msg.sender]
-                || (record.processor != address(0) && record.processor != msg.sender)
-        ) revert Settlement__UnauthorizedProcessor();
 
-        StoredIntent storage stored = _intents[s.intentId];
+        uint256 bits = uint256(s.nonces) << ((s.window & 1) * 128);
+        mapping(uint256 => uint256) storage words = _nonceWords[s.intentId];
+        uint256 word = words[s.window >> 1];
+        if (word & bits != 0) revert Settlement__NonceAlreadySettled();
+        words[s.window >> 1] = word | bits;
         // casting to uint96 is safe because spent <= record.maxAmount, a uint96
         // forge-lint: disable-next-line(unsafe-typecast)
-        stored.spent = uint96(spent);
-        stored.nextNonce = s.lastNonce + 1; // same slot as spent: one SSTORE
+        _intents[s.intentId].spent = uint96(spent);
         unchecked {
             _balances[record.payer][asset] = balance - s.total;
         }
-        emit IntentSettled(s.intentId, record.payer, record.nextNonce, s.lastNonce, s.count, s.total);
-        return SlotInputs(record.sessionKeyHash, record.nextNonce, record.maxPerPayment);
+        emit IntentSettled(s.intentId, record.payer, s.window, s.nonces, s.total);
+        return record.commitment;
     }
 
     /// @dev The verifier's public signals, in the order of PROTOCOL.md §5:
     ///      [0]          timeRef
-    ///      [1 + s]      keyHash of intent slot s                                      (0: unused slot)
-    ///      [1 + I + s]  startNonce + lastNonce<<40 + count<<80 + total<<96 + cap<<184 (0: unused slot)
-    ///      [1 + 2I + k] payee + amount<<160                                           (0: unused slot)
+    ///      [1 + s]      commitment of intent slot s                   (0: unused slot)
+    ///      [1 + I + s]  window | nonces<<33 | total<<161              (0: unused slot)
+    ///      [1 + 2I + k] payee | amount<<160                           (0: unused slot)
     function _publicInputs(
         uint64 timeRef,
         IntentSettlement[] calldata intents,
         Payout[] calldata payouts,
-        SlotInputs[] memory slots
+        uint256[] memory commitments
     ) private view returns (uint256[] memory pub) {
         uint256 slotsI = _INTENT_SLOTS;
         pub = new uint256[](1 + 2 * slotsI + _PAYEE_SLOTS);
         pub[0] = timeRef;
-        for (uint256 s; s < slots.length; ++s) {
+        for (uint256 s; s < commitments.length; ++s) {
             IntentSettlement calldata it = intents[s];
-            SlotInputs memory slot = slots[s];
-            pub[1 + s] = slot.keyHash;
-            pub[1 + slotsI + s] = slot.startNonce | (uint256(it.lastNonce) << 40) | (uint256(it.count) << 80)
-                | (uint256(it.total) << 96) | (slot.cap << 184);
+            pub[1 + s] = commitments[s];
+            pub[1 + slotsI + s] = uint256(it.window) | (uint256(it.nonces) << 33) | (uint256(it.total) << 161);
         }
         uint256 payeeBase = 1 + 2 * slotsI;
         for (uint256 k; k < payouts.length; ++k) {
@@ -485,18 +536,16 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
         if (!ok || ret.length != 32 || abi.decode(ret, (uint256)) != 1) revert Settlement__InvalidProof();
     }
 
-    /// @dev keccak256(abi.encodePacked(payees)), requiring strictly ascending non-zero addresses.
-    function _payeesHash(address[] calldata payees) private pure returns (bytes32) {
-        uint160 previous;
-        for (uint256 i; i < payees.length; ++i) {
-            uint160 current = uint160(payees[i]);
-            if (current <= previous) revert Settlement__UnsortedPayees();
-            previous = current;
-        }
-        return keccak256(abi.encodePacked(payees));
+    /// @dev Number of set bits (SWAR popcount).
+    function _popcount(uint128 bits) private pure returns (uint256 count) {
+        uint256 x = bits;
+        x = x - ((x >> 1) & 0x55555555555555555555555555555555);
+        x = (x & 0x33333333333333333333333333333333) + ((x >> 2) & 0x33333333333333333333333333333333);
+        x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f;
+        count = (x * 0x01010101010101010101010101010101) >> 120 & 0xff;
     }
 
-    function _structHash(Intent calldata intent, bytes32 payeesHash) private pure returns (bytes32) {
+    function _structHash(Intent calldata intent) private pure returns (bytes32) {
         return keccak256(
             abi.encode(
                 INTENT_TYPEHASH,
@@ -507,7 +556,7 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
                 intent.maxPerPayment,
                 intent.validAfter,
                 intent.validBefore,
-                payeesHash,
+                intent.payeesRoot,
                 intent.processor,
                 intent.salt
             )

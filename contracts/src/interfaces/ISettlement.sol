@@ -14,12 +14,12 @@ interface ISettlement {
     /// @param payer Account whose escrow balance is debited; the EIP-712 signer.
     /// @param asset ERC-20 token the intent pays in.
     /// @param sessionKeyHash Poseidon(Ax, Ay) of the BabyJubJub session key that signs mandates; in (0, r).
-    /// @param maxAmount Budget over the intent's lifetime, in token base units.
+    /// @param maxAmount Budget over the intent's lifetime, in token base units (non-zero).
     /// @param maxPerPayment Largest single mandate, in token base units (non-zero).
-    /// @param validAfter First unix second at which the intent may be settled (inclusive).
+    /// @param validAfter First unix second at which the intent may be settled (inclusive, < 2^32).
     /// @param validBefore Unix second from which the intent can no longer be settled (exclusive).
-    /// @param payees Allowed payees, strictly ascending; empty means any payee.
-    /// @param processor Settlement processor the payer consents to; address(0) means any authorised one.
+    /// @param payeesRoot Poseidon Merkle root of the allowed payees (PROTOCOL.md §2); 0 means any payee.
+    /// @param processor The one settlement processor that may settle this intent (non-zero).
     /// @param salt Free entropy distinguishing otherwise equal intents.
     struct Intent {
         address payer;
@@ -29,7 +29,7 @@ interface ISettlement {
         uint256 maxPerPayment;
         uint64 validAfter;
         uint64 validBefore;
-        address[] payees;
+        uint256 payeesRoot;
         address processor;
         bytes32 salt;
     }
@@ -41,12 +41,14 @@ interface ISettlement {
     /// @param maxAmount Lifetime budget, saturated at 2^96 - 1.
     /// @param maxPerPayment Per-mandate cap as used by the circuit: min(signed maxPerPayment, 2^64 - 1).
     /// @param validAfter First settleable time reference (inclusive).
-    /// @param validBefore First time reference at which the intent is expired.
-    /// @param payeesHash keccak256(abi.encodePacked(payees)) as signed.
-    /// @param processor Consented processor, or address(0) for any processor the payer authorised.
+    /// @param validBefore First time reference at which the intent is expired (saturated at 2^32 - 1).
+    /// @param payeesRoot Allowlist root as signed (0: any payee).
+    /// @param processor The processor that may settle the intent.
     /// @param spent Amount settled so far; never exceeds maxAmount.
-    /// @param nextNonce Smallest mandate nonce the next batch may settle for this intent.
-    /// @param revoked Whether the payer revoked the intent.
+    /// @param revokedAt When the payer revoked the intent (0: not revoked); settleable until
+    ///        revokedAt + settlementWindow.
+    /// @param commitment Poseidon(uint256(intentId) >> 8, sessionKeyHash, payeesRoot, maxPerPayment): the
+    ///        intent as the circuit opens it.
     struct IntentRecord {
         address payer;
         address asset;
@@ -55,22 +57,23 @@ interface ISettlement {
         uint64 maxPerPayment;
         uint64 validAfter;
         uint64 validBefore;
-        bytes32 payeesHash;
+        uint256 payeesRoot;
         address processor;
         uint96 spent;
-        uint40 nextNonce;
-        bool revoked;
+        uint64 revokedAt;
+        uint256 commitment;
     }
 
-    /// @notice What one batch settles for one intent.
+    /// @notice What one batch settles for one window of 128 nonces of one intent.
     /// @param intentId EIP-712 digest of the intent.
-    /// @param lastNonce Highest mandate nonce settled in this batch.
-    /// @param count Number of mandates settled (at least one).
+    /// @param window Nonce window: the settled nonces are window * 128 + k for each bit k of `nonces`
+    ///        (< 2^33).
+    /// @param nonces Bitmap of the nonces settled (non-zero); none may have been settled before.
     /// @param total Sum of the settled mandate amounts (< 2^88).
     struct IntentSettlement {
         bytes32 intentId;
-        uint40 lastNonce;
-        uint16 count;
+        uint64 window;
+        uint128 nonces;
         uint96 total;
     }
 
@@ -84,8 +87,8 @@ interface ISettlement {
 
     /// @notice A settlement batch, proven by one Groth16 proof (PROTOCOL.md §5).
     /// @param asset Token every intent of the batch pays in.
-    /// @param timeRef Time reference of the proof (<= block.timestamp).
-    /// @param intents Settled intents, strictly ascending by intentId.
+    /// @param timeRef Time reference of the proof, within [block.timestamp - settlementWindow, block.timestamp].
+    /// @param intents Settled intent windows, strictly ascending by (intentId, window).
     /// @param payouts Payee transfers; their sum equals the sum of the intents' totals.
     struct Batch {
         address asset;
@@ -106,8 +109,12 @@ interface ISettlement {
                                  ERRORS
     //////////////////////////////////////////////////////////////*/
 
-    /// @dev Constructor arguments are out of range (zero verifier, zero or too many slots).
+    /// @dev Constructor arguments are out of range: a verifier without a batch shape, zero or too many
+    ///      slots, another payee tree depth, a zero settlement window or a withdrawal delay shorter than it.
     error Settlement__InvalidConfig();
+    /// @dev The verifier's keys come from the unsafe single-party development setup and this is not a
+    ///      development chain (chain id 31337 or 1337).
+    error Settlement__DevelopmentVerifier();
     /// @dev An amount argument is zero where a positive amount is required.
     error Settlement__ZeroAmount();
     /// @dev An address argument is zero where an account is required.
@@ -118,18 +125,18 @@ interface ISettlement {
     error Settlement__NoWithdrawalPending();
     /// @dev executeWithdrawal before the request's readyAt.
     error Settlement__WithdrawalNotReady();
-    /// @dev The intent's payee list is not strictly ascending (or contains address(0)).
-    error Settlement__UnsortedPayees();
+    /// @dev The intent's payeesRoot is not below the BN254 scalar field modulus.
+    error Settlement__InvalidPayeesRoot();
     /// @dev The session key hash is 0 or not below the BN254 scalar field modulus.
     error Settlement__InvalidSessionKey();
-    /// @dev The session key hash already belongs to a registered intent.
-    error Settlement__SessionKeyInUse();
     /// @dev An intent with this id is already registered.
     error Settlement__IntentExists();
-    /// @dev validBefore <= validAfter.
+    /// @dev validBefore <= validAfter, or validAfter >= 2^32.
     error Settlement__InvalidValidityWindow();
     /// @dev maxPerPayment is zero.
     error Settlement__ZeroMaxPerPayment();
+    /// @dev maxAmount is zero.
+    error Settlement__ZeroMaxAmount();
     /// @dev The intent signature is malformed, has a high s, or does not recover the payer.
     error Settlement__InvalidSignature();
     /// @dev The caller is not the payer of the intent.
@@ -140,29 +147,32 @@ interface ISettlement {
     error Settlement__BatchTooLarge();
     /// @dev The batch's time reference is later than the current block.
     error Settlement__TimeRefInFuture();
-    /// @dev The batch's intent ids are not strictly ascending.
+    /// @dev The batch's time reference is more than settlementWindow seconds before the current block.
+    error Settlement__TimeRefTooOld();
+    /// @dev The batch's (intentId, window) pairs are not strictly ascending.
     error Settlement__UnsortedIntents();
     /// @dev The intent id is not registered.
     error Settlement__UnknownIntent();
-    /// @dev The intent was revoked by its payer.
+    /// @dev The intent was revoked by its payer more than settlementWindow seconds ago.
     error Settlement__IntentRevoked();
     /// @dev The intent pays in another asset than the batch.
     error Settlement__AssetMismatch();
     /// @dev The batch's time reference is before the intent's validAfter.
     error Settlement__IntentNotYetValid();
-    /// @dev The batch's time reference is at or after the intent's validBefore.
+    /// @dev The batch's time reference is at or after the intent's validBefore, or a new intent's
+    ///      validBefore has passed.
     error Settlement__IntentExpired();
-    /// @dev An intent settlement has count == 0.
+    /// @dev An intent settlement settles no nonce (nonces == 0).
     error Settlement__ZeroCount();
-    /// @dev lastNonce is below the intent's nextNonce (e.g. a replayed batch).
-    error Settlement__StaleNonce();
-    /// @dev lastNonce is 2^40 - 1, so no nonce would remain after it.
-    error Settlement__NonceExhausted();
+    /// @dev A nonce of the intent settlement was settled before (e.g. a replayed batch).
+    error Settlement__NonceAlreadySettled();
+    /// @dev The nonce window is >= 2^33 (nonces are below 2^40).
+    error Settlement__NonceOutOfRange();
     /// @dev An intent total (>= 2^88) or payout amount (>= 2^93) exceeds the public-input field width.
     error Settlement__AmountOutOfRange();
     /// @dev Settling the total would take the intent's spent above its maxAmount.
     error Settlement__IntentBudgetExceeded();
-    /// @dev The caller is not authorised by the payer, or not the processor the intent names.
+    /// @dev The caller is not the processor the intent names, or the payer's consent to it has lapsed.
     error Settlement__UnauthorizedProcessor();
     /// @dev A payout goes to address(0).
     error Settlement__InvalidPayee();
@@ -204,7 +214,9 @@ interface ISettlement {
     /// @param payer Payer granting or revoking.
     /// @param processor Processor concerned.
     /// @param allowed New authorisation state.
-    event ProcessorSet(address indexed payer, address indexed processor, bool allowed);
+    /// @param until Consent holds while block.timestamp < until (2^64 - 1 while allowed; a de-authorisation
+    ///        lets the processor settle for settlementWindow more seconds).
+    event ProcessorSet(address indexed payer, address indexed processor, bool allowed, uint64 until);
 
     /// @dev Emitted when an intent is registered.
     /// @param intentId EIP-712 digest of the intent.
@@ -218,18 +230,16 @@ interface ISettlement {
     /// @dev Emitted when a payer revokes an intent.
     /// @param intentId Revoked intent.
     /// @param payer Its payer.
-    event IntentRevoked(bytes32 indexed intentId, address indexed payer);
+    /// @param settleableUntil Batches settle its mandates until this time (revokedAt + settlementWindow).
+    event IntentRevoked(bytes32 indexed intentId, address indexed payer, uint64 settleableUntil);
 
-    /// @dev Emitted once per intent settled in a batch.
+    /// @dev Emitted once per intent window settled in a batch.
     /// @param intentId Settled intent.
     /// @param payer Payer debited.
-    /// @param startNonce nextNonce before the batch (a public input of the proof).
-    /// @param lastNonce Highest nonce settled; nextNonce becomes lastNonce + 1.
-    /// @param count Mandates settled.
+    /// @param window Nonce window (nonces window * 128 + k).
+    /// @param nonces Bitmap of the nonces settled.
     /// @param total Amount debited.
-    event IntentSettled(
-        bytes32 indexed intentId, address indexed payer, uint40 startNonce, uint40 lastNonce, uint16 count, uint96 total
-    );
+    event IntentSettled(bytes32 indexed intentId, address indexed payer, uint64 window, uint128 nonces, uint96 total);
 
     /// @dev Emitted once per payout of a batch.
     /// @param payee Recipient.
@@ -241,7 +251,7 @@ interface ISettlement {
     /// @param processor Caller that submitted the batch.
     /// @param asset Token settled.
     /// @param timeRef Time reference of the proof.
-    /// @param mandates Sum of the intents' counts.
+    /// @param mandates Number of nonces settled.
     /// @param total Sum of the intents' totals (== sum of payouts).
     event BatchSettled(
         address indexed processor, address indexed asset, uint64 timeRef, uint256 mandates, uint256 total
@@ -283,10 +293,15 @@ interface ISettlement {
     //////////////////////////////////////////////////////////////*/
 
     /// @notice Authorises (or de-authorises) `processor` to settle the caller's intents.
+    /// @dev A de-authorisation takes effect settlementWindow seconds later, so mandates the processor's
+    ///      gateways already served still settle.
     function setProcessor(address processor, bool allowed) external;
 
-    /// @notice Whether `payer` authorised `processor`.
+    /// @notice Whether `processor` may settle `payer`'s intents now.
     function isProcessor(address payer, address processor) external view returns (bool);
+
+    /// @notice When `payer`'s consent to `processor` lapses (0: never given; 2^64 - 1: not withdrawn).
+    function processorConsentUntil(address payer, address processor) external view returns (uint64);
 
     /*//////////////////////////////////////////////////////////////
                                  INTENTS
@@ -296,7 +311,8 @@ interface ISettlement {
     /// @return intentId The intent's EIP-712 digest.
     function registerIntent(Intent calldata intent, bytes calldata signature) external returns (bytes32 intentId);
 
-    /// @notice Revokes an intent; only its payer may call.
+    /// @notice Revokes an intent; only its payer may call. Batches settle its mandates for settlementWindow
+    ///         more seconds (they were served against it); a second call does not extend that.
     function revokeIntent(bytes32 intentId) external;
 
     /// @notice The stored intent (payer == address(0) if unknown).
@@ -305,8 +321,8 @@ interface ISettlement {
     /// @notice EIP-712 digest (= intent id) of `intent` under this contract's domain.
     function intentDigest(Intent calldata intent) external view returns (bytes32);
 
-    /// @notice Intent the session key hash is bound to (zero if none).
-    function intentOfSessionKey(uint256 sessionKeyHash) external view returns (bytes32);
+    /// @notice Bitmap of the settled nonces window * 128 .. window * 128 + 127 of an intent.
+    function settledNonces(bytes32 intentId, uint64 window) external view returns (uint128);
 
     /*//////////////////////////////////////////////////////////////
                                SETTLEMENT
@@ -334,6 +350,13 @@ interface ISettlement {
     /// @notice Payee slots P of the circuit.
     function payeeSlots() external view returns (uint256);
 
-    /// @notice Seconds between requestWithdrawal and executeWithdrawal.
+    /// @notice Seconds between requestWithdrawal and executeWithdrawal (>= settlementWindow).
     function withdrawalDelay() external view returns (uint64);
+
+    /// @notice Seconds a served mandate has to settle: the largest lag of a batch's time reference behind
+    ///         the block, and the grace after a revocation or de-authorisation.
+    function settlementWindow() external view returns (uint64);
+
+    /// @notice Mandate slots N of the verifier's circuit.
+    function batchSize() external view returns (uint256);
 }
