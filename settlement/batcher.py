@@ -138,7 +138,8 @@ def plan_batch(
         for mandate in sorted(groups[key], key=lambda m: (m.accepted_at, m.nonce)):
             if size + len(taken) == n:
                 break
-            if mandate.payee not in payees and len(payees | {m.payee for m in taken}) == p:
+            paid = payees | {m.payee for m in taken}
+            if mandate.payee not in paid and len(paid) == p:
                 continue  # next batch
             mandate_upper = min(slot_upper, mandate.deadline)
             if mandate_upper < slot_lower:
