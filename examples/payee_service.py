@@ -2,13 +2,13 @@
 
 Run it on a deployment (``make demo`` writes one) with one uvicorn command::
 
-    AEP2_DEPLOYMENT=build/deployment.json AEP2_PAYEE=0x… uvicorn examples.payee_service:app
+    AEP2_DEPLOYMENT=build/deployment.json AEP2_PAYEE=0x… AEP2_PROCESSOR=0x… uvicorn examples.payee_service:app
 
 Routes: ``GET /v1/forecast/{city}`` (fixed price), ``POST /v1/sentiment`` (fixed price),
 ``GET /v1/primes?n=`` (price grows with ``n``), ``GET /health`` (free). Settings from the
 environment: ``AEP2_DEPLOYMENT`` (deployment file), ``AEP2_PAYEE`` (address paid),
 ``AEP2_STORE`` (SQLite file, default ``payments.sqlite``), ``AEP2_PROCESSOR`` (the
-settlement processor's address, default: any the payer authorised),
+settlement processor's address, required: payers' intents must name it),
 ``AEP2_FACILITATOR_KEY`` (key that submits ``exact`` payments; unset: not settled here).
 """
 
@@ -34,7 +34,6 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from aep2.deployment import Deployment
-from aep2.intent import ZERO_ADDRESS
 from aep2.sqlite_store import SQLiteStore
 from gateway.chain import ChainCache, Web3ChainReader
 from gateway.config import GatewayConfig
@@ -103,16 +102,28 @@ def create_app(
     payee: str,
     store_path: str,
     *,
-    processor: str = ZERO_ADDRESS,
+    processor: str,
     facilitator_key: str | None = None,
     min_deadline_seconds: int = 300,
+    chain_refresh_seconds: float | None = None,
 ) -> Starlette:
-    """The example API behind ``PaymentMiddleware`` on ``deployment``, paying ``payee``."""
+    """The example API behind ``PaymentMiddleware`` on ``deployment``, paying ``payee``,
+    settled by ``processor`` (its address); ``store_path`` the SQLite payment store.
+
+    ``facilitator_key``: key that submits ``exact`` payments (``None``: not settled here).
+    ``chain_refresh_seconds``: how often cached chain state is re-read (default: the
+    ``ChainCache`` default). Raises ``ValueError`` naming the field for a missing or zero
+    ``processor`` or another bad setting.
+    """
     config = GatewayConfig.from_deployment(
         deployment, payee, processor=processor, min_deadline_seconds=min_deadline_seconds
     )
     store = SQLiteStore(store_path)
-    chain = ChainCache(Web3ChainReader(deployment.rpc_url, deployment.settlement))
+    chain = ChainCache(
+        Web3ChainReader(deployment.rpc_url, deployment.settlement),
+        refresh_seconds=chain_refresh_seconds,
+        max_staleness=config.max_chain_staleness,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -156,13 +167,14 @@ def start_process(
     deployment: str | os.PathLike[str],
     payee: str,
     store: str | os.PathLike[str],
-    processor: str = ZERO_ADDRESS,
+    processor: str,
     facilitator_key: str | None = None,
     uvicorn_args: tuple[str, ...] = (),
     timeout: float = 60.0,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Run this service under ``uvicorn`` in a child process on ``127.0.0.1:port``, configured
-    through the environment as in production; returns the process and its base URL once
+    through the environment as in production (``processor``: the settlement processor's
+    address, as ``AEP2_PROCESSOR``); returns the process and its base URL once
     ``GET /health`` answers 200. Raises ``RuntimeError`` (with uvicorn's stderr) if it exits
     or does not answer within ``timeout`` seconds.
     """
@@ -216,11 +228,14 @@ def _from_environment() -> Starlette:
     payee = os.environ.get("AEP2_PAYEE")
     if not payee:
         raise RuntimeError("set AEP2_PAYEE to the address the service is paid to")
+    processor = os.environ.get("AEP2_PROCESSOR")
+    if not processor:
+        raise RuntimeError("set AEP2_PROCESSOR to the settlement processor's address (payers' intents name it)")
     return create_app(
         deployment,
         payee,
         os.environ.get("AEP2_STORE", "payments.sqlite"),
-        processor=os.environ.get("AEP2_PROCESSOR", ZERO_ADDRESS),
+        processor=processor,
         facilitator_key=os.environ.get("AEP2_FACILITATOR_KEY"),
     )
 

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from eth_utils import to_checksum_address
 
 from aep2.deployment import Deployment
-from aep2.intent import ZERO_ADDRESS
 
 __all__ = ["GatewayConfig"]
 
@@ -18,19 +17,27 @@ class GatewayConfig:
 
     ``payee``: address paid by every priced route. ``asset``: the ERC-20 token (base units
     everywhere). ``settlement``: the Settlement contract (the intents' EIP-712 verifying
-    contract). ``processor``: the settlement processor's address; intents naming another
-    processor are refused. ``min_deadline_seconds``: a mandate must stay settleable this
-    long (its deadline and its intent's ``validBefore`` at least this far in the future).
+    contract). ``processor``: the settlement processor's address (required, non-zero): the
+    gateway accepts only intents naming it and only payers whose consent to it stands.
+    ``min_deadline_seconds``: a mandate must stay settleable this long (its deadline and its
+    intent's ``validBefore`` at least this far in the future). ``settlement_window``: the
+    Settlement contract's ``settlementWindow()`` in seconds (``None``: unknown), the grace a
+    served mandate has to settle after its payer revokes, de-authorises or withdraws; the
+    gateway's chain view must stay well inside it (``max_chain_staleness``).
     ``max_timeout_seconds``: x402 ``maxTimeoutSeconds``. ``token_name``/``token_version``:
     the asset's EIP-712 domain, which ``exact`` (EIP-3009) signatures need.
+
+    Raises ``ValueError`` naming the field: ``processor`` missing or zero, an address that is
+    not one, or a non-positive duration.
     """
 
     chain_id: int
     payee: str
     asset: str
     settlement: str
-    processor: str = ZERO_ADDRESS
+    processor: str
     min_deadline_seconds: int = 300
+    settlement_window: int | None = None
     max_timeout_seconds: int = 300
     token_name: str = "USD Coin"
     token_version: str = "2"
@@ -38,20 +45,44 @@ class GatewayConfig:
 
     def __post_init__(self) -> None:
         for name in ("payee", "asset", "settlement", "processor"):
-            object.__setattr__(self, name, to_checksum_address(getattr(self, name)))
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, to_checksum_address(value))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{name}: {value!r} is not an address") from exc
+        if int(self.processor, 16) == 0:
+            raise ValueError("processor: must be the settlement processor's address, not the zero address")
+        if self.min_deadline_seconds <= 0:
+            raise ValueError(f"min_deadline_seconds: {self.min_deadline_seconds} must be positive")
+        if self.settlement_window is not None and self.settlement_window <= 0:
+            raise ValueError(f"settlement_window: {self.settlement_window} must be positive")
 
     @property
     def network(self) -> str:
         """CAIP-2 network id."""
         return f"eip155:{self.chain_id}"
 
+    @property
+    def max_chain_staleness(self) -> float:
+        """Oldest chain state (seconds) the gateway acts on: a tenth of the settlement window,
+        at most 60 s (60 s when the window is unknown). A payer's revocation, de-authorisation
+        or withdrawal request is seen within it, while mandates served before still settle."""
+        if self.settlement_window is None:
+            return 60.0
+        return min(60.0, self.settlement_window / 10)
+
     @classmethod
-    def from_deployment(cls, deployment: Deployment, payee: str, **options: object) -> GatewayConfig:
-        """Settings for ``payee`` on a deployment written by ``settlement.deploy``."""
+    def from_deployment(
+        cls, deployment: Deployment, payee: str, *, processor: str, **options: object
+    ) -> GatewayConfig:
+        """Settings for ``payee`` on a deployment written by ``settlement.deploy``, settled by
+        ``processor``; ``options`` are the other fields. Raises ``ValueError`` as the constructor."""
+        fields: dict[str, object] = {"settlement_window": getattr(deployment, "settlement_window", None), **options}
         return cls(
             chain_id=deployment.chain_id,
             payee=payee,
             asset=deployment.token,
             settlement=deployment.settlement,
-            **options,  # type: ignore[arg-type]
+            processor=processor,
+            **fields,  # type: ignore[arg-type]
         )

@@ -17,9 +17,12 @@ __all__ = ["discovery_json", "discovery_markdown"]
 def discovery_json(config: GatewayConfig, routes: Sequence[PricedRoute], service: str) -> dict[str, Any]:
     """Machine-readable discovery: ``{"service", "x402Version", "network", "asset", "payTo",
     "schemes", "aep2": {...}, "routes": [{"method", "path", "price", "description"}]}``.
-    ``aep2`` is self-contained (network, asset, payTo, settlement, …): with a route's price it
-    is the ``accepts`` entry an Intent Mode client pays without a 402 round trip.
-    ``price`` is a decimal string of base units, or ``null`` when computed per request."""
+    ``aep2`` is self-contained (network, asset, payTo, settlement, processor, …): with a
+    route's price it is the ``accepts`` entry an Intent Mode client pays without a 402 round
+    trip. ``aep2.processor`` is the address an intent must name as its ``processor`` (and the
+    payer must authorise on the Settlement contract); ``aep2.settlementWindow`` the contract's
+    grace in seconds (``null``: unknown). ``price`` is a decimal string of base units, or
+    ``null`` when computed per request."""
     return {
         "service": service,
         "x402Version": 2,
@@ -35,6 +38,7 @@ def discovery_json(config: GatewayConfig, routes: Sequence[PricedRoute], service
             "processor": config.processor,
             "chainId": config.chain_id,
             "minDeadlineSeconds": config.min_deadline_seconds,
+            "settlementWindow": config.settlement_window,
             "header": "PAYMENT-SIGNATURE",
         },
         "exact": {"name": config.token_name, "version": config.token_version} if config.exact_enabled else None,
@@ -76,10 +80,13 @@ def discovery_markdown(config: GatewayConfig, routes: Sequence[PricedRoute], ser
         "(v1: `X-PAYMENT`) carrying one of the offers in `accepts`.",
         f"- Scheme `aep2` (deferred, no chain call per request): sign an AEP2 intent (EIP-712, "
         f"domain `AEP2 Settlement` v1, chain {config.chain_id}, contract `{config.settlement}`) "
-        "once, then one EdDSA-Poseidon mandate per call with the session key. Escrow funds in the "
-        "Settlement contract and authorise the processor"
-        + (f" `{config.processor}`" if int(config.processor, 16) else "")
-        + ". Mandates settle in batches with one Groth16 proof.",
+        f"once, naming `processor` = `{config.processor}` (intents naming another processor are "
+        "refused), then one EdDSA-Poseidon mandate per call with the session key; nonces are "
+        "one-time values per intent, in any order. Mandates settle in batches with one Groth16 proof.",
+        f"- Before paying: escrow funds in the Settlement contract (`deposit`) and authorise the "
+        f"processor (`setProcessor({config.processor}, true)`). Calls are accepted against the "
+        "escrow minus any pending withdrawal; a revoked intent or a withdrawn authorisation is "
+        "refused from then on.",
     ]
     if config.exact_enabled:
         lines.append(

@@ -47,9 +47,10 @@ MAX_BODY_BYTES = 1 << 20
 class PaymentMiddleware:
     """Charge for ``routes`` of ``app`` in ``config.asset``, paid to ``config.payee``.
 
-    ``store``: where reservations live (opened lazily). ``chain``: a ``ChainReader`` (or
-    a ready ``ChainCache``) for escrow and token balances. ``service``: name shown in
-    discovery. Serves ``/skill.md``, ``/skill.json`` and ``/payments/{paymentId}``.
+    ``store``: where reservations live (opened lazily). ``chain``: a ``ChainReader`` (cached
+    here, never acting on state older than ``config.max_chain_staleness``) or a ready
+    ``ChainCache``, for escrow, consent, intent, nonce and token state. ``service``: name
+    shown in discovery. Serves ``/skill.md``, ``/skill.json`` and ``/payments/{paymentId}``.
     """
 
     def __init__(
@@ -66,7 +67,9 @@ class PaymentMiddleware:
         self.config = config
         self.routes = list(routes)
         self.store = store
-        self.chain = chain if isinstance(chain, ChainCache) else ChainCache(chain)
+        self.chain = (
+            chain if isinstance(chain, ChainCache) else ChainCache(chain, max_staleness=config.max_chain_staleness)
+        )
         self.service = service
         self.aep2 = AEP2Scheme(config, store, self.chain)
         self.exact = ExactScheme(config, store, self.chain)

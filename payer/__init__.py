@@ -1,11 +1,14 @@
 """The payer agent SDK: pay x402 ``402`` challenges with AEP2 mandates from an httpx client.
 
+``PROCESSOR`` is the settlement processor the gateways name (``/skill.json`` ``aep2.processor``,
+or ``extra.processor`` in a 402); the owner escrows funds and authorises it once with ``Escrow``.
+
 ::
 
     key = create_session_key()
     intent = create_intent(owner_key, session_key=key, asset=USDC, max_amount=10_000_000,
                            max_per_payment=100_000, valid_for_seconds=86400,
-                           chain_id=31337, settlement=SETTLEMENT)
+                           chain_id=31337, settlement=SETTLEMENT, processor=PROCESSOR)
     auth = AEP2Auth(intent, key, PayerState("payer.sqlite"))
     with httpx.Client(auth=auth) as client:
         client.get("https://api.example/weather")

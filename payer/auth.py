@@ -1,7 +1,8 @@
 """``AEP2Auth``: answer x402 ``402 Payment Required`` challenges with AEP2 mandates.
 
 An ``httpx.Auth`` in the shape of httpx's ``DigestAuth``: send the request; on a 402 that
-offers an ``aep2`` requirement on the intent's network, asset and settlement contract,
+offers an ``aep2`` requirement on the intent's network, asset, settlement contract and
+processor,
 reserve a nonce and the amount in the ``PayerState``, sign a mandate bound to this exact
 request (``request_hash`` of method, raw path and query, body), set ``PAYMENT-SIGNATURE``
 and send the request once more. At most one mandate is signed per request.
@@ -371,7 +372,8 @@ class AEP2Auth(httpx.Auth):
         return _Challenge(version, error, resource, accepts, source)
 
     def _select(self, accepts: list[dict[str, Any]], *, source: str) -> dict[str, Any]:
-        """The first ``aep2`` entry on our network, asset and settlement whose payee we may pay."""
+        """The first ``aep2`` entry on our network, asset, settlement and processor (an entry
+        whose ``extra`` names no processor is tried) whose payee we may pay."""
         intent = self.intent
         network = caip2(intent.chain_id)
         matching: list[tuple[int, dict[str, Any]]] = []
@@ -387,17 +389,20 @@ class AEP2Auth(httpx.Auth):
                 raise MalformedChallenge(f"accepts[{index}].extra: {extra!r:.80} is not an object", header=source)
             if str(extra.get("settlement", "")).lower() != intent.verifying_contract.lower():
                 continue
+            # A gateway accepts only intents naming its processor; one that does not say is tried.
+            processor = extra.get("processor")
+            if processor is not None and str(processor).lower() != intent.processor.lower():
+                continue
             _check_entry(index, entry, extra, source)
             matching.append((index, entry))
         if not matching:
             offered = ", ".join(
-                f"{e.get('scheme')}/{e.get('network')}/{e.get('asset')}"
-                f"/{(e.get('extra') or {}).get('settlement') if isinstance(e.get('extra'), dict) else None}"
+                f"{e.get('scheme')}/{e.get('network')}/{e.get('asset')}/{_extra(e, 'settlement')}/{_extra(e, 'processor')}"
                 for e in accepts
             ) or "nothing"
             raise NoAcceptableRequirement(
                 f"accepts: no {SCHEME} entry for network {network}, asset {intent.asset}, "
-                f"settlement {intent.verifying_contract} (offered: {offered})"
+                f"settlement {intent.verifying_contract}, processor {intent.processor} (offered: {offered})"
             )
         for _, entry in matching:
             if intent.allows_payee(entry["payTo"]):
@@ -422,6 +427,11 @@ def _check_entry(index: int, entry: dict[str, Any], extra: dict[str, Any], sourc
     minimum = extra.get("minDeadlineSeconds", 0)
     if not isinstance(minimum, int) or isinstance(minimum, bool) or minimum < 0:
         raise MalformedChallenge(f"{where}.extra.minDeadlineSeconds: {minimum!r:.80} is not a non-negative integer", header=source)
+
+
+def _extra(entry: Mapping[str, Any], name: str) -> Any:
+    extra = entry.get("extra")
+    return extra.get(name) if isinstance(extra, dict) else None
 
 
 def _amount(entry: Mapping[str, Any]) -> Any:
@@ -489,6 +499,8 @@ def _route_requirement(route: Mapping[str, Any], defaults: Mapping[str, Any]) ->
     if network is None and pick("chainId") is not None:
         network = caip2(int(pick("chainId")))
     extra: dict[str, Any] = {"settlement": settlement, "minDeadlineSeconds": int(pick("minDeadlineSeconds", 0))}
+    if pick("processor") is not None:
+        extra["processor"] = pick("processor")
     return {
         "scheme": SCHEME,
         "network": network,

@@ -9,7 +9,7 @@ The hierarchy::
     │   ├── IntentExpired            now >= validBefore
     │   ├── IntentNotYetValid        now < validAfter
     │   └── PayeeNotAllowed          payTo is not in the intent's payees
-    ├── NoAcceptableRequirement      the 402 offers no aep2 entry for our network/asset/settlement
+    ├── NoAcceptableRequirement      the 402 offers no aep2 entry for our network/asset/settlement/processor
     ├── MalformedChallenge           PAYMENT-REQUIRED (or the v1 body) cannot be parsed
     └── PaymentRefused               the gateway answered our mandate with a 402 (`.code`, `.reason`)
 
@@ -67,7 +67,8 @@ class PayeeNotAllowed(SpendingLimitError):
 
 
 class NoAcceptableRequirement(PayerError):
-    """No ``accepts`` entry has scheme ``aep2`` on the intent's network, asset and settlement contract."""
+    """No ``accepts`` entry has scheme ``aep2`` on the intent's network, asset, settlement contract
+    and processor (``extra.processor``, when the entry names one)."""
 
 
 class MalformedChallenge(PayerError):

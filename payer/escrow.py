@@ -1,4 +1,5 @@
-"""The payer's side of the Settlement contract: escrow deposits, processor consent, withdrawals.
+"""The payer's side of the Settlement contract: escrow deposits, processor consent, withdrawals,
+intent registration and revocation.
 
 Synchronous web3.py calls from the payer's (owner's) Ethereum key; amounts in token base
 units. Each method waits for the receipt and raises ``EscrowError`` naming the contract's
@@ -14,6 +15,7 @@ from web3 import Web3
 from web3.exceptions import ContractCustomError, ContractLogicError
 
 from aep2.deployment import Deployment, contract_artifact
+from aep2.intent import INTENT_TYPES, SignedIntent
 
 from .errors import PayerError
 
@@ -64,8 +66,17 @@ class Escrow:
         self._send(self.settlement.functions.deposit(self.token.address, amount))
 
     def authorize_processor(self, processor: str, allowed: bool = True) -> None:
-        """Let ``processor`` (not) debit this payer's escrow for settlements."""
+        """Let ``processor`` (not) settle this payer's intents against the escrow.
+
+        A de-authorisation (``allowed=False``) lets the processor settle for the contract's
+        settlement window more (mandates already served still settle); gateways refuse new
+        payments at once.
+        """
         self._send(self.settlement.functions.setProcessor(processor, allowed))
+
+    def processor_consent_until(self, processor: str) -> int:
+        """``processorConsentUntil``: 0 never given, ``2^64 - 1`` standing, else when it lapses (unix s)."""
+        return int(self.settlement.functions.processorConsentUntil(self.address, processor).call())
 
     def balance(self) -> int:
         """Escrowed balance in base units."""
@@ -76,13 +87,33 @@ class Escrow:
         return int(self.token.functions.balanceOf(self.address).call())
 
     def request_withdrawal(self, amount: int) -> None:
-        """Start a withdrawal; executable after the contract's delay."""
+        """Start a withdrawal of ``amount`` (base units, at most the balance); executable after
+        the contract's delay. Gateways stop accepting payments against the requested amount."""
         self._send(self.settlement.functions.requestWithdrawal(self.token.address, amount))
+
+    def pending_withdrawal(self) -> tuple[int, int]:
+        """``(amount, ready_at)`` of the pending withdrawal (amount 0: none; ready_at unix s)."""
+        withdrawal = self.settlement.functions.pendingWithdrawal(self.address, self.token.address).call()
+        return int(withdrawal[0]), int(withdrawal[1])
+
+    def cancel_withdrawal(self) -> None:
+        """Cancel the pending withdrawal (``EscrowError`` if there is none)."""
+        self._send(self.settlement.functions.cancelWithdrawal(self.token.address))
 
     def execute_withdrawal(self) -> None:
         """Execute a pending withdrawal whose delay has passed."""
         self._send(self.settlement.functions.executeWithdrawal(self.token.address))
 
+    def register_intent(self, signed_intent: SignedIntent) -> bytes:
+        """Register a signed intent on chain (anyone may; the processor does it when it first
+        settles one); returns the intent id. ``EscrowError`` if it would revert (e.g. already
+        registered, or ``validBefore`` passed)."""
+        message = signed_intent.intent.message()
+        fields = tuple(message[item["name"]] for item in INTENT_TYPES["Intent"])
+        self._send(self.settlement.functions.registerIntent(fields, signed_intent.signature), gas=600_000)
+        return signed_intent.intent.intent_id
+
     def revoke_intent(self, intent_id: bytes) -> None:
-        """Revoke a registered intent: no further mandate of it settles."""
+        """Revoke a registered intent of this payer: gateways refuse its mandates from then on;
+        those already served settle for the contract's settlement window more."""
         self._send(self.settlement.functions.revokeIntent(intent_id))

@@ -11,7 +11,8 @@ recorded *before* its mandate is signed:
     the gateway accepted it: ``reserved`` → ``confirmed``, the receipt is stored.
 ``release``
     the gateway refused it: ``reserved`` → ``released`` and the amount returns to the budget.
-    The nonce is never handed out again (nonces only increase; the protocol allows gaps).
+    The nonce is never handed out again: nonces are one-time values per intent, settled in
+    any order (docs/PROTOCOL.md §3), so gaps left by released payments cost nothing.
 
 A payment still ``reserved`` after a crash keeps counting against the budget: the gateway
 may have accepted it. Amounts are token base units, stored as decimal text because intent

@@ -1,27 +1,37 @@
 """Verifying an ``aep2`` payment (deferred mandate) and reserving it, off-chain.
 
-Checks run in this order, each failure a ``PaymentError`` with its own code (see
-``aep2.errors``): envelope and schema; network, asset, payee and price; the intent (its
-id, EIP-712 domain and signature — verified once per intent and cached); its validity
-window, processor and payee allowlist; the session key's signature over the mandate; the
-request binding; the deadline; revocation; then the store's atomic reservation (nonce
-unused, budget, per-payment cap, escrow).
+A served payment must be a paid payment: everything that could keep the processor from
+settling the mandate is checked *before* the request is served. Checks run in this order,
+each failure a ``PaymentError`` with its own code (see ``aep2.errors``):
+
+1. envelope and schema (``invalid_payload``); payee and price;
+2. the intent — its EIP-712 domain, id, asset, processor (it must name ours:
+   ``processor_mismatch``) and signature, verified once per intent and cached; its validity
+   window (``validBefore`` at least ``min_deadline_seconds`` away, so an unregistered intent
+   is still registrable when the processor settles) and payee allowlist;
+3. the session key's signature over the mandate; the request binding; the deadline;
+4. chain state, from ``ChainCache``: the intent not revoked (``intent_revoked``), the payer's
+   consent to our processor given and never withdrawn (``processor_not_authorized``), the
+   nonce not settled on chain (``nonce_used``);
+5. the store's atomic reservation: nonce unused, budget, per-payment cap, and escrow
+   (``insufficient_escrow``) against ``balance - pending withdrawal``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from aep2.eddsa import verify
 from aep2.errors import ErrorCode, PaymentError
-from aep2.intent import ZERO_ADDRESS, SignedIntent
+from aep2.intent import Intent, SignedIntent
 from aep2.mandate import request_hash
-from aep2.payload import parse_payload
+from aep2.payload import ParsedPayload, parse_payload
 from aep2.store import PaymentStore, Reservation
 
-from ..chain import ChainCache
+from ..chain import ChainCache, EscrowState, nonce_window
 from ..config import GatewayConfig
 
 __all__ = ["AEP2Scheme", "AcceptedPayment"]
@@ -58,12 +68,18 @@ class AEP2Scheme:
         body: bytes,
         now: float | None = None,
     ) -> AcceptedPayment:
-        """Verify ``payload`` (the x402 ``payload`` object) for a request priced ``amount``.
+        """Verify ``payload`` (the x402 ``payload`` object) for a request priced ``amount``
+        (base units) to ``method path_and_query`` with ``body``; ``now`` in unix seconds.
 
-        Raises ``PaymentError``; on success the reservation is committed in the store.
+        Returns the reservation, committed in the store. Raises ``PaymentError`` with the
+        code of the first failed check (module docstring); chain and store failures raise
+        what the reader or store raises (the middleware answers ``chain_unavailable``).
         """
         now = time.time() if now is None else now
-        parsed = parse_payload(payload)
+        try:
+            parsed = parse_payload(payload)
+        except ValueError as exc:  # a value the schema let through but the intent refuses
+            raise PaymentError(ErrorCode.INVALID_PAYLOAD, f"payload.intent.{exc}") from None
         mandate = parsed.mandate
         config = self.config
 
@@ -97,23 +113,47 @@ class AEP2Scheme:
                 ErrorCode.MANDATE_EXPIRED,
                 f"mandate.deadline: {mandate.deadline} is under {config.min_deadline_seconds} s from now",
             )
-        if self.chain.revoked(intent.intent_id):
-            raise PaymentError(ErrorCode.INTENT_REVOKED, "intentId: revoked on chain")
 
-        escrow, block = await self.chain.escrow(intent.payer, intent.asset)
-        limits = Reservation(intent.max_amount, intent.max_per_payment, escrow, block)
+        window, bit = nonce_window(mandate.nonce)
+        state, escrow, (settled, _) = await asyncio.gather(
+            self.chain.intent(intent.intent_id),
+            self._escrow(intent.payer, intent.asset),
+            self.chain.settled_nonces(intent.intent_id, window),
+        )
+        if state.revoked:
+            raise PaymentError(ErrorCode.INTENT_REVOKED, f"intentId: revoked on chain at {state.revoked_at}")
+        if not escrow.consent_current:
+            escrow = await self._escrow(intent.payer, intent.asset, max_age=1.0)  # consent may have just been given
+            if not escrow.consent_current:
+                raise PaymentError(ErrorCode.PROCESSOR_NOT_AUTHORIZED, _consent_reason(intent.payer, config.processor, escrow))
+        if settled >> bit & 1:
+            raise PaymentError(ErrorCode.NONCE_USED, f"mandate.nonce: {mandate.nonce} already settled on chain")
+
         try:
-            pid = await self.store.reserve(mandate, parsed.signature, intent.payer, intent.asset, limits, now)
+            pid = await self._reserve(parsed, intent, escrow, now)
         except PaymentError as exc:
             if exc.code != ErrorCode.INSUFFICIENT_ESCROW:
                 raise
-            # The payer may have just deposited: re-read the escrow once before refusing.
-            fresh, block = await self.chain.escrow(intent.payer, intent.asset, max_age=1.0)
-            if (fresh, block) == (escrow, limits.escrow_block):
-                raise
-            limits = Reservation(intent.max_amount, intent.max_per_payment, fresh, block)
-            pid = await self.store.reserve(mandate, parsed.signature, intent.payer, intent.asset, limits, now)
+            # The payer may have just deposited or cancelled a withdrawal: re-read once before refusing.
+            fresh = await self._escrow(intent.payer, intent.asset, max_age=1.0)
+            if not fresh.consent_current:
+                raise PaymentError(ErrorCode.PROCESSOR_NOT_AUTHORIZED, _consent_reason(intent.payer, config.processor, fresh))
+            if fresh == escrow:
+                raise _escrow_refusal(exc, escrow) from None
+            try:
+                pid = await self._reserve(parsed, intent, fresh, now)
+            except PaymentError as again:
+                if again.code != ErrorCode.INSUFFICIENT_ESCROW:
+                    raise
+                raise _escrow_refusal(again, fresh) from None
         return AcceptedPayment(pid, "aep2", intent.payer, mandate.amount, pid)
+
+    async def _escrow(self, payer: str, asset: str, *, max_age: float | None = None) -> EscrowState:
+        return await self.chain.escrow(payer, asset, self.config.processor, max_age=max_age)
+
+    async def _reserve(self, parsed: ParsedPayload, intent: Intent, escrow: EscrowState, now: float) -> str:
+        limits = Reservation(intent.max_amount, intent.max_per_payment, escrow.available, escrow.block)
+        return await self.store.reserve(parsed.mandate, parsed.signature, intent.payer, intent.asset, limits, now)
 
     async def _intent(self, intent_id: bytes, embedded: SignedIntent | None) -> SignedIntent:
         known = self._intents.get(intent_id)
@@ -133,8 +173,11 @@ class AEP2Scheme:
             raise PaymentError(ErrorCode.INTENT_ID_MISMATCH, "intentId: not the EIP-712 digest of payload.intent")
         if intent.asset != self.config.asset:
             raise PaymentError(ErrorCode.ASSET_MISMATCH, f"intent.asset: {intent.asset} is not {self.config.asset}")
-        if intent.processor not in (ZERO_ADDRESS, self.config.processor):
-            raise PaymentError(ErrorCode.PROCESSOR_MISMATCH, f"intent.processor: {intent.processor} does not settle here")
+        if intent.processor != self.config.processor:
+            raise PaymentError(
+                ErrorCode.PROCESSOR_MISMATCH,
+                f"intent.processor: {intent.processor} does not settle here (name {self.config.processor})",
+            )
         if not signed.is_valid():
             raise PaymentError(ErrorCode.INVALID_INTENT_SIGNATURE, "intent.signature: not the payer's EIP-712 signature")
         await self.store.save_intent(signed)
@@ -142,3 +185,17 @@ class AEP2Scheme:
         return signed
 
 
+def _consent_reason(payer: str, processor: str, escrow: EscrowState) -> str:
+    if escrow.consent_until == 0:
+        return f"intent.payer: {payer} has not authorised processor {processor} (setProcessor)"
+    return f"intent.payer: {payer} withdrew consent from processor {processor} (lapses at {escrow.consent_until})"
+
+
+def _escrow_refusal(exc: PaymentError, escrow: EscrowState) -> PaymentError:
+    """The store's ``insufficient_escrow``, saying how a pending withdrawal reduced the escrow."""
+    if not escrow.pending_withdrawal:
+        return exc
+    return PaymentError(
+        exc.code,
+        f"{exc.reason} (balance {escrow.balance} - pending withdrawal {escrow.pending_withdrawal})",
+    )

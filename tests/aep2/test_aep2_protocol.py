@@ -21,13 +21,15 @@ from aep2.x402 import decode_header, encode_header
 
 KEY = SessionKey(0xABCDEF)
 OWNER = Account.create()
+PROCESSOR = "0x" + "55" * 20
 
 
 def intent(**overrides) -> Intent:
     fields = dict(
         payer=OWNER.address, asset="0x" + "11" * 20, session_key=KEY.public_key, max_amount=10**6,
         max_per_payment=10**4, valid_after=0, valid_before=2**40, chain_id=31337,
-        verifying_contract="0x" + "22" * 20, payees=("0x" + "44" * 20, "0x" + "33" * 20), salt=b"\x07" * 32,
+        verifying_contract="0x" + "22" * 20, payees=("0x" + "44" * 20, "0x" + "33" * 20), processor=PROCESSOR,
+        salt=b"\x07" * 32,
     )
     fields.update(overrides)
     return Intent(**fields)
@@ -127,6 +129,27 @@ def test_intent_validation_names_the_field():
         intent(valid_after=10, valid_before=10)
     with pytest.raises(ValueError, match="payees"):
         intent(payees=("0x" + "33" * 20, "0x" + "33" * 20))
+    with pytest.raises(ValueError, match="^processor"):
+        intent(processor="0x" + "00" * 20)
+    for chain_id in (0, 2**256):
+        with pytest.raises(ValueError, match="^chainId"):
+            intent(chain_id=chain_id)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("chainId", str(2**256)), ("chainId", str(10**77 * 9)), ("chainId", "0"), ("processor", "0x" + "00" * 20)],
+)
+def test_out_of_range_intent_fields_are_invalid_payload(field, value):
+    """Values the schema's shape admits but the intent refuses are ``invalid_payload`` naming the
+    field (never an exception the gateway would misreport as ``chain_unavailable``)."""
+    signed = intent().sign(OWNER.key)
+    m = Mandate(signed.intent.intent_id, "0x" + "33" * 20, 5, 0, 10**9, 1)
+    payload = build_payload(m, KEY.sign(m.message()), signed)
+    payload["intent"][field] = value
+    with pytest.raises(PaymentError) as refused:
+        parse_payload(payload)
+    assert refused.value.code == ErrorCode.INVALID_PAYLOAD and field in refused.value.reason
 
 
 @pytest.mark.chain
@@ -138,6 +161,6 @@ def test_intent_id_matches_the_contracts_eip712_digest(deployment):
     i = intent(chain_id=deployment.chain_id, verifying_contract=deployment.settlement)
     message = i.message()
     on_chain = settlement.functions.intentDigest(tuple(message[k] for k in (
-        "payer", "asset", "sessionKeyHash", "maxAmount", "maxPerPayment", "validAfter", "validBefore", "payees",
+        "payer", "asset", "sessionKeyHash", "maxAmount", "maxPerPayment", "validAfter", "validBefore", "payeesRoot",
         "processor", "salt"))).call()
     assert bytes(on_chain) == i.intent_id

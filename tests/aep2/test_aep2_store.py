@@ -28,6 +28,7 @@ def make_intent(max_amount: int = 1_000) -> Intent:
     return Intent(
         payer=OWNER.address, asset=ASSET, session_key=KEY.public_key, max_amount=max_amount, max_per_payment=100,
         valid_after=0, valid_before=2**40, chain_id=31337, verifying_contract="0x" + "33" * 20,
+        processor="0x" + "44" * 20,
     )
 
 
@@ -69,21 +70,34 @@ async def test_reservation_refusals_name_their_reason(tmp_path):
     await store.close()
 
 
-async def test_sealed_watermark_refuses_lower_nonces_and_restores_on_retry(tmp_path):
+async def test_nonces_are_one_time_in_any_order(tmp_path):
+    """Nonces are unordered one-time values (docs/PROTOCOL.md §3): a lower nonce after a higher
+    one is accepted, even once the higher one is sealed into a batch; a nonce is refused the
+    second time; a batch that failed for a retry gives its mandates back as accepted, and their
+    nonces stay used."""
     store = await opened(str(tmp_path / "s.sqlite"))
     intent = make_intent()
     await store.save_intent(intent.sign(OWNER.key))
     limits = Reservation(1_000, 100, 10_000, 0)
-    for nonce in (0, 2, 5):
-        await store.reserve(mandate(intent, nonce, 10), SIGNATURE, OWNER.address, ASSET, limits, time.time())
-    batch = await store.seal_batch([m.payment_id for m in await store.accepted_mandates()], time_ref=1)
-    assert await store.intent_watermark(intent.intent_id) == 5
+
+    async def reserve(nonce: int) -> str:
+        return await store.reserve(mandate(intent, nonce, 10), SIGNATURE, OWNER.address, ASSET, limits, time.time())
+
+    await reserve(5)
+    await reserve(3)
     with pytest.raises(PaymentError) as refused:
-        await store.reserve(mandate(intent, 4, 10), SIGNATURE, OWNER.address, ASSET, limits, time.time())
-    assert refused.value.code == ErrorCode.NONCE_TOO_LOW
+        await reserve(3)
+    assert refused.value.code == ErrorCode.NONCE_USED and "mandate.nonce: 3" in refused.value.reason
+    batch = await store.seal_batch([m.payment_id for m in await store.accepted_mandates()], time_ref=1)
+    await reserve(1)  # below every sealed nonce: still fine
     await store.fail_batch(batch.batch_id, "not submitted", retry=True)
-    assert await store.intent_watermark(intent.intent_id) == -1
-    assert [m.status for m in await store.mandates()] == ["accepted"] * 3
+    assert sorted((m.mandate.nonce, m.status) for m in await store.mandates()) == [
+        (1, "accepted"), (3, "accepted"), (5, "accepted"),
+    ]
+    for nonce in (1, 3, 5):
+        with pytest.raises(PaymentError) as refused:
+            await reserve(nonce)
+        assert refused.value.code == ErrorCode.NONCE_USED
     await store.close()
 
 

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Any, AsyncIterator, Callable
 
 import httpx
 import pytest
 from eth_account import Account
+from eth_utils import to_checksum_address
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from aep2.deployment import Deployment
+from aep2.deployment import CircuitShape, Deployment
 from aep2.eddsa import SessionKey
 from aep2.errors import ErrorCode
 from aep2.intent import Intent, SignedIntent
@@ -27,7 +29,7 @@ from aep2.payload import build_payload
 from aep2.sqlite_store import SQLiteStore
 from aep2.x402 import PAYMENT_REQUIRED_HEADER, decode_header, encode_header
 from examples.payee_service import ROUTES, forecast, health, primes, sentiment
-from gateway.chain import ChainCache, Web3ChainReader
+from gateway.chain import CONSENT_NOT_WITHDRAWN, ChainCache, ChainReader, EscrowState, IntentState, Web3ChainReader
 from gateway.config import GatewayConfig
 from gateway.middleware import PaymentMiddleware
 from settlement.devchain import anvil_key
@@ -175,25 +177,102 @@ class MandateSigner:
 
 
 def signer_for(payer: Any, deployment: Deployment, **intent_options: Any) -> MandateSigner:
-    """A ``MandateSigner`` for a fresh session key and an intent of ``payer`` (a ``payer.Escrow``)."""
+    """A ``MandateSigner`` for a fresh session key and an intent of ``payer`` (a ``payer.Escrow``
+    or an ``eth_account`` account)."""
     key = SessionKey.generate()
-    return MandateSigner(make_intent(payer.account.key, key, deployment, **intent_options), key, deployment)
+    owner_key = payer.account.key if hasattr(payer, "account") else payer.key
+    return MandateSigner(make_intent(owner_key, key, deployment, **intent_options), key, deployment)
+
+
+#: A deployment that exists nowhere: for in-process gateways on a ``StaticChainReader``.
+OFFLINE_DEPLOYMENT = Deployment(
+    chain_id=31337,
+    rpc_url="http://127.0.0.1:9",
+    settlement=to_checksum_address("0x" + "5e" * 20),
+    token=to_checksum_address("0x" + "a1" * 20),
+    verifier=to_checksum_address("0x" + "7e" * 20),
+    circuit=CircuitShape(4, 2, 2, "offline"),
+    deployed_at=0,
+    settlement_window=3600,
+)
+
+
+class StaticChainReader:
+    """A ``ChainReader`` answering from dictionaries, for in-process tests without a node.
+
+    Every payer has ``balance`` escrowed and consents to every processor unless ``escrow`` says
+    otherwise; intents are unregistered and no nonce is settled unless ``intents``/``settled``
+    say otherwise. ``reads`` counts the calls per method; ``fail`` makes every read raise.
+    """
+
+    def __init__(self, *, balance: int = 10**9) -> None:
+        self.block = 1
+        self.default = EscrowState(balance, 0, CONSENT_NOT_WITHDRAWN, self.block)
+        self.escrow: dict[tuple[str, str, str], EscrowState] = {}
+        self.intents: dict[bytes, IntentState] = {}
+        self.settled: dict[tuple[bytes, int], int] = {}
+        self.tokens: dict[tuple[str, str], int] = {}
+        self.reads: Counter[str] = Counter()
+        self.fail = False
+
+    def set_escrow(self, payer: str, asset: str, processor: str = PROCESSOR, **fields: int) -> None:
+        """Replace fields of one payer's ``EscrowState`` (``balance``, ``pending_withdrawal``, …)."""
+        key = (to_checksum_address(payer), to_checksum_address(asset), to_checksum_address(processor))
+        self.escrow[key] = replace(self.escrow.get(key, self.default), **fields)
+
+    def _read(self, method: str) -> int:
+        self.reads[method] += 1
+        if self.fail:
+            raise ConnectionError("RPC endpoint unreachable (test)")
+        return self.block
+
+    async def escrow_state(self, payer: str, asset: str, processor: str) -> EscrowState:
+        block = self._read("escrow_state")
+        return replace(self.escrow.get((payer, asset, processor), self.default), block=block)
+
+    async def intent_state(self, intent_id: bytes) -> IntentState:
+        block = self._read("intent_state")
+        return replace(self.intents.get(intent_id, IntentState(False, 0, block)), block=block)
+
+    async def settled_nonces(self, intent_id: bytes, window: int) -> tuple[int, int]:
+        block = self._read("settled_nonces")
+        return self.settled.get((intent_id, window), 0), block
+
+    async def token_balance(self, owner: str, asset: str) -> tuple[int, int]:
+        block = self._read("token_balance")
+        return self.tokens.get((owner, asset), 0), block
+
+
+def _counted(handler: Callable[..., Any], calls: Counter[str]) -> Callable[..., Any]:
+    async def counted(request: Any) -> Any:
+        calls[request.url.path] += 1
+        return await handler(request)
+
+    return counted
 
 
 class InProcessGateway:
     """The example routes behind ``PaymentMiddleware``, with handles on its store and chain cache
-    (for driving it in-process with ``httpx.ASGITransport``, where no lifespan runs)."""
+    (for driving it in-process with ``httpx.ASGITransport``, where no lifespan runs).
 
-    def __init__(self, deployment: Deployment, store_path: str, **config: Any) -> None:
+    ``reader``: the chain (default: the deployment's node through ``Web3ChainReader``);
+    ``handled`` counts the requests that reached a handler, per path.
+    """
+
+    def __init__(
+        self, deployment: Deployment, store_path: str, *, reader: ChainReader | None = None, **config: Any
+    ) -> None:
         self.config = GatewayConfig.from_deployment(deployment, PAYEE, processor=PROCESSOR, **config)
         self.store = SQLiteStore(store_path)
-        self.chain = ChainCache(Web3ChainReader(deployment.rpc_url, deployment.settlement))
+        self.reader = reader or Web3ChainReader(deployment.rpc_url, deployment.settlement)
+        self.chain = ChainCache(self.reader, max_staleness=self.config.max_chain_staleness)
         self.middleware_options = dict(config=self.config, routes=ROUTES, store=self.store, chain=self.chain)
+        self.handled: Counter[str] = Counter()
         self.app = Starlette(
             routes=[
-                Route("/v1/forecast/{city}", forecast),
-                Route("/v1/sentiment", sentiment, methods=["POST"]),
-                Route("/v1/primes", primes),
+                Route("/v1/forecast/{city}", _counted(forecast, self.handled)),
+                Route("/v1/sentiment", _counted(sentiment, self.handled), methods=["POST"]),
+                Route("/v1/primes", _counted(primes, self.handled)),
                 Route("/health", health),
             ],
             middleware=[Middleware(PaymentMiddleware, **self.middleware_options, service="Test API")],

@@ -182,6 +182,26 @@ def test_intent_for_another_processor(gateway_server, make_payer, deployment):
     assert error_code(paid_get(gateway_server, signer.header("GET", PATH))) == ErrorCode.PROCESSOR_MISMATCH
 
 
+async def test_processor_never_authorised(gateway_server, make_payer, deployment, store_path):
+    # The payer consented to some other processor, never to ours.
+    signer = signer_for(make_payer(processor=Account.create().address), deployment)
+    response = paid_get(gateway_server, signer.header("GET", PATH))
+    assert error_code(response) == ErrorCode.PROCESSOR_NOT_AUTHORIZED
+    await assert_nothing_reserved(store_path)
+
+
+@pytest.mark.parametrize("chain_id", [2**256, 2**256 + 31337, 10**78 - 1])
+async def test_intent_chain_id_of_256_bits_or_more(gateway_server, make_payer, deployment, store_path, chain_id):
+    """Outside EIP-712's ``uint256``: ``invalid_payload`` naming the field, not ``chain_unavailable``."""
+    signer = signer_for(make_payer(), deployment)
+    envelope = json.loads(base64.b64decode(signer.header("GET", PATH)))
+    envelope["payload"]["intent"]["chainId"] = str(chain_id)
+    response = paid_get(gateway_server, encode_header(envelope))
+    assert error_code(response) == ErrorCode.INVALID_PAYLOAD
+    assert "chainId" in response.json()["error"]
+    await assert_nothing_reserved(store_path)
+
+
 def test_unknown_intent(gateway_server, make_payer, deployment):
     signer = signer_for(make_payer(), deployment)
     header = signer.header("GET", PATH, include_intent=False)

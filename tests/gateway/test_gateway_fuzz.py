@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from eth_account import Account
-from gateway_fixtures import ERROR_CODES, InProcessGateway, error_code, signer_for
+from gateway_fixtures import ERROR_CODES, PROCESSOR, InProcessGateway, error_code, signer_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from web3 import Web3
@@ -71,6 +71,7 @@ def fuzz_payer(anvil, deployment):
     mint(anvil.rpc_url, deployment.token, account.address, 1_000_000)
     payer = Escrow(deployment, account.key)
     payer.deposit(1_000_000)
+    payer.authorize_processor(PROCESSOR)
     return payer
 
 

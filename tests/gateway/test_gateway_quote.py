@@ -90,6 +90,9 @@ def test_skill_json_lists_routes_and_prices(gateway_server, deployment):
     assert doc["payTo"] == PAYEE and doc["asset"] == deployment.token
     assert doc["schemes"] == ["aep2", "exact"]
     assert doc["aep2"]["settlement"] == deployment.settlement and doc["aep2"]["chainId"] == 31337
+    # The processor an intent must name, and the grace the contract gives served mandates.
+    assert doc["aep2"]["processor"] == PROCESSOR
+    assert doc["aep2"]["settlementWindow"] == deployment.settlement_window
     routes = {(r["method"], r["path"]): r["price"] for r in doc["routes"]}
     assert routes == {
         ("GET", "/v1/forecast/{city}"): str(FORECAST_PRICE),
@@ -106,3 +109,4 @@ def test_skill_md_lists_routes_and_prices(gateway_server, deployment):
     assert f"| POST | `/v1/sentiment` | {SENTIMENT_PRICE} |" in text
     assert "| GET | `/v1/primes` | per request |" in text
     assert PAYEE in text and deployment.token in text and "eip155:31337" in text
+    assert f"naming `processor` = `{PROCESSOR}`" in text

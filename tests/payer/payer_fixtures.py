@@ -27,6 +27,7 @@ CHAIN_ID = 31337
 ASSET = "0x" + "a1" * 20
 SETTLEMENT = "0x" + "5e" * 20
 PAYEE = "0x" + "be" * 20
+PROCESSOR = "0x" + "9c" * 20
 
 
 def requirement(
@@ -37,8 +38,11 @@ def requirement(
     settlement: str = SETTLEMENT,
     chain_id: int = CHAIN_ID,
     scheme: str = "aep2",
+    processor: str | None = PROCESSOR,
     **extra: Any,
 ) -> dict[str, Any]:
+    """An ``accepts`` entry as our gateway offers it (``processor=None``: the entry names none)."""
+    named = {} if processor is None else {"processor": processor}
     return {
         "scheme": scheme,
         "network": caip2(chain_id),
@@ -46,7 +50,7 @@ def requirement(
         "amount": str(amount),
         "payTo": pay_to,
         "maxTimeoutSeconds": 60,
-        "extra": {"settlement": settlement, "minDeadlineSeconds": 600, **extra},
+        "extra": {"settlement": settlement, **named, "minDeadlineSeconds": 600, **extra},
     }
 
 
@@ -109,6 +113,7 @@ def make_intent(owner, session_key):
             valid_for_seconds=3600,
             chain_id=CHAIN_ID,
             settlement=SETTLEMENT,
+            processor=PROCESSOR,
         )
         options.update(overrides)
         return create_intent(owner.key, **options)
@@ -167,7 +172,7 @@ class FakeGateway:
             raise PaymentError(ErrorCode.REQUEST_MISMATCH, "payload.mandate.requestHash")
         if mandate.amount != self.price:
             raise PaymentError(ErrorCode.AMOUNT_MISMATCH, f"payload.mandate.amount: {mandate.amount}")
-        if self.nonces and mandate.nonce <= max(self.nonces):
+        if mandate.nonce in self.nonces:  # one-time values, in any order (PROTOCOL.md §3)
             raise PaymentError(ErrorCode.NONCE_USED, f"payload.mandate.nonce: {mandate.nonce}")
         if mandate.deadline < time.time() + 600:
             raise PaymentError(ErrorCode.MANDATE_EXPIRED, "payload.mandate.deadline")

@@ -9,6 +9,7 @@ import pytest
 from payer_fixtures import (
     ASSET,
     PAYEE,
+    PROCESSOR,
     SETTLEMENT,
     FakeGateway,
     challenge,
@@ -204,13 +205,24 @@ def test_payee_not_allowed(make_intent, session_key):
         requirement(chain_id=1),
         requirement(asset="0x" + "a2" * 20),
         requirement(settlement="0x" + "5f" * 20),
+        requirement(processor="0x" + "9d" * 20),
     ],
-    ids=["scheme", "network", "asset", "settlement"],
+    ids=["scheme", "network", "asset", "settlement", "processor"],
 )
 def test_no_acceptable_requirement(signed_intent, session_key, entry):
     auth = AEP2Auth(signed_intent, session_key)
     with pytest.raises(NoAcceptableRequirement, match="accepts: no aep2 entry for network eip155:31337"):
         start(auth, httpx.Request("GET", URL)).send(challenge(entry))
+
+
+def test_an_entry_naming_no_processor_is_tried(signed_intent, session_key):
+    """Gateways of other implementations may not say which processor settles: the intent is
+    offered (the gateway refuses it with ``processor_mismatch`` if it is not its processor)."""
+    auth = AEP2Auth(signed_intent, session_key)
+    flow = start(auth, httpx.Request("GET", URL))
+    anonymous = requirement(processor=None)
+    retried = paid(flow, challenge(requirement(processor="0x" + "9d" * 20), anonymous))
+    assert decode_header(retried.headers[PAYMENT_SIGNATURE_HEADER])["accepted"] == anonymous
 
 
 def test_picks_the_matching_entry_among_others(signed_intent, session_key):
@@ -389,12 +401,14 @@ def test_discover_records_prices_and_prepays(signed_intent, session_key):
                         {"method": "GET", "path": "/other-chain", "price": "10", "network": "eip155:1"},
                         {"method": "GET", "path": "/items/{id}", "price": "3"},
                         {"method": "POST", "path": "/exact", "price": "3", "scheme": "exact"},
+                        {"method": "GET", "path": "/elsewhere", "price": "10", "processor": "0x" + "9d" * 20},
                     ],
                     "aep2": {
                         "network": "eip155:31337",
                         "asset": ASSET,
                         "payTo": PAYEE,
                         "settlement": SETTLEMENT,
+                        "processor": PROCESSOR,
                         "minDeadlineSeconds": 600,
                     },
                 },
@@ -405,7 +419,8 @@ def test_discover_records_prices_and_prepays(signed_intent, session_key):
     auth = AEP2Auth(signed_intent, session_key)
     with httpx.Client(transport=httpx.MockTransport(handler), auth=auth) as client:
         prices = auth.discover(client, "https://api.test")
-        assert list(prices) == [("GET", "https://api.test/weather")]
+        assert list(prices) == [("GET", "https://api.test/weather")]  # not /elsewhere: another processor
+        assert prices[("GET", "https://api.test/weather")]["extra"]["processor"] == PROCESSOR
         response = client.get(URL)
     assert response.status_code == 200 and response.history == []
     assert gateway.nonces == [0] and auth.spent == 10

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eth_account import Account
-from payer_fixtures import ASSET, CHAIN_ID, SETTLEMENT
+from payer_fixtures import ASSET, CHAIN_ID, PROCESSOR, SETTLEMENT
 
 from aep2.eddsa import SessionKey
 from aep2.intent import Intent
@@ -158,6 +158,7 @@ def test_allocations_never_exceed_max_amount(max_amount, cap, steps):
         valid_before=2**40,
         chain_id=CHAIN_ID,
         verifying_contract=SETTLEMENT,
+        processor=PROCESSOR,
     )
     intent_id = intent.intent_id
     with PayerState() as state:

@@ -6,7 +6,8 @@ import time
 
 import pytest
 from eth_account import Account
-from payer_fixtures import ASSET, CHAIN_ID, SETTLEMENT
+from eth_utils import to_checksum_address
+from payer_fixtures import ASSET, CHAIN_ID, PROCESSOR, SETTLEMENT
 
 import payer
 from aep2.intent import ZERO_ADDRESS
@@ -24,13 +25,14 @@ def test_create_intent_is_signed_by_the_owner(owner):
         valid_for_seconds=60,
         chain_id=CHAIN_ID,
         settlement=SETTLEMENT,
+        processor=PROCESSOR.lower(),
         payees=["0x" + "02" * 20, "0x" + "01" * 20],
     )
     intent = signed.intent
     assert signed.is_valid() and signed.recover_signer() == owner.address
     assert intent.session_key == key.public_key
     assert intent.payees == ("0x" + "01" * 20, "0x" + "02" * 20)
-    assert intent.processor == ZERO_ADDRESS
+    assert intent.processor == to_checksum_address(PROCESSOR)
     # validAfter sits a minute before now (clock skew); validBefore is valid_for_seconds after now.
     assert intent.valid_before - intent.valid_after == 120
     assert abs(intent.valid_after + 60 - time.time()) < 5
@@ -47,6 +49,7 @@ def test_create_intent_accepts_an_account_and_fixed_validity(owner):
         valid_before=200,
         chain_id=CHAIN_ID,
         settlement=SETTLEMENT,
+        processor=PROCESSOR,
         salt=b"\x07" * 32,
     )
     assert (signed.intent.valid_after, signed.intent.valid_before, signed.intent.salt) == (100, 200, b"\x07" * 32)
@@ -63,8 +66,23 @@ def test_create_intent_needs_one_validity(validity):
             max_per_payment=5,
             chain_id=CHAIN_ID,
             settlement=SETTLEMENT,
+            processor=PROCESSOR,
             **validity,
         )
+
+
+def test_create_intent_requires_a_processor(owner):
+    """The intent names the one processor that may settle it: never omitted, never zero."""
+    options = dict(
+        session_key=create_session_key(), asset=ASSET, max_amount=5, max_per_payment=5, valid_for_seconds=60,
+        chain_id=CHAIN_ID, settlement=SETTLEMENT,
+    )
+    with pytest.raises(TypeError, match="processor"):
+        create_intent(owner.key, **options)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="^processor"):
+        create_intent(owner.key, processor=ZERO_ADDRESS, **options)
+    with pytest.raises(ValueError, match="^processor"):
+        create_intent(owner.key, processor="0x1234", **options)
 
 
 def test_exported_members():
