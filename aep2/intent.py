@@ -24,7 +24,7 @@ from eth_utils import keccak, to_checksum_address
 
 from .babyjubjub import Point
 from .eddsa import key_hash
-from .payees import payees_root
+from .payees import MAX_PAYEES, payees_root
 from .poseidon import poseidon
 
 __all__ = ["DOMAIN_NAME", "DOMAIN_VERSION", "EIP712_DOMAIN_TYPE", "Intent", "SignedIntent", "INTENT_TYPES"]
@@ -91,6 +91,8 @@ class Intent:
         payees = tuple(sorted((_address("payees", p) for p in self.payees), key=lambda a: int(a, 16)))
         if len(set(payees)) != len(payees):
             raise ValueError("payees: duplicate address")
+        if len(payees) > MAX_PAYEES or (payees and int(payees[0], 16) == 0):
+            raise ValueError(f"payees: at most {MAX_PAYEES} non-zero addresses")
         object.__setattr__(self, "payees", payees)
         object.__setattr__(self, "session_key", (int(self.session_key[0]), int(self.session_key[1])))
         if int(self.processor, 16) == 0:

@@ -149,7 +149,10 @@ def _parse(data: Any) -> ParsedPayload:
             deadline=model.mandate.deadline,
             request_hash=model.mandate.requestHash,
         )
-        signed_intent = None
+    except ValueError as exc:
+        raise PaymentError(ErrorCode.INVALID_PAYLOAD, f"payload.{exc}") from None
+    signed_intent = None
+    try:
         if model.intent is not None:
             i = model.intent
             intent = Intent(
@@ -168,7 +171,7 @@ def _parse(data: Any) -> ParsedPayload:
             )
             signed_intent = SignedIntent(intent, i.signature)
     except ValueError as exc:
-        raise PaymentError(ErrorCode.INVALID_PAYLOAD, f"payload.{exc}") from None
+        raise PaymentError(ErrorCode.INVALID_PAYLOAD, f"payload.intent.{exc}") from None
     signature = Signature(model.signature.R8x, model.signature.R8y, model.signature.S)
     return ParsedPayload(signed_intent, model.intentId, mandate, signature)
 
