@@ -11,7 +11,8 @@ import pytest
 from settlement.artifacts import CircuitArtifacts, build_artifacts
 from settlement.prover import Prover
 
-# Small enough to build in ~10 s, large enough for two intents, two payees and a padding slot.
+# Small enough to build in ~20 s, large enough for two intents, two payees and a padding slot
+# (the payee tree depth D is fixed: aep2.payees.PAYEE_TREE_DEPTH).
 N, I, P = 4, 2, 2
 
 

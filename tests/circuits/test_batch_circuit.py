@@ -1,9 +1,17 @@
-"""Batch(N, I, P) circuit: a valid batch proves and verifies; each broken statement fails.
+"""Batch(N, I, P, D) circuit: a valid batch proves and verifies; each broken statement fails.
 
 Every pass case has its failing cases next to it, at the field and budget boundaries
-(amount == cap passes, cap + 1 fails; deadline == timeRef passes, timeRef - 1 fails; first
-nonce == startNonce passes, startNonce - 1 fails). A failing case must be refused already by
-the witness generator (``WitnessError``): the circuit's constraints do not hold.
+(amount == cap passes, cap + 1 fails; deadline == timeRef passes, timeRef - 1 fails; a
+window's first and last nonce pass, the nonces either side fail; a listed payee passes, an
+unlisted one fails). A failing case must be refused already by the witness generator
+(``WitnessError``), and at the constraint named next to it: the refusing template and
+source line are read from the generator's error trace, so no case passes for an unrelated
+reason. Only the valid batch is proved; every other case needs the witness alone.
+
+The inputs are built as a cheating prover would build them: public words hold whatever the
+circuit's own sums come to (mod r, bitmaps added rather than OR-ed), and every signature is
+valid for the message the circuit hashes. What refuses a case is then the constraint under
+test, not a side effect of sloppy inputs.
 """
 
 from __future__ import annotations
@@ -11,44 +19,70 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import tempfile
 from dataclasses import dataclass, replace
-from functools import lru_cache
-from typing import Any
+from functools import cached_property, lru_cache
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 
-from aep2.eddsa import SessionKey, Signature
-from aep2.fields import FIELD_MODULUS
-from aep2.mandate import message_hash
+from aep2 import babyjubjub as bjj
+from aep2.eddsa import SessionKey, Signature, verify
+from aep2.fields import FIELD_MODULUS as R
+from aep2.intent import Intent as ProtocolIntent
+from aep2.mandate import Mandate as WireMandate
+from aep2.payees import PAYEE_TREE_DEPTH, payee_path, payees_root
 from aep2.poseidon import poseidon
+from aep2.store import MandateRecord
 from settlement.artifacts import PROJECT_ROOT, CircuitArtifacts
-from settlement.prover import (
+from settlement.encoding import (
     PADDING_MESSAGE,
-    Proof,
-    Prover,
-    WitnessError,
+    nonce_window,
     pack_intent_word,
     pack_payee_word,
     padding_signature,
-    public_inputs,
 )
+from settlement.prover import Proof, Prover, WitnessError, public_inputs
+from settlement.witness import IntentSlot, build_statement
 
 pytestmark = pytest.mark.circuit
 
 N, I, P = 4, 2, 2  # must match the batch_artifacts fixture (tests/circuits/conftest.py)
+D = PAYEE_TREE_DEPTH
 
 TIME_REF = 1_760_000_000
 DEADLINE = TIME_REF + 600
 PAYEES = (0x1111111111111111111111111111111111111111, 0x2222222222222222222222222222222222222222)
 OUTSIDER = 0x3333333333333333333333333333333333333333
+# Intent 1's allowlist: PAYEES[1] (leaf 1 of the sorted tree) and two others, not PAYEES[0].
+LISTED = (0x0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A, PAYEES[1], 0x5555555555555555555555555555555555555555)
+WINDOW = 3  # intent 1's nonce window in the valid batch
+
+
+def hex_address(value: int) -> str:
+    return f"0x{value:040x}"
 
 
 @dataclass(frozen=True)
 class Intent:
+    """What a slot opens: the session key, the signed intent field, the allowlist, the cap."""
+
     key: SessionKey
     field: int  # uint256(intentId) >> 8
-    start: int  # on-chain nextNonce
     cap: int
+    payees: tuple[int, ...] = ()  # the allowlist; empty: any payee
+
+    @cached_property
+    def root(self) -> int:
+        return payees_root([hex_address(a) for a in self.payees])
+
+    @cached_property
+    def commitment(self) -> int:
+        return poseidon(self.field, self.key.key_hash, self.root, self.cap)
+
+    def path(self, payee: int) -> tuple[int, list[int]]:
+        return payee_path([hex_address(a) for a in self.payees], hex_address(payee))
 
 
 @dataclass(frozen=True)
@@ -68,18 +102,35 @@ class Mandate:
 def intents() -> tuple[Intent, Intent]:
     # Fixed secrets: deterministic signatures, and reruns hit the same witness paths.
     return (
-        Intent(SessionKey(0x1234567), field=(0xA1 << 240) + 1, start=0, cap=1_000),
-        Intent(SessionKey(0x7654321), field=(0xB2 << 240) + 2, start=3, cap=500),
+        Intent(SessionKey(0x1234567), field=(0xA1 << 240) + 1, cap=1_000),
+        Intent(SessionKey(0x7654321), field=(0xB2 << 240) + 2, cap=500, payees=LISTED),
     )
 
 
 def valid_mandates() -> list[Mandate]:
-    """Two intents interleaved; intent 0 has a nonce gap (0, 2); intent 1 sits on its bounds."""
+    """Intent 0 (any payee) pays both payees with a nonce gap (0, 2); intent 1 (allowlist)
+    pays its listed payee on every bound: amount == cap, deadline == timeRef, the window's
+    last nonce. Payee slot 1 is shared by both intents. The fourth slot is padding."""
     return [
         Mandate(slot=0, payee_slot=0, amount=100, nonce=0),
-        Mandate(slot=1, payee_slot=1, amount=500, nonce=3, deadline=TIME_REF),  # == cap, == start
+        Mandate(slot=1, payee_slot=1, amount=500, nonce=WINDOW * 128 + 127, deadline=TIME_REF),
         Mandate(slot=0, payee_slot=1, amount=250, nonce=2),
     ]
+
+
+def raw_intent_word(window: int, nonces: int, total: int) -> int:
+    """``window + nonces·2^33 + total·2^161`` mod r, without ``pack_intent_word``'s range checks."""
+    return (window + (nonces << 33) + (total << 161)) % R
+
+
+def unpack_intent_word(word: int) -> dict[str, int]:
+    return {"window": word % 2**33, "nonces": (word >> 33) % 2**128, "total": word >> 161}
+
+
+def signed_message(field: int, payee: int, amount: int, nonce: int, deadline: int, request_hash: int) -> int:
+    """``M`` exactly as the circuit hashes it, wrapping mod r (aep2.mandate.message_hash when in range)."""
+    return poseidon(field % R, (payee + (amount << 160)) % R,
+                    (request_hash + (nonce << 160) + (deadline << 200)) % R)
 
 
 def build_inputs(
@@ -89,108 +140,198 @@ def build_inputs(
     time_ref: int = TIME_REF,
     payees: tuple[int, ...] = PAYEES,
 ) -> dict[str, Any]:
-    """Circuit inputs for ``mandates`` (padded to N), with honestly computed public words.
+    """Circuit inputs for ``mandates`` (padded to N), laid out as settlement.witness does.
 
-    Sums are taken mod r, as a cheating prover would (the circuit must catch the wrap).
+    A slot's window is its first mandate's; bitmaps, totals and payee amounts are the
+    circuit's sums mod r. A (slot, payee) pair gets its Merkle path when the payee is listed.
     """
     assert len(slots) == I and len(payees) == P and len(mandates) <= N
-    count = [0] * I
-    total = [0] * I
-    last = [0] * I
-    paid = [0] * P
-    inputs: dict[str, Any] = {k: [] for k in (
-        "enabled", "intentSel", "payeeSel", "amount", "nonce", "deadline", "requestHash",
-        "R8x", "R8y", "S")}
+    window: list[int | None] = [None] * I
+    nonces, total, paid = [0] * I, [0] * I, [0] * P
+    used: set[tuple[int, int]] = set()
+    columns: dict[str, list[Any]] = {k: [] for k in (
+        "enabled", "intentSel", "payeeSel", "amount", "nonce", "deadline", "requestHash", "R8x", "R8y", "S")}
     for m in mandates:
         intent = slots[m.slot]
         assert intent is not None
-        count[m.slot] += 1
-        total[m.slot] = (total[m.slot] + m.amount) % FIELD_MODULUS
-        last[m.slot] = m.nonce % 2**40  # the public word has 40 bits for it
-        paid[m.payee_slot] = (paid[m.payee_slot] + m.amount) % FIELD_MODULUS
-        field = intent.field if m.signed_field is None else m.signed_field
-        payee = payees[m.payee_slot] if m.signed_payee is None else m.signed_payee
-        message = message_hash(field, payee, m.amount, m.nonce, m.deadline, m.request_hash) if (
-            m.amount < 2**64 and m.nonce < 2**40 and m.deadline < 2**40
-        ) else poseidon(field, 0, 0)
+        if window[m.slot] is None:
+            window[m.slot] = m.nonce >> 7
+        nonces[m.slot] += 1 << (m.nonce % 128)
+        total[m.slot] = (total[m.slot] + m.amount) % R
+        paid[m.payee_slot] = (paid[m.payee_slot] + m.amount) % R
+        used.add((m.slot, m.payee_slot))
+        message = signed_message(
+            intent.field if m.signed_field is None else m.signed_field,
+            payees[m.payee_slot] if m.signed_payee is None else m.signed_payee,
+            m.amount, m.nonce, m.deadline, m.request_hash)
         sig = (m.signer or intent.key).sign(message)
-        _append_mandate(inputs, 1, [int(s == m.slot) for s in range(I)],
+        _append_mandate(columns, 1, [int(s == m.slot) for s in range(I)],
                         [int(p == m.payee_slot) for p in range(P)],
-                        m.amount % FIELD_MODULUS, m.nonce, m.deadline, m.request_hash, sig)
+                        m.amount % R, m.nonce, m.deadline, m.request_hash, sig)
     for _ in range(N - len(mandates)):
-        _append_mandate(inputs, 0, [0] * I, [0] * P, 0, 0, 0, 0, padding_signature())
-    key_hash, words, ax, ay, fields = [], [], [], [], []
+        _append_mandate(columns, 0, [0] * I, [0] * P, 0, 0, 0, 0, padding_signature())
+
+    opening: dict[str, list[int]] = {k: [0] * I for k in (
+        "intentHash", "intentWord", "Ax", "Ay", "intentField", "payeesRoot", "cap")}
+    index = [[0] * P for _ in range(I)]
+    path = [[[0] * D for _ in range(P)] for _ in range(I)]
     for s, intent in enumerate(slots):
         if intent is None:
-            key_hash.append(0); words.append(0); ax.append(0); ay.append(0); fields.append(0)
             continue
-        key_hash.append(intent.key.key_hash)
-        words.append(pack_intent_word(intent.start, last[s], count[s], total[s], intent.cap))
-        ax.append(intent.key.public_key[0])
-        ay.append(intent.key.public_key[1])
-        fields.append(intent.field)
+        opening["intentHash"][s] = intent.commitment
+        opening["intentWord"][s] = raw_intent_word(window[s] or 0, nonces[s], total[s])
+        opening["Ax"][s], opening["Ay"][s] = intent.key.public_key
+        opening["intentField"][s] = intent.field
+        opening["payeesRoot"][s] = intent.root
+        opening["cap"][s] = intent.cap
+        for p in range(P):
+            if (s, p) in used and payees[p] in intent.payees:
+                index[s][p], path[s][p] = intent.path(payees[p])
     return {
         "timeRef": time_ref,
-        "keyHash": key_hash,
-        "intentWord": words,
-        "payeeWord": [pack_payee_word(payees[p], paid[p]) for p in range(P)],
-        "Ax": ax,
-        "Ay": ay,
-        "intentField": fields,
-        **inputs,
+        "intentHash": opening.pop("intentHash"),
+        "intentWord": opening.pop("intentWord"),
+        "payeeWord": [(payees[p] + (paid[p] << 160)) % R for p in range(P)],
+        **opening,
+        "payeeIndex": index,
+        "payeePath": path,
+        **columns,
     }
 
 
-def _append_mandate(inputs: dict[str, Any], enabled: int, isel: list[int], psel: list[int],
-                    amount: int, nonce: int, deadline: int, request_hash: int,
-                    sig: Signature) -> None:
+def _append_mandate(columns: dict[str, list[Any]], enabled: int, isel: list[int], psel: list[int],
+                    amount: int, nonce: int, deadline: int, request_hash: int, sig: Signature) -> None:
     for key, value in (("enabled", enabled), ("intentSel", isel), ("payeeSel", psel),
                        ("amount", amount), ("nonce", nonce), ("deadline", deadline),
                        ("requestHash", request_hash), ("R8x", sig.R8x), ("R8y", sig.R8y),
                        ("S", sig.S)):
-        inputs[key].append(value)
+        columns[key].append(value)
 
 
 def valid_inputs() -> dict[str, Any]:
     return build_inputs(intents(), valid_mandates())
 
 
-def repack_intent(inputs: dict[str, Any], slot: int, **changes: int) -> dict[str, Any]:
-    """Copy of ``inputs`` with fields of one intent word replaced."""
-    word = inputs["intentWord"][slot]
-    fields = {"start": word & (2**40 - 1), "last": (word >> 40) & (2**40 - 1),
-              "count": (word >> 80) & 0xFFFF, "total": (word >> 96) & (2**88 - 1),
-              "cap": word >> 184}
-    fields.update(changes)
-    words = list(inputs["intentWord"])
-    words[slot] = pack_intent_word(**fields)
-    return {**inputs, "intentWord": words}
+def with_mandates(**changes: Any) -> list[Mandate]:
+    """``valid_mandates()`` with ``m<j>=dict(...)`` changes applied to mandate ``j``."""
+    mandates = valid_mandates()
+    for name, fields in changes.items():
+        j = int(name[1:])
+        mandates[j] = replace(mandates[j], **fields)
+    return mandates
 
 
-def set_mandate(inputs: dict[str, Any], j: int, **changes: Any) -> dict[str, Any]:
-    """Copy of ``inputs`` with mandate slot ``j``'s private values replaced."""
+def set_at(inputs: dict[str, Any], index: int, **changes: Any) -> dict[str, Any]:
+    """Copy of ``inputs`` with entry ``index`` of each named column replaced."""
     out = dict(inputs)
     for key, value in changes.items():
         column = list(out[key])
-        column[j] = value
+        column[index] = value
         out[key] = column
     return out
 
 
-CIRCUIT_SOURCE = (PROJECT_ROOT / "circuits" / "batch.circom").read_text().splitlines()
+def repack_intent(inputs: dict[str, Any], slot: int, **parts: int) -> dict[str, Any]:
+    """Copy of ``inputs`` with parts of one public intent word replaced (raw, unchecked)."""
+    fields = unpack_intent_word(inputs["intentWord"][slot]) | parts
+    return set_at(inputs, slot, intentWord=raw_intent_word(**fields))
 
 
-def assert_unprovable(prover: Prover, inputs: dict[str, Any], at: str) -> None:
-    """The witness generator refuses ``inputs`` at the Batch line containing ``at``.
+# --------------------------------------------------------------------------------------
+# Pinning a refusal to its constraint
 
-    Pinning the failing constraint keeps a case from passing for an unrelated reason.
-    """
-    lines = {n for n, text in enumerate(CIRCUIT_SOURCE, 1) if at in text}
-    assert lines, f"marker {at!r} not in batch.circom"
-    with pytest.raises(WitnessError) as info:
-        prover.prove(inputs)
-    failed = re.findall(r"Error in template Batch_\d+ line: (\d+)", info.value.stderr)
-    assert failed and int(failed[-1]) in lines, info.value.stderr
+
+class Constraint(NamedTuple):
+    """A constraint of circuits/batch.circom (or of a circomlib template it uses)."""
+
+    template: str
+    text: str  # a fragment of its source line
+
+
+# IntentSlot
+WORD_BITS = Constraint("IntentSlot", "bits.in <== intentWord;")
+CAP_BITS = Constraint("IntentSlot", "capBits.in <== cap;")
+COMMITMENT = Constraint("IntentSlot", "(1 - unused.out) * (commitment.out - intentHash) === 0;")
+UNUSED_WORD = Constraint("IntentSlot", "unused.out * intentWord === 0;")
+KEY_ON_CURVE = Constraint("IntentSlot", "(1 - unused.out) * (168700 * x2 + y2 - 1 - 168696 * x2y2) === 0;")
+# PayeeSlot, OneHot, NonceBit, MerkleRoot
+PAYEE_WORD_BITS = Constraint("PayeeSlot", "bits.in <== payeeWord;")
+SELECTOR_BIT = Constraint("OneHot", "sel[k] * (1 - sel[k]) === 0;")
+SELECTOR_SUM = Constraint("OneHot", "acc === enabled;")
+NONCE_BITS = Constraint("NonceBit", "bits.in <== nonce;")
+LEAF_INDEX_BITS = Constraint("MerkleRoot", "bits.in <== index;")
+# MandateCheck
+PADDING_VALUE = Constraint("MandateCheck", "(1 - enabled) * amount === 0;")
+AMOUNT_BITS = Constraint("MandateCheck", "amountBits.in <== amount;")
+DEADLINE_BITS = Constraint("MandateCheck", "deadlineBits.in <== deadline;")
+REQUEST_BITS = Constraint("MandateCheck", "requestBits.in <== requestHash;")
+AMOUNT_CAP = Constraint("MandateCheck", "capCheck.out === 1;")
+NONCE_WINDOW = Constraint("MandateCheck", "enabled * (nonceBit.window - window) === 0;")
+NONCE_ORDER = Constraint("MandateCheck", "nonceCheck.out === 0;")
+NOT_EXPIRED = Constraint("MandateCheck", "deadlineCheck.out * enabled === 0;")
+R8_ON_CURVE = Constraint("MandateCheck", "r8OnCurve.y <== R8y;")  # BabyCheck runs on its last input
+SIGNATURE = Constraint("MandateCheck", "signature.M <== message.out;")  # EdDSA runs on its last input
+S_BELOW_ORDER = Constraint("EdDSAPoseidonVerifier", "compConstant.out*enabled === 0;")
+# Batch
+TIME_BITS = Constraint("Batch", "timeBits.in <== timeRef;")
+ENABLED_BIT = Constraint("Batch", "enabled[j] * (1 - enabled[j]) === 0;")
+BITMAP_SUM = Constraint("Batch", "slot[s].bitmap === bits;")
+TOTAL_SUM = Constraint("Batch", "slot[s].total === sum;")
+PAYEE_SUM = Constraint("Batch", "payee[p].amount === sum;")
+ALLOWLIST = Constraint("Batch", "guarded[s][p] * (member[s][p].root - payeesRoot[s]) === 0;")
+
+ALL_CONSTRAINTS = {name: c for name, c in globals().items() if isinstance(c, Constraint)}
+
+_FRAME = re.compile(r"Error in template (\w+)_\d+ line: (\d+)")
+_TEMPLATE = re.compile(r"^template (\w+)\(", re.MULTILINE)
+
+
+class Circuit:
+    """The compiled circuit's witness generator, and the sources its error trace points into."""
+
+    def __init__(self, prover: Prover, artifacts: CircuitArtifacts) -> None:
+        self.prover = prover
+        # The copy that was compiled, so trace line numbers match.
+        main = artifacts.directory / "sources" / "batch.circom"
+        library = PROJECT_ROOT / "node_modules" / "circomlib" / "circuits" / "eddsaposeidon.circom"
+        self.sources: dict[str, list[str]] = {}
+        for path in (main, library):
+            text = path.read_text()
+            for name in _TEMPLATE.findall(text):
+                self.sources[name] = text.splitlines()
+        self.own = frozenset(_TEMPLATE.findall(main.read_text()))
+
+    def witness(self, inputs: dict[str, Any]) -> None:
+        """Compute the witness; raises ``WitnessError`` if a constraint does not hold."""
+        with tempfile.TemporaryDirectory(prefix="aep2-wtns-") as tmp:
+            self.prover.witness(inputs, Path(tmp) / "witness.wtns")
+
+    def assert_refused(self, inputs: dict[str, Any], at: Constraint) -> None:
+        """The witness generator stops at ``at``: the innermost frame of the trace in
+        batch.circom (or in ``at.template``, for a circomlib check) is that constraint's line."""
+        with pytest.raises(WitnessError) as info:
+            self.witness(inputs)
+        trace = info.value.stderr
+        frames = _FRAME.findall(trace)
+        assert frames, trace
+        for name, line in frames:
+            if name == at.template:
+                source = self.sources[name][int(line) - 1]
+                assert at.text in source, f"refused by {name} line {line}: {source.strip()!r}\n{trace}"
+                return
+            assert name not in self.own, f"refused by {name} line {line}, not {at}\n{trace}"
+        pytest.fail(f"no frame in {at.template}:\n{trace}")
+
+
+@pytest.fixture(scope="module")
+def circuit(batch_prover: Prover, batch_artifacts: CircuitArtifacts) -> Circuit:
+    return Circuit(batch_prover, batch_artifacts)
+
+
+def test_every_constraint_names_one_source_line(circuit: Circuit) -> None:
+    for name, c in ALL_CONSTRAINTS.items():
+        lines = [line for line in circuit.sources[c.template] if c.text in line]
+        assert len(lines) == 1, (name, lines)
 
 
 # --------------------------------------------------------------------------------------
@@ -205,14 +346,19 @@ def valid_proof(batch_prover: Prover) -> Proof:
 def test_valid_batch_proves_and_verifies(batch_prover: Prover, valid_proof: Proof) -> None:
     assert batch_prover.verify(valid_proof)
     assert len(valid_proof.words) == 8
-    assert valid_proof.public_inputs == public_inputs(valid_inputs())
+    inputs = valid_inputs()
+    assert valid_proof.public_inputs == public_inputs(inputs)
     assert len(valid_proof.public_inputs) == 1 + 2 * I + P
-    # Public words carry exactly what the contract will settle.
-    a, b = valid_proof.public_inputs[1 + I : 1 + 2 * I]
-    assert a == pack_intent_word(0, 2, 2, 350, 1_000)
-    assert b == pack_intent_word(3, 3, 1, 500, 500)
+    # The public values are exactly what the contract will settle and record.
+    x, y = intents()
+    assert valid_proof.public_inputs[: 1 + I] == (TIME_REF, x.commitment, y.commitment)
+    assert valid_proof.public_inputs[1 + I : 1 + 2 * I] == (
+        pack_intent_word(0, 0b101, 350), pack_intent_word(WINDOW, 1 << 127, 500))
     assert valid_proof.public_inputs[1 + 2 * I :] == (
         pack_payee_word(PAYEES[0], 100), pack_payee_word(PAYEES[1], 750))
+    # Intent 1's pair carries a real allowlist path (leaf 1), intent 0's (any payee) none.
+    assert y.root != 0 and x.root == 0
+    assert inputs["payeeIndex"] == [[0, 0], [0, 1]]
 
 
 @pytest.mark.parametrize("index", range(1 + 2 * I + P))
@@ -220,7 +366,7 @@ def test_changing_any_public_input_fails_verification(
     batch_prover: Prover, valid_proof: Proof, index: int
 ) -> None:
     publics = list(valid_proof.public_inputs)
-    publics[index] = (publics[index] + 1) % FIELD_MODULUS
+    publics[index] = (publics[index] + 1) % R
     assert not batch_prover.verify(replace(valid_proof, public_inputs=tuple(publics)))
 
 
@@ -230,161 +376,332 @@ def test_tampered_proof_fails_verification(batch_prover: Prover, valid_proof: Pr
     assert not batch_prover.verify(replace(valid_proof, words=tuple(words)))
 
 
-def test_single_intent_with_unused_slot_proves(batch_prover: Prover) -> None:
-    inputs = build_inputs((intents()[0], None), [Mandate(slot=0, payee_slot=0, amount=1, nonce=7)])
-    assert batch_prover.verify(batch_prover.prove(inputs))
+def test_single_intent_with_unused_slot_is_provable(circuit: Circuit) -> None:
+    inputs = build_inputs((intents()[0], None), [Mandate(slot=0, payee_slot=0, amount=1, nonce=7)],
+                          payees=(PAYEES[0], 0))
+    # The unused slot opens to (0, 0), which is no curve point: the key check is off there.
+    assert (inputs["Ax"][1], inputs["Ay"][1]) == (0, 0) and not bjj.is_on_curve((0, 0))
+    assert inputs["intentHash"][1] == inputs["intentWord"][1] == inputs["payeeWord"][1] == 0
+    circuit.witness(inputs)
+
+
+def test_statement_from_the_witness_builder_matches_and_is_provable(circuit: Circuit) -> None:
+    """settlement.witness lays out one real intent spanning two windows (two slots, same
+    commitment) exactly as this file's builder does, and the circuit accepts it."""
+    key = intents()[1].key
+    terms = ProtocolIntent(
+        payer=hex_address(0xAA), asset=hex_address(0xBB), session_key=key.public_key,
+        max_amount=10**6, max_per_payment=500, valid_after=0, valid_before=TIME_REF + 10**6,
+        chain_id=31337, verifying_contract=hex_address(0xCC), processor=hex_address(0xDD),
+        payees=tuple(hex_address(a) for a in LISTED), salt=bytes(32))
+
+    def record(nonce: int, amount: int) -> MandateRecord:
+        mandate = WireMandate(terms.intent_id, hex_address(PAYEES[1]), amount, nonce, DEADLINE, 0xABCDEF)
+        return MandateRecord(mandate.payment_id, mandate, mandate.sign(key), terms.payer, terms.asset,
+                             "accepted", 0.0)
+
+    slots = [IntentSlot(terms, 1, (record(130, 7), record(255, 500))),
+             IntentSlot(terms, 0, (record(5, 1),))]
+    statement = build_statement(slots, time_ref=TIME_REF, asset=terms.asset, n=N, i=I, p=P)
+
+    ours = Intent(key, field=terms.intent_field, cap=terms.cap, payees=LISTED)
+    assert ours.commitment == terms.commitment
+    expected = build_inputs((ours, ours), [
+        Mandate(slot=0, payee_slot=0, amount=1, nonce=5),
+        Mandate(slot=1, payee_slot=0, amount=7, nonce=130),
+        Mandate(slot=1, payee_slot=0, amount=500, nonce=255),
+    ], payees=(PAYEES[1], 0))
+    assert statement.inputs == expected
+    circuit.witness(statement.inputs)
 
 
 # --------------------------------------------------------------------------------------
-# Soundness: each statement below is false, so no witness exists
+# Soundness of one mandate: each statement below is false, so no witness exists
 
 
-def _with(index: int, **changes: Any) -> list[Mandate]:
-    mandates = valid_mandates()
-    mandates[index] = replace(mandates[index], **changes)
-    return mandates
-
-
-SIGNATURE = "sigCheck[j].M <=="  # EdDSAPoseidonVerifier fails when its last input arrives
-NONCE_ORDER = "nonceCheck[j].out === 0"
-
-BROKEN_MANDATES: dict[str, tuple[list[Mandate] | None, str]] = {
-    "wrong_signature": (None, SIGNATURE),  # built in the test: S + 1
-    "signed_by_other_intents_key": (_with(0, signer=intents()[1].key), SIGNATURE),
-    "signed_for_other_intent_field": (_with(0, signed_field=intents()[1].field), SIGNATURE),
-    "payee_not_in_slots": (_with(0, signed_payee=OUTSIDER), SIGNATURE),
-    "amount_2_pow_64": (_with(0, amount=2**64), "amountBits[j].in <== amount[j]"),
-    # r - 1 would make the slot total 100 + (r - 1) = 99 (mod r): the range check stops it.
-    "amount_negative_wraps_field": (_with(2, amount=FIELD_MODULUS - 1),
-                                    "amountBits[j].in <== amount[j]"),
-    "amount_over_cap": (_with(1, amount=501), "capCheck[j].out === 1"),
-    "repeated_nonce": (_with(2, nonce=0), NONCE_ORDER),
-    "decreasing_nonce": ([replace(valid_mandates()[0], nonce=2), valid_mandates()[1],
-                          replace(valid_mandates()[2], nonce=1)], NONCE_ORDER),
-    "first_nonce_below_start": (_with(1, nonce=2), NONCE_ORDER),
-    "nonce_over_40_bits": (_with(2, nonce=2**40 + 2), "nonceBits[j].in <== nonce[j]"),
-    "deadline_before_time_ref": (_with(1, deadline=TIME_REF - 1),
-                                 "deadlineCheck[j].out * enabled[j] === 0"),
+# Each case: mandate changes (``with_mandates`` keywords) or a function of the valid inputs.
+BROKEN_MANDATES: dict[str, tuple[Any, Constraint]] = {
+    "wrong_signature": (lambda v: set_at(v, 0, S=v["S"][0] + 1), SIGNATURE),
+    # S + l satisfies S·B8 = R8 + 8·hm·A as well (l·B8 = 0): only the S < l check stops it.
+    "signature_s_plus_l": (lambda v: set_at(v, 0, S=v["S"][0] + bjj.SUBGROUP_ORDER), S_BELOW_ORDER),
+    "signed_by_other_intents_key": (dict(m0=dict(signer=SessionKey(0x7654321))), SIGNATURE),
+    "signed_for_other_intent_field": (dict(m0=dict(signed_field=(0xB2 << 240) + 2)), SIGNATURE),
+    "signed_payee_not_the_slots": (dict(m0=dict(signed_payee=OUTSIDER)), SIGNATURE),
+    "r8_off_curve": (lambda v: set_at(v, 0, R8y=v["R8y"][0] + 1), R8_ON_CURVE),
+    "padding_r8_off_curve": (lambda v: set_at(v, 3, R8x=0, R8y=0), R8_ON_CURVE),
+    "amount_2_pow_64": (dict(m0=dict(amount=2**64)), AMOUNT_BITS),
+    # r - 1 would make slot 0's total 100 + (r - 1) = 99 (mod r): the range check stops it.
+    "amount_negative_wraps_field": (dict(m2=dict(amount=R - 1)), AMOUNT_BITS),
+    "amount_over_cap": (dict(m1=dict(amount=501)), AMOUNT_CAP),
+    "deadline_before_time_ref": (dict(m1=dict(deadline=TIME_REF - 1)), NOT_EXPIRED),
     # The signed message packs requestHash, nonce and deadline into one element: each part
     # must stay in its bits, or another split of the same element would verify.
-    "deadline_over_40_bits": (_with(1, deadline=2**40 + TIME_REF), "deadlineBits[j].in <== deadline[j]"),
-    "request_hash_over_160_bits": (_with(0, request_hash=2**160 + 1), "requestBits[j].in <== requestHash[j]"),
+    "deadline_over_40_bits": (dict(m1=dict(deadline=2**40 + TIME_REF)), DEADLINE_BITS),
+    "request_hash_over_160_bits": (dict(m0=dict(request_hash=2**160 + 1)), REQUEST_BITS),
+    "nonce_over_40_bits": (dict(m2=dict(nonce=2**40 + 2)), NONCE_BITS),
+    # Nonce 130 sets bit 2 like nonce 2, but lies in window 1, not the slot's window 0.
+    "nonce_outside_slot_window": (dict(m2=dict(nonce=128 + 2)), NONCE_WINDOW),
+    # A repeated nonce would add its bit twice (a carry into the next bit).
+    "repeated_nonce": (dict(m2=dict(nonce=0)), NONCE_ORDER),
+    "decreasing_nonces": (dict(m0=dict(nonce=2), m2=dict(nonce=0)), NONCE_ORDER),
+    "padding_slot_carrying_value": (lambda v: set_at(v, 3, amount=5), PADDING_VALUE),
+    "enabled_not_a_bit": (lambda v: set_at(v, 0, enabled=2), ENABLED_BIT),
+    # Sums to enabled = 1 but is not boolean: would mix two intents' keys and caps.
+    "intent_selector_not_one_hot": (lambda v: set_at(v, 0, intentSel=[2, R - 1]), SELECTOR_BIT),
+    "payee_selector_picks_two": (lambda v: set_at(v, 0, payeeSel=[1, 1]), SELECTOR_SUM),
+    "padding_slot_selecting_an_intent": (lambda v: set_at(v, 3, intentSel=[1, 0]), SELECTOR_SUM),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN_MANDATES))
-def test_broken_mandate_is_unprovable(batch_prover: Prover, case: str) -> None:
-    mandates, at = BROKEN_MANDATES[case]
-    if mandates is None:
-        inputs = valid_inputs()
-        inputs = set_mandate(inputs, 0, S=(inputs["S"][0] + 1))
+def test_broken_mandate_is_unprovable(circuit: Circuit, case: str) -> None:
+    change, at = BROKEN_MANDATES[case]
+    if callable(change):
+        inputs = change(valid_inputs())
     else:
-        inputs = build_inputs(intents(), mandates)
-    assert_unprovable(batch_prover, inputs, at)
+        inputs = build_inputs(intents(), with_mandates(**change))
+    circuit.assert_refused(inputs, at)
+
+
+def test_signature_checks_are_sound_off_circuit() -> None:
+    # The S + l case above is a valid signature equation; the Python verifier refuses it too.
+    x = intents()[0]
+    m = valid_mandates()[0]
+    message = signed_message(x.field, PAYEES[0], m.amount, m.nonce, m.deadline, m.request_hash)
+    sig = x.key.sign(message)
+    assert verify(x.key.public_key, message, sig)
+    assert not verify(x.key.public_key, message, replace(sig, S=sig.S + bjj.SUBGROUP_ORDER))
+
+
+def test_time_ref_over_64_bits_is_unprovable(circuit: Circuit) -> None:
+    circuit.assert_refused({**valid_inputs(), "timeRef": 2**64 + TIME_REF}, TIME_BITS)
 
 
 @pytest.mark.parametrize(
-    ("changes", "at"),
+    ("nonce", "ok"),
+    [(WINDOW * 128, True), (WINDOW * 128 - 1, False), (WINDOW * 128 + 128, False)],
+    ids=["first", "below", "above"],
+)
+def test_nonce_window_bounds(circuit: Circuit, nonce: int, ok: bool) -> None:
+    # The window's last nonce, WINDOW * 128 + 127, is the valid batch's (proved above).
+    inputs = repack_intent(build_inputs(intents(), with_mandates(m1=dict(nonce=nonce))), 1, window=WINDOW)
+    if ok:
+        circuit.witness(inputs)
+    else:
+        circuit.assert_refused(inputs, NONCE_WINDOW)
+
+
+# --------------------------------------------------------------------------------------
+# Intent binding: the public commitment and its private opening
+
+
+@pytest.mark.parametrize(
+    ("slot", "changes"),
     [
-        ({"total": 351}, "total[s] === sum"),
-        ({"total": 349}, "total[s] === sum"),
-        ({"count": 1}, "count[s] === cnt"),
-        ({"count": 3}, "count[s] === cnt"),
-        ({"last": 0}, "count[s] * (nextAllowed[N][s] - 1 - lastNonce[s]) === 0"),
-        ({"last": 3}, "count[s] * (nextAllowed[N][s] - 1 - lastNonce[s]) === 0"),
-        ({"start": 1}, NONCE_ORDER),  # nonce 0 is now below startNonce
-        ({"cap": 249}, "capCheck[j].out === 1"),  # the 250 mandate is over the cap
+        (0, {"intentField": (0xA1 << 240) + 2}),
+        (0, {"cap": 10**6}),  # a larger cap than the payer signed
+        (1, {"payeesRoot": 0}),  # dropping the allowlist
+        (1, {"payeesRoot": Intent(SessionKey(1), 0, 0, payees=(OUTSIDER,)).root}),  # another list
+        (0, dict(zip(("Ax", "Ay"), SessionKey(0x999).public_key))),  # another session key
     ],
-    ids=lambda c: "_".join(f"{k}{v}" for k, v in c.items()) if isinstance(c, dict) else "",
+    ids=["field", "cap", "root_zero", "root_other", "key"],
+)
+def test_opening_other_than_the_commitment_is_unprovable(
+    circuit: Circuit, slot: int, changes: dict[str, int]
+) -> None:
+    circuit.assert_refused(set_at(valid_inputs(), slot, **changes), COMMITMENT)
+
+
+@pytest.mark.parametrize("opening", ["signed_intent", "claimed_intent", "resigned"])
+def test_mandate_settles_only_under_the_intent_it_signed(circuit: Circuit, opening: str) -> None:
+    """Intents X and Y share a session key (and cap and allowlist). Mandates signed for X
+    cannot be proven under Y's commitment: opening X's field breaks the commitment, opening
+    Y's breaks the signature. Mandates signed for Y itself pass (the control)."""
+    x = intents()[0]
+    y = replace(x, field=(0xC3 << 240) + 3)
+    signed_for = y.field if opening == "resigned" else x.field
+    mandates = [replace(m, signed_field=signed_for) if m.slot == 0 else m for m in valid_mandates()]
+    inputs = build_inputs((y, intents()[1]), mandates)
+    assert inputs["intentHash"][0] == y.commitment
+    if opening == "resigned":
+        circuit.witness(inputs)
+    elif opening == "claimed_intent":
+        circuit.assert_refused(inputs, SIGNATURE)
+    else:
+        circuit.assert_refused(set_at(inputs, 0, intentField=x.field), COMMITMENT)
+
+
+def test_used_slot_key_off_the_curve_is_unprovable(circuit: Circuit) -> None:
+    # The commitment is honestly computed over the off-curve key, so only the curve check refuses.
+    inputs = valid_inputs()
+    x = intents()[0]
+    ax, ay = x.key.public_key
+    assert not bjj.is_on_curve((ax, ay + 1))
+    commitment = poseidon(x.field, poseidon(ax, ay + 1), x.root, x.cap)
+    circuit.assert_refused(set_at(inputs, 0, Ay=ay + 1, intentHash=commitment), KEY_ON_CURVE)
+
+
+@pytest.mark.parametrize(("cap", "at"), [(2**64 - 1, None), (2**64, CAP_BITS), (R - 1, CAP_BITS)],
+                         ids=["max", "2_pow_64", "negative"])
+def test_cap_range(circuit: Circuit, cap: int, at: Constraint | None) -> None:
+    # A committed cap >= 2^64 would break the 64-bit amount <= cap comparison.
+    x = replace(intents()[0], cap=cap)
+    inputs = build_inputs((x, intents()[1]), valid_mandates())
+    if at is None:
+        circuit.witness(inputs)
+    else:
+        circuit.assert_refused(inputs, at)
+
+
+def test_unused_slot_with_nonzero_word_is_unprovable(circuit: Circuit) -> None:
+    inputs = build_inputs((intents()[0], None), [Mandate(slot=0, payee_slot=0, amount=1, nonce=7)])
+    circuit.assert_refused(set_at(inputs, 1, intentWord=pack_intent_word(0, 0, 1)), UNUSED_WORD)
+
+
+def test_mandate_selecting_an_unused_slot_is_unprovable(circuit: Circuit) -> None:
+    """An unused slot's opening is unchecked, so a prover may open it to any key it signs
+    with; the slot's zero word still has no bit for the mandate."""
+    rogue = Intent(SessionKey(0xBAD), field=0xBAD, cap=2**64 - 1)
+    inputs = build_inputs((intents()[0], rogue), [
+        Mandate(slot=0, payee_slot=0, amount=1, nonce=7),
+        Mandate(slot=1, payee_slot=1, amount=1_000, nonce=5),
+    ])
+    inputs = set_at(inputs, 1, intentHash=0, intentWord=0)
+    circuit.assert_refused(inputs, BITMAP_SUM)
+
+
+# --------------------------------------------------------------------------------------
+# The public words: exactly the sums of the mandates
+
+
+@pytest.mark.parametrize(
+    ("slot", "changes", "at"),
+    [
+        (0, {"nonces": 0b001}, BITMAP_SUM),  # nonce 2 settled but not recorded
+        (0, {"nonces": 0b111}, BITMAP_SUM),  # nonce 1 recorded without a mandate
+        (1, {"nonces": 1 << 126}, BITMAP_SUM),  # the right count, the wrong nonce
+        (0, {"total": 351}, TOTAL_SUM),
+        (0, {"total": 349}, TOTAL_SUM),
+        (1, {"window": WINDOW + 1}, NONCE_WINDOW),
+        (0, {"total": 2**88}, WORD_BITS),  # total past its 88 bits: the word is >= 2^249
+        # Lower parts cannot overflow the word: they carry into the next part, which a sum catches.
+        (0, {"nonces": 0b101 + (1 << 128)}, TOTAL_SUM),  # reads as total + 1
+        (0, {"window": 2**33}, BITMAP_SUM),  # reads as window 0, nonces + 1
+    ],
+    ids=["bit_missing", "bit_extra", "bit_moved", "total_over", "total_under", "window",
+         "total_overflow", "nonce_bit_128", "window_2_pow_33"],
 )
 def test_public_intent_word_not_matching_is_unprovable(
-    batch_prover: Prover, changes: dict[str, int], at: str
+    circuit: Circuit, slot: int, changes: dict[str, int], at: Constraint
 ) -> None:
-    assert_unprovable(batch_prover, repack_intent(valid_inputs(), 0, **changes), at)
+    circuit.assert_refused(repack_intent(valid_inputs(), slot, **changes), at)
 
 
-def test_public_payee_amount_not_matching_is_unprovable(batch_prover: Prover) -> None:
-    inputs = valid_inputs()
-    words = list(inputs["payeeWord"])
-    words[0] = pack_payee_word(PAYEES[0], 101)
-    assert_unprovable(batch_prover, {**inputs, "payeeWord": words}, "payeeAmount[p] === sum")
+def test_intent_word_outside_249_bits_is_unprovable(circuit: Circuit) -> None:
+    circuit.assert_refused(set_at(valid_inputs(), 0, intentWord=R - 1), WORD_BITS)
 
 
-def test_time_ref_over_64_bits_is_unprovable(batch_prover: Prover) -> None:
-    assert_unprovable(batch_prover, {**valid_inputs(), "timeRef": 2**64 + TIME_REF},
-                      "timeBits.in <== timeRef")
+@pytest.mark.parametrize(
+    ("word", "at"),
+    [
+        (pack_payee_word(PAYEES[0], 101), PAYEE_SUM),
+        (pack_payee_word(PAYEES[0], 99), PAYEE_SUM),
+        (pack_payee_word(OUTSIDER, 100), SIGNATURE),  # the mandate signed PAYEES[0]
+        (R - 1, PAYEE_WORD_BITS),
+    ],
+    ids=["amount_over", "amount_under", "other_payee", "outside_253_bits"],
+)
+def test_public_payee_word_not_matching_is_unprovable(circuit: Circuit, word: int, at: Constraint) -> None:
+    circuit.assert_refused(set_at(valid_inputs(), 0, payeeWord=word), at)
 
 
-def test_padding_slot_carrying_value_is_unprovable(batch_prover: Prover) -> None:
-    inputs = valid_inputs()
-    assert inputs["enabled"][3] == 0
-    assert_unprovable(batch_prover, set_mandate(inputs, 3, amount=5),
-                      "(1 - enabled[j]) * amount[j] === 0")
+# --------------------------------------------------------------------------------------
+# Payee allowlists
 
 
-def test_padding_slot_selecting_an_intent_is_unprovable(batch_prover: Prover) -> None:
-    inputs = set_mandate(valid_inputs(), 3, intentSel=[1, 0])
-    assert_unprovable(batch_prover, repack_intent(inputs, 0, count=3), "acc === enabled[j]")
+@pytest.mark.parametrize(
+    ("case", "at"),
+    [
+        ("any_payee", None),
+        ("listed_with_path", None),
+        ("unlisted_without_path", ALLOWLIST),
+        ("unlisted_path_to_other_root", ALLOWLIST),
+        ("unlisted_forged_path", ALLOWLIST),
+        ("listed_index_past_the_tree", LEAF_INDEX_BITS),
+    ],
+)
+def test_allowlist(circuit: Circuit, case: str, at: Constraint | None) -> None:
+    """One intent, one mandate: PAYEES[0] passes with no allowlist, PAYEES[1] with its path
+    in LISTED; PAYEES[0] under LISTED is refused whatever path the prover makes up."""
+    restricted = intents()[1]
+    unrestricted = replace(restricted, payees=())
+    payee = PAYEES[1] if case.startswith("listed") else PAYEES[0]
+    intent = unrestricted if case == "any_payee" else restricted
+    inputs = build_inputs((intent, None), [Mandate(slot=0, payee_slot=0, amount=500, nonce=WINDOW * 128)],
+                          payees=(payee, 0))
+    index, path = inputs["payeeIndex"][0][0], inputs["payeePath"][0][0]
+    if case == "unlisted_without_path":
+        assert (index, path) == (0, [0] * D)
+    elif case == "unlisted_path_to_other_root":
+        index, path = Intent(SessionKey(1), 0, 0, payees=(PAYEES[0], OUTSIDER)).path(PAYEES[0])
+    elif case == "unlisted_forged_path":
+        index, path = restricted.path(PAYEES[1])  # a listed payee's path, under another leaf
+    elif case == "listed_index_past_the_tree":
+        assert index == 1
+        index += 2**D  # same low bits, so the same path would otherwise fit
+    inputs = {**inputs, "payeeIndex": [[index, 0], [0, 0]],
+              "payeePath": [[path, [0] * D], [[0] * D, [0] * D]]}
+    if at is None:
+        circuit.witness(inputs)
+    else:
+        circuit.assert_refused(inputs, at)
 
 
-def test_selector_not_one_hot_is_unprovable(batch_prover: Prover) -> None:
-    # Sums to enabled = 1 but is not boolean: would mix two intents' keys and caps.
-    assert_unprovable(batch_prover, set_mandate(valid_inputs(), 0, intentSel=[2, FIELD_MODULUS - 1]),
-                      "intentSel[j][s] * (1 - intentSel[j][s]) === 0")
-
-
-def test_unused_intent_slot_with_nonzero_word_is_unprovable(batch_prover: Prover) -> None:
-    inputs = build_inputs((intents()[0], None), [Mandate(slot=0, payee_slot=0, amount=1, nonce=7)])
-    words = list(inputs["intentWord"])
-    words[1] = pack_intent_word(0, 0, 0, 0, 1)
-    assert_unprovable(batch_prover, {**inputs, "intentWord": words},
-                      "slotUnused[s].out * intentWord[s] === 0")
-
-
-def test_intent_without_mandates_cannot_move_last_nonce(batch_prover: Prover) -> None:
-    inputs = build_inputs(intents(), [Mandate(slot=0, payee_slot=0, amount=1, nonce=0)])
-    assert batch_prover.verify(batch_prover.prove(inputs))
-    assert_unprovable(batch_prover, repack_intent(inputs, 1, last=1_000),
-                      "noMandates[s].out * lastNonce[s] === 0")
-
-
-def test_wrong_key_for_key_hash_is_unprovable(batch_prover: Prover) -> None:
-    inputs = valid_inputs()
-    other = SessionKey(0x999).public_key
-    assert_unprovable(batch_prover, {**inputs, "Ax": [other[0], inputs["Ax"][1]],
-                                     "Ay": [other[1], inputs["Ay"][1]]},
-                      "(1 - slotUnused[s].out) * (keyHasher[s].out - keyHash[s]) === 0")
-
-
-def test_padding_signature_is_valid_for_base_point() -> None:
-    from aep2 import eddsa
-
-    assert eddsa.verify(SessionKey(1).public_key, PADDING_MESSAGE, padding_signature())
+@pytest.mark.parametrize("payee_slot", [1, 0], ids=["listed", "unlisted_shared_with_any_payee_intent"])
+def test_allowlist_is_per_intent_and_payee_pair(circuit: Circuit, payee_slot: int) -> None:
+    """Intent 0 (any payee) pays payee slot 0; a mandate of intent 1 (allowlist without
+    PAYEES[0]) to the same payee slot is refused: that slot's use by intent 0 proves nothing
+    for intent 1. To its listed payee (slot 1, also shared with intent 0) it passes."""
+    mandates = valid_mandates()
+    mandates.insert(1, Mandate(slot=1, payee_slot=payee_slot, amount=1, nonce=WINDOW * 128))
+    inputs = build_inputs(intents(), mandates)
+    if payee_slot == 1:
+        circuit.witness(inputs)
+    else:
+        assert inputs["payeePath"][1][0] == [0] * D  # the prover has no path to give
+        circuit.assert_refused(inputs, ALLOWLIST)
 
 
 # --------------------------------------------------------------------------------------
 # Pure helpers
 
 
-def test_pack_words_round_trip_and_range_checks() -> None:
-    word = pack_intent_word(1, 2, 3, 4, 5)
-    assert word == 1 + (2 << 40) + (3 << 80) + (4 << 96) + (5 << 184)
+def test_padding_signature_is_valid_for_base_point() -> None:
+    assert verify(SessionKey(1).public_key, PADDING_MESSAGE, padding_signature())
+
+
+def test_pack_words_match_the_circuit_layout() -> None:
+    assert pack_intent_word(1, 2, 3) == 1 + (2 << 33) + (3 << 161) == raw_intent_word(1, 2, 3)
+    assert unpack_intent_word(pack_intent_word(2**33 - 1, 2**128 - 1, 2**88 - 1)) == {
+        "window": 2**33 - 1, "nonces": 2**128 - 1, "total": 2**88 - 1}
+    assert pack_intent_word(2**33 - 1, 2**128 - 1, 2**88 - 1) == 2**249 - 1
     assert pack_payee_word(7, 9) == 7 + (9 << 160)
-    assert pack_intent_word(2**40 - 1, 2**40 - 1, 2**16 - 1, 2**88 - 1, 2**64 - 1) < 2**248
-    for kwargs, name in [
-        (dict(start=2**40, last=0, count=0, total=0, cap=0), "startNonce"),
-        (dict(start=0, last=2**40, count=0, total=0, cap=0), "lastNonce"),
-        (dict(start=0, last=0, count=2**16, total=0, cap=0), "count"),
-        (dict(start=0, last=0, count=0, total=2**88, cap=0), "total"),
-        (dict(start=0, last=0, count=0, total=0, cap=2**64), "cap"),
-        (dict(start=-1, last=0, count=0, total=0, cap=0), "startNonce"),
-    ]:
+    assert nonce_window(WINDOW * 128 + 127) == (WINDOW, 1 << 127)
+    for args, name in [((2**33, 0, 0), "window"), ((0, 2**128, 0), "nonces"), ((0, 0, 2**88), "total"),
+                       ((-1, 0, 0), "window")]:
         with pytest.raises(ValueError, match=name):
-            pack_intent_word(**kwargs)
+            pack_intent_word(*args)
     with pytest.raises(ValueError, match="payee"):
         pack_payee_word(2**160, 0)
     with pytest.raises(ValueError, match="amount"):
         pack_payee_word(0, 2**93)
+
+
+def test_signed_message_is_the_mandate_message_hash() -> None:
+    from aep2.mandate import message_hash
+
+    args = (0xA1 << 240, PAYEES[0], 2**64 - 1, 2**40 - 1, 2**40 - 1, 2**160 - 1)
+    assert signed_message(*args) == message_hash(*args)
 
 
 def test_artifacts_are_complete(batch_artifacts: CircuitArtifacts) -> None:
@@ -394,11 +711,15 @@ def test_artifacts_are_complete(batch_artifacts: CircuitArtifacts) -> None:
                  a.solidity_verifier):
         assert path.is_file(), path
     assert "UNSAFE FOR PRODUCTION" in (a.directory / "SETUP.txt").read_text()
+    manifest = json.loads((a.directory / "manifest.json").read_text())
+    assert manifest["depth"] == D
+    assert manifest["publicSignals"] == ["timeRef", f"intentHash[{I}]", f"intentWord[{I}]", f"payeeWord[{P}]"]
     sol = a.solidity_verifier.read_text()
     assert "contract BatchVerifier" in sol and "GENERATED" in sol
     assert f"uint256[{a.n_public}] memory input" in sol
+    assert f"return ({N}, {I}, {P}, {D}, true);" in sol
     assert json.loads(a.verifying_key.read_text())["nPublic"] == a.n_public
-    assert 0 < a.constraints < 6_000 * N * 2
+    assert 0 < a.constraints < 40_000  # 30,020 for Batch(4, 2, 2, 8)
 
 
 def test_build_reuses_complete_cache(batch_artifacts: CircuitArtifacts,
@@ -436,11 +757,12 @@ def test_python_crypto_matches_circomlibjs() -> None:
     import random
 
     rng = random.Random(402)
-    hashes = [[rng.randrange(FIELD_MODULUS) for _ in range(arity)] for arity in (2, 5, 6)]
-    hashes.append([0] * 6)
+    # Arities 2 (key hash, tree node), 3 (message), 4 (commitment), 5 (EdDSA challenge).
+    hashes = [[rng.randrange(R) for _ in range(arity)] for arity in (2, 3, 4, 5, 6)]
+    hashes.append([0] * 4)
     key = intents()[0].key
     sigs = []
-    for message in (0, 12345, FIELD_MODULUS - 1, poseidon(*hashes[2])):
+    for message in (0, 12345, R - 1, poseidon(*hashes[2])):
         sig = key.sign(message)
         sigs.append({"M": message, "R8x": sig.R8x, "R8y": sig.R8y, "S": sig.S,
                      "Ax": key.public_key[0], "Ay": key.public_key[1]})
