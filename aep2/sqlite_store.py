@@ -30,7 +30,7 @@ from .store import BatchRecord, ExactPaymentRecord, MandateRecord, Reservation
 
 __all__ = ["SQLiteStore", "SCHEMA_VERSION"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: batches keep their signed transaction (raw_tx, tx_nonce)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -79,7 +79,9 @@ CREATE TABLE IF NOT EXISTS batches (
     previous_watermarks TEXT NOT NULL,
     tx_hash TEXT,
     reason TEXT,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    raw_tx BLOB,
+    tx_nonce INTEGER
 );
 CREATE TABLE IF NOT EXISTS exact_payments (
     nonce TEXT PRIMARY KEY,
@@ -208,6 +210,8 @@ class SQLiteStore:
                 version = int(row[0]) if row else 0
                 if version > SCHEMA_VERSION:
                     raise RuntimeError(f"store schema {version} is newer than this code ({SCHEMA_VERSION})")
+                if version == 1:
+                    await self._add_batch_transactions()
                 await self._conn.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
                 )
@@ -215,6 +219,17 @@ class SQLiteStore:
             except BaseException:
                 await self._conn.execute("ROLLBACK")
                 raise
+
+    async def _add_batch_transactions(self) -> None:
+        # Schema 1 kept only the hash of a batch's transaction: a batch in flight could be
+        # neither broadcast again nor shown never to be mined, so it must finish first.
+        cursor = await self.conn.execute("SELECT COUNT(*) FROM batches WHERE status = 'submitted'")
+        if (await cursor.fetchone())[0]:
+            raise RuntimeError(
+                "store schema 1 has a submitted batch: let the previous release settle it, then upgrade"
+            )
+        await self.conn.execute("ALTER TABLE batches ADD COLUMN raw_tx BLOB")
+        await self.conn.execute("ALTER TABLE batches ADD COLUMN tx_nonce INTEGER")
 
     async def close(self) -> None:
         """Close the connection (idempotent)."""
@@ -380,7 +395,8 @@ class SQLiteStore:
     async def get_batch(self, batch_id: int) -> BatchRecord:
         """One batch with its payment ids."""
         cursor = await self.conn.execute(
-            "SELECT batch_id, status, time_ref, tx_hash, reason FROM batches WHERE batch_id = ?", (batch_id,)
+            "SELECT batch_id, status, time_ref, tx_hash, reason, raw_tx, tx_nonce FROM batches WHERE batch_id = ?",
+            (batch_id,),
         )
         row = await cursor.fetchone()
         if row is None:
@@ -389,7 +405,8 @@ class SQLiteStore:
             "SELECT payment_id FROM mandates WHERE batch_id = ? ORDER BY intent_id, nonce", (batch_id,)
         )
         payment_ids = tuple(r[0] for r in await ids.fetchall())
-        return BatchRecord(row[0], row[1], payment_ids, row[2], row[3], row[4])
+        raw_tx = bytes(row[5]) if row[5] is not None else None
+        return BatchRecord(row[0], row[1], payment_ids, row[2], row[3], row[4], raw_tx, row[6])
 
     async def batches(self) -> list[BatchRecord]:
         """Every batch, oldest first."""
@@ -402,9 +419,10 @@ class SQLiteStore:
         )
         return [_mandate_record(row) for row in await cursor.fetchall()]
 
-    async def mark_batch_submitted(self, batch_id: int, tx_hash: str) -> None:
+    async def mark_batch_submitted(self, batch_id: int, tx_hash: str, raw_tx: bytes, tx_nonce: int) -> None:
         await self.conn.execute(
-            "UPDATE batches SET status = 'submitted', tx_hash = ? WHERE batch_id = ?", (tx_hash, batch_id)
+            "UPDATE batches SET status = 'submitted', tx_hash = ?, raw_tx = ?, tx_nonce = ? WHERE batch_id = ?",
+            (tx_hash, raw_tx, tx_nonce, batch_id),
         )
 
     async def mark_batch_settled(self, batch_id: int, tx_hash: str, block: int) -> None:

@@ -5,7 +5,7 @@ intent with accepted mandates (registering intents not yet on chain), plan a bat
 (``batcher.plan_batch``: mandates that can never settle are marked ``failed`` with a
 reason, the rest wait), seal it in the store (the gateway then refuses nonces at or below
 the new watermark), build the witness, prove, verify in Python, cross-check the public
-inputs with the contract's own, simulate, record the transaction hash, send, and mark the
+inputs with the contract's own, simulate, record the signed transaction, send, and mark the
 batch settled once the receipt succeeds.
 
 Crash safety: the store records each step before the next starts, and intent nonces on
@@ -26,7 +26,7 @@ from aep2.sqlite_store import SQLiteStore
 from aep2.store import MandateRecord
 
 from .batcher import IntentState, PendingMandate, plan_batch
-from .chain import ChainRevert, SettlementClient
+from .chain import ChainRevert, SettlementClient, SignedTx
 from .prover import Prover
 from .witness import IntentSlot, build_statement
 
@@ -171,9 +171,10 @@ class SettlementProcessor:
             on_chain_inputs = await self.client.public_inputs(statement.batch)
             if tuple(on_chain_inputs) != proof.public_inputs:
                 raise RuntimeError("contract's public inputs differ from the proof's")
-            # The hash is recorded before the broadcast: after a crash, reconcile() looks it up.
+            # The signed transaction is recorded before the broadcast: after a crash,
+            # reconcile() follows it.
             receipt = await self.client.settle_batch(
-                proof.words, statement.batch, on_signed=functools.partial(self.store.mark_batch_submitted, batch.batch_id)
+                proof.words, statement.batch, on_signed=functools.partial(self._record_submission, batch.batch_id)
             )
         except ChainRevert as exc:
             # Reverted in simulation or on chain: nothing settled; re-plan next round.
@@ -196,6 +197,9 @@ class SettlementProcessor:
             result.batch_id, result.mandates, result.gas_used, result.prove_seconds, tx_hash,
         )
         return result
+
+    async def _record_submission(self, batch_id: int, tx: SignedTx) -> None:
+        await self.store.mark_batch_submitted(batch_id, tx.hash, tx.raw, tx.nonce)
 
     async def _undo_if_not_sent(self, batch_id: int) -> None:
         current = await self.store.get_batch(batch_id)
