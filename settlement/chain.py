@@ -5,6 +5,10 @@ custom error name, e.g. ``Settlement__InsufficientBalance``), is sent with expli
 (``eth_estimateGas`` under-prices the pairing precompile) and checks the receipt's status.
 Connection errors are retried with exponential backoff, so a restarted Anvil or a dropped
 RPC connection delays settlement instead of failing it.
+
+A transaction without a receipt is not a lost one: ``lookup`` tells one the node still
+holds (or forgot, and can take again) from one that can never be mined because another
+transaction used its account nonce.
 """
 
 from __future__ import annotations
@@ -12,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Awaitable, Callable, TypeVar
 
 from eth_account import Account
 from eth_utils import keccak
 from web3 import AsyncHTTPProvider, AsyncWeb3
-from web3.exceptions import ContractCustomError, ContractLogicError, TimeExhausted
+from web3.exceptions import ContractCustomError, ContractLogicError, TimeExhausted, TransactionNotFound
 
 from aep2.deployment import contract_artifact
 from aep2.intent import SignedIntent
@@ -26,6 +31,8 @@ __all__ = [
     "SettlementClient",
     "IntentRecord",
     "SignedTx",
+    "TxStatus",
+    "TxLookup",
     "ChainRevert",
     "TransactionPending",
     "decode_revert",
@@ -59,6 +66,23 @@ class SignedTx:
     hash: str
     raw: bytes
     nonce: int
+
+
+class TxStatus(StrEnum):
+    """Where a signed transaction stands on the node (``SettlementClient.lookup``)."""
+
+    MINED = "mined"  # it has a receipt: read its status
+    PENDING = "pending"  # the node holds it and its nonce is unused: it may still be mined
+    DROPPED = "dropped"  # the node does not know it and its nonce is unused: broadcast it again
+    REPLACED = "replaced"  # a mined transaction used its nonce: it can never be mined
+
+
+@dataclass(frozen=True)
+class TxLookup:
+    """``status`` of a transaction, with its ``receipt`` when ``MINED``."""
+
+    status: TxStatus
+    receipt: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -233,7 +257,7 @@ class SettlementClient:
         """Sign ``call`` as the account's next transaction (after those still pending).
 
         Callers record the result before broadcasting, so a crash in between leaves a
-        transaction the chain either has (found by hash) or never saw.
+        transaction the chain either has (found by hash) or never saw (broadcast it again).
         """
         nonce = await self._retry(lambda: self.w3.eth.get_transaction_count(self.account.address, "pending"))
         tx = await call.build_transaction(
@@ -248,13 +272,35 @@ class SettlementClient:
 
     async def wait(self, tx_hash: str, *, timeout: float = 120) -> dict[str, Any] | None:
         """The receipt of ``tx_hash``, or ``None`` if none arrived within ``timeout`` seconds
-        (the transaction may still be mined)."""
+        (the transaction may still be mined: ``lookup`` says whether it can)."""
         try:
             return dict(
                 await self._retry(lambda: self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout))
             )
         except TimeExhausted:
             return None
+
+    async def lookup(self, tx: SignedTx) -> TxLookup:
+        """Where ``tx``, signed by this client's account, stands now (no waiting).
+
+        The account's mined nonce count is read before the receipt, so a transaction mined
+        between the two reads shows as ``MINED``, never as ``REPLACED``. As with receipts,
+        the latest block is taken as final.
+        """
+        mined_count = await self._retry(lambda: self.w3.eth.get_transaction_count(self.account.address, "latest"))
+        try:
+            receipt = dict(await self._retry(lambda: self.w3.eth.get_transaction_receipt(tx.hash)))
+        except TransactionNotFound:
+            receipt = None
+        if receipt is not None:
+            return TxLookup(TxStatus.MINED, receipt)
+        if mined_count > tx.nonce:
+            return TxLookup(TxStatus.REPLACED)
+        try:
+            await self._retry(lambda: self.w3.eth.get_transaction(tx.hash))
+        except TransactionNotFound:
+            return TxLookup(TxStatus.DROPPED)
+        return TxLookup(TxStatus.PENDING)
 
     async def transact(
         self, call: Any, *, gas: int, on_signed: Callable[[SignedTx], Awaitable[None]] | None = None
@@ -266,7 +312,7 @@ class SettlementClient:
         broadcasting, so a caller can record the transaction first. Raises ``ChainRevert``
         when the simulation or the mined transaction reverts (nothing took effect), and
         ``TransactionPending`` when no receipt arrived within 120 s (the outcome is
-        unknown).
+        unknown: ``lookup`` follows it).
         """
         try:
             await self._retry(

@@ -8,9 +8,12 @@ the new watermark), build the witness, prove, verify in Python, cross-check the 
 inputs with the contract's own, simulate, record the signed transaction, send, and mark the
 batch settled once the receipt succeeds.
 
-Crash safety: the store records each step before the next starts, and intent nonces on
-chain are the truth. On restart ``reconcile()`` settles a batch whose transaction made it
-on chain and puts back (``retry``) one that did not, so nothing is lost or settled twice.
+Crash safety: the store records each step before the next starts (the signed transaction
+before it is broadcast), and the chain is the truth. ``reconcile()``: a submitted batch
+stays submitted while its transaction may still be mined (broadcast again if the node
+forgot it) and ends only with its receipt, or with its account nonce used by another
+transaction; a batch never submitted is put back (``retry``). So nothing is lost or
+settled twice, and the store never contradicts the chain.
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ from dataclasses import dataclass, field
 
 from aep2.intent import SignedIntent
 from aep2.sqlite_store import SQLiteStore
-from aep2.store import MandateRecord
+from aep2.store import BatchRecord, MandateRecord
 
 from .batcher import IntentState, PendingMandate, plan_batch
-from .chain import ChainRevert, SettlementClient, SignedTx
+from .chain import ChainRevert, SettlementClient, SignedTx, TxLookup, TxStatus
 from .prover import Prover
 from .witness import IntentSlot, build_statement
 
@@ -80,21 +83,53 @@ class SettlementProcessor:
     # -- crash recovery ------------------------------------------------------------------
 
     async def reconcile(self) -> None:
-        """Finish or undo every batch a previous run left ``proving`` or ``submitted``."""
+        """Bring every batch left ``proving`` or ``submitted`` in line with the chain.
+
+        A submitted batch is settled by its transaction's successful receipt; it is put back
+        in the queue (``retry``) when that transaction reverted or can never be mined (its
+        account nonce went to another transaction); otherwise it stays submitted, broadcast
+        again if the node forgot it. A batch never submitted is put back. Before a batch is
+        put back, the intents' nonces on chain are checked: if they show its mandates
+        settled (by a transaction not recorded here), it is marked settled instead.
+        """
         for batch in await self.store.open_batches():
-            records = await self.store.batch_mandates(batch.batch_id)
-            if batch.tx_hash:
-                receipt = await self.client.wait(batch.tx_hash, timeout=5)
-                if receipt is not None and receipt["status"] == 1:
-                    await self.store.mark_batch_settled(batch.batch_id, batch.tx_hash, int(receipt["blockNumber"]))
-                    logger.info("batch %d: found settled on chain (%s)", batch.batch_id, batch.tx_hash)
+            if batch.status == "submitted":
+                reason = await self._follow(batch)
+                if reason is None:
                     continue
-            if await self._settled_on_chain(records):
-                # Settled by a transaction we did not record: the chain's nonces say so.
-                await self.store.mark_batch_settled(batch.batch_id, batch.tx_hash or "", 0)
+            else:
+                reason = "interrupted before submission"
+            if await self._settled_on_chain(await self.store.batch_mandates(batch.batch_id)):
+                await self.store.mark_batch_settled(batch.batch_id, "", 0)
+                logger.info("batch %d: settled on chain by a transaction not recorded here", batch.batch_id)
                 continue
-            await self.store.fail_batch(batch.batch_id, "not on chain after restart", retry=True)
-            logger.info("batch %d: not on chain; its mandates return to the queue", batch.batch_id)
+            await self.store.fail_batch(batch.batch_id, reason, retry=True)
+            logger.info("batch %d: %s; its mandates return to the queue", batch.batch_id, reason)
+
+    async def _follow(self, batch: BatchRecord) -> str | None:
+        """Take a submitted batch one step along its transaction: ``None`` once it settled
+        or while it may still be mined, else why it never will be."""
+        # mark_batch_submitted records the three together.
+        tx = SignedTx(batch.tx_hash, batch.raw_tx, batch.tx_nonce)
+        found = await self.client.lookup(tx)
+        if found.status is TxStatus.DROPPED:
+            # The node forgot it (restarted, evicted it, or never got it) but nothing used its
+            # nonce: these signed bytes can still be mined (other nodes may hold them), so
+            # the batch is not over. Broadcast and follow it as a fresh submission.
+            logger.info("batch %d: node does not know %s; broadcasting it again", batch.batch_id, tx.hash)
+            await self.client.broadcast(tx.raw)
+            receipt = await self.client.wait(tx.hash)
+            found = TxLookup(TxStatus.MINED, receipt) if receipt is not None else TxLookup(TxStatus.PENDING)
+        if found.status is TxStatus.PENDING:
+            logger.debug("batch %d: %s pending", batch.batch_id, tx.hash)
+            return None
+        if found.status is TxStatus.REPLACED:
+            return f"{tx.hash} can never be mined: account nonce {tx.nonce} used by another transaction"
+        if found.receipt["status"] != 1:
+            return f"{tx.hash} reverted"
+        await self.store.mark_batch_settled(batch.batch_id, tx.hash, int(found.receipt["blockNumber"]))
+        logger.info("batch %d: settled on chain (%s)", batch.batch_id, tx.hash)
+        return None
 
     async def _settled_on_chain(self, records: list[MandateRecord]) -> bool:
         last: dict[bytes, int] = {}
