@@ -9,11 +9,11 @@ inputs with the contract's own, simulate, record the signed transaction, send, a
 batch settled once the receipt succeeds.
 
 Crash safety: the store records each step before the next starts (the signed transaction
-before it is broadcast), and the chain is the truth. ``reconcile()``: a submitted batch
-stays submitted while its transaction may still be mined (broadcast again if the node
-forgot it) and ends only with its receipt, or with its account nonce used by another
-transaction; a batch never submitted is put back (``retry``). So nothing is lost or
-settled twice, and the store never contradicts the chain.
+before it is broadcast), and the chain is the truth. ``reconcile()`` runs at the start of
+every round, due or not: a submitted batch stays submitted while its transaction may still
+be mined (broadcast again if the node forgot it) and ends only with its receipt, or with
+its account nonce used by another transaction; a batch never submitted is put back
+(``retry``). So nothing is lost or settled twice, and the store never contradicts the chain.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from aep2.sqlite_store import SQLiteStore
 from aep2.store import BatchRecord, MandateRecord
 
 from .batcher import IntentState, PendingMandate, plan_batch
-from .chain import ChainRevert, SettlementClient, SignedTx, TxLookup, TxStatus
+from .chain import ChainRevert, SettlementClient, SignedTx, TransactionPending, TxLookup, TxStatus
 from .prover import Prover
 from .witness import IntentSlot, build_statement
 
@@ -281,12 +281,20 @@ class SettlementProcessor:
             results.append(result)
 
     async def run(self, stop: asyncio.Event, *, poll_seconds: float = 1.0) -> None:
-        """Settle by the policy until ``stop`` is set. Errors are logged and retried with backoff."""
+        """Reconcile every ``poll_seconds`` (first at start) and settle by the policy, until
+        ``stop`` is set. Errors are logged and retried with backoff."""
         delay = poll_seconds
         while not stop.is_set():
             try:
                 if await self.due():
-                    await self.settle_once()
+                    await self.settle_once()  # reconciles first
+                else:
+                    await self.reconcile()
+                delay = poll_seconds
+            except TransactionPending as exc:
+                # Not a failure: a batch's transaction stays submitted and the next round
+                # follows it; an intent's registration is checked again when planning.
+                logger.info("transaction %s has no receipt yet; it may still be mined", exc.args[0])
                 delay = poll_seconds
             except Exception as exc:
                 logger.warning("settlement round failed (%r); retrying in %.1f s", exc, delay)
