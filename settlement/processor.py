@@ -152,8 +152,13 @@ class SettlementProcessor:
         return time.time() - min(r.accepted_at for r in accepted) >= self.policy.max_age_seconds
 
     async def settle_once(self) -> BatchResult | None:
-        """Plan, prove and settle one batch; ``None`` when nothing is ready to settle."""
+        """Plan, prove and settle one batch; ``None`` when nothing is ready to settle or a
+        batch's transaction is still in flight."""
         await self.reconcile()
+        if await self.store.open_batches():
+            # One settlement transaction in flight at a time: planning reads intents and
+            # escrow on chain, where the batch in flight has not taken effect yet.
+            return None
         accepted = await self.store.accepted_mandates()
         if not accepted:
             return None

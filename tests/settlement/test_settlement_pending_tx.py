@@ -96,9 +96,9 @@ def known(w3: Web3, tx_hash: str) -> bool:
 
 
 async def paid_and_pending(
-    w3: Web3, deployment: Deployment, store_path: str, prover: Prover, serve
+    w3: Web3, deployment: Deployment, store_path: str, prover: Prover, serve, *, calls: int = CALLS
 ) -> tuple[Escrow, BatchRecord]:
-    """Serve ``CALLS`` paid requests, then kill a processor right after it broadcast their
+    """Serve ``calls`` paid requests, then kill a processor right after it broadcast the first
     batch: returns the payer and the batch, ``submitted`` with its transaction in the mempool."""
     account = Account.create()
     w3.provider.make_request("anvil_setBalance", [account.address, hex(10**20)])
@@ -113,7 +113,7 @@ async def paid_and_pending(
     )
     server = serve(create_app(deployment, PAYEE, store_path, processor=PROCESSOR))
     async with httpx.AsyncClient(auth=AEP2Auth(intent, key, PayerState()), base_url=server.url) as client:
-        for k in range(CALLS):
+        for k in range(calls):
             assert (await client.get(f"/v1/forecast/c{k}")).status_code == 200
 
     async with processor(deployment, store_path, prover) as first:
@@ -135,6 +135,12 @@ async def paid_and_pending(
     assert batch.status == "submitted" and batch.raw_tx and batch.tx_nonce is not None
     assert payee_balance(payer) == 0
     return payer, batch
+
+
+async def found_pending(caplog: pytest.LogCaptureFixture, batch: BatchRecord, *, times: int) -> bool:
+    """Whether reconcile() has found ``batch``'s transaction pending at least ``times`` times."""
+    message = f"batch {batch.batch_id}: {batch.tx_hash} pending"
+    return sum(message in record.getMessage() for record in caplog.records) >= times
 
 
 def payee_balance(payer: Escrow) -> int:
@@ -161,11 +167,7 @@ async def test_pending_transaction_is_followed_until_mined(chain, prover, serve,
             async with running(second):
                 # No payment arrives, so no batch is due: run() reconciles anyway, and keeps
                 # the batch submitted round after round while its transaction is pending.
-                async def looked(times: int) -> bool:
-                    return sum(f"batch {batch.batch_id}: {batch.tx_hash} pending" in r.getMessage()
-                               for r in caplog.records) >= times
-
-                await eventually(lambda: looked(3))
+                await eventually(lambda: found_pending(caplog, batch, times=3))
                 assert (await second.store.get_batch(batch.batch_id)).status == "submitted"
                 assert {m.status for m in await second.store.mandates()} == {"batched"}
 
@@ -178,6 +180,29 @@ async def test_pending_transaction_is_followed_until_mined(chain, prover, serve,
         assert [(b.status, b.tx_hash) for b in await second.store.batches()] == [("settled", batch.tx_hash)]
         assert w3.eth.get_transaction_receipt(batch.tx_hash)["status"] == 1
         await assert_settled_once(second, payer)
+
+
+async def test_no_batch_is_cut_while_one_is_in_flight(chain, prover, serve, store_path, caplog):
+    w3, deployment = chain
+    payer, batch = await paid_and_pending(w3, deployment, store_path, prover, serve, calls=2 * CALLS)
+    async with processor(deployment, store_path, prover) as second:
+        with caplog.at_level(logging.DEBUG, logger="settlement"):
+            async with running(second):
+                # A full batch is due, but the chain does not show the one in flight yet.
+                await eventually(lambda: found_pending(caplog, batch, times=3))
+                assert [b.status for b in await second.store.batches()] == ["submitted"]
+                assert len(await second.store.accepted_mandates()) == CALLS
+
+                w3.provider.make_request("evm_setAutomine", [True])
+                w3.provider.make_request("evm_mine", [])
+
+                async def all_settled() -> bool:
+                    return {m.status for m in await second.store.mandates()} == {"settled"}
+
+                await eventually(all_settled)
+        assert [(b.status, len(b.payment_ids)) for b in await second.store.batches()] == [("settled", CALLS)] * 2
+        totals = await second.store.totals()
+        assert payee_balance(payer) == sum(totals["payees"].values()) == 2 * CALLS * PRICE
 
 
 async def test_dropped_transaction_is_broadcast_again(chain, prover, serve, store_path):
