@@ -30,7 +30,8 @@ from .store import BatchRecord, ExactPaymentRecord, MandateRecord, Reservation
 
 __all__ = ["SQLiteStore", "SCHEMA_VERSION"]
 
-SCHEMA_VERSION = 2  # 2: one-time nonces (no sealed watermark)
+# 2: one-time nonces (no sealed watermark); batches keep their signed transaction.
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -77,7 +78,9 @@ CREATE TABLE IF NOT EXISTS batches (
     time_ref INTEGER NOT NULL,
     tx_hash TEXT,
     reason TEXT,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    raw_tx BLOB,
+    tx_nonce INTEGER
 );
 CREATE TABLE IF NOT EXISTS exact_payments (
     nonce TEXT PRIMARY KEY,
@@ -365,7 +368,8 @@ class SQLiteStore:
     async def get_batch(self, batch_id: int) -> BatchRecord:
         """One batch with its payment ids."""
         cursor = await self.conn.execute(
-            "SELECT batch_id, status, time_ref, tx_hash, reason FROM batches WHERE batch_id = ?", (batch_id,)
+            "SELECT batch_id, status, time_ref, tx_hash, reason, raw_tx, tx_nonce FROM batches WHERE batch_id = ?",
+            (batch_id,),
         )
         row = await cursor.fetchone()
         if row is None:
@@ -374,7 +378,8 @@ class SQLiteStore:
             "SELECT payment_id FROM mandates WHERE batch_id = ? ORDER BY intent_id, nonce", (batch_id,)
         )
         payment_ids = tuple(r[0] for r in await ids.fetchall())
-        return BatchRecord(row[0], row[1], payment_ids, row[2], row[3], row[4])
+        raw_tx = bytes(row[5]) if row[5] is not None else None
+        return BatchRecord(row[0], row[1], payment_ids, row[2], row[3], row[4], raw_tx, row[6])
 
     async def batches(self) -> list[BatchRecord]:
         """Every batch, oldest first."""
@@ -387,9 +392,10 @@ class SQLiteStore:
         )
         return [_mandate_record(row) for row in await cursor.fetchall()]
 
-    async def mark_batch_submitted(self, batch_id: int, tx_hash: str) -> None:
+    async def mark_batch_submitted(self, batch_id: int, tx_hash: str, raw_tx: bytes, tx_nonce: int) -> None:
         await self.conn.execute(
-            "UPDATE batches SET status = 'submitted', tx_hash = ? WHERE batch_id = ?", (tx_hash, batch_id)
+            "UPDATE batches SET status = 'submitted', tx_hash = ?, raw_tx = ?, tx_nonce = ? WHERE batch_id = ?",
+            (tx_hash, raw_tx, tx_nonce, batch_id),
         )
 
     async def mark_batch_settled(self, batch_id: int, tx_hash: str, block: int) -> None:

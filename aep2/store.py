@@ -4,7 +4,8 @@ settlement processor (which batches and settles them).
 Mandate lifecycle: ``accepted`` (reserved by the gateway, request served) → ``batched``
 (sealed into a batch) → ``settled`` (the
 batch's transaction succeeded) or ``failed`` (diagnosed as unsettleable, with a reason).
-A batch is ``proving`` → ``submitted`` (transaction hash known) → ``settled`` / ``failed``.
+A batch is ``proving`` → ``submitted`` (signed transaction recorded, then broadcast) →
+``settled`` / ``failed``.
 
 Implementations: ``aep2.sqlite_store.SQLiteStore``. A server database can replace it by
 implementing ``PaymentStore``.
@@ -46,7 +47,12 @@ class MandateRecord:
 
 @dataclass(frozen=True)
 class BatchRecord:
-    """A settlement batch: its mandates' payment ids and, once submitted, the transaction."""
+    """A settlement batch: its mandates' payment ids and, once submitted, the transaction.
+
+    ``raw_tx`` (the signed bytes) and ``tx_nonce`` (the processor account's nonce it uses)
+    are recorded with ``tx_hash`` when the batch is submitted, so the transaction can be
+    broadcast again, or shown never to be mined, after a restart.
+    """
 
     batch_id: int
     status: str
@@ -54,6 +60,8 @@ class BatchRecord:
     time_ref: int
     tx_hash: str | None = None
     reason: str | None = None
+    raw_tx: bytes | None = None
+    tx_nonce: int | None = None
 
 
 @dataclass(frozen=True)
@@ -135,8 +143,8 @@ class PaymentStore(Protocol):
     async def batch_mandates(self, batch_id: int) -> list[MandateRecord]:
         """The mandates of a batch, ordered by intent then nonce."""
 
-    async def mark_batch_submitted(self, batch_id: int, tx_hash: str) -> None:
-        """Record the transaction hash before waiting for the receipt."""
+    async def mark_batch_submitted(self, batch_id: int, tx_hash: str, raw_tx: bytes, tx_nonce: int) -> None:
+        """Record the signed transaction (hash, raw bytes, account nonce) before it is broadcast."""
 
     async def mark_batch_settled(self, batch_id: int, tx_hash: str, block: int) -> None:
         """The batch's transaction succeeded: its mandates become ``settled``."""

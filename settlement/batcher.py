@@ -15,7 +15,7 @@ in any order; a slot of the circuit holds one (intent, 128-nonce window).
 
 The batch's time reference satisfies, for every intent and mandate in it,
 ``validAfter <= timeRef < validBefore``, ``timeRef <= deadline``, ``timeRef <= now`` and
-``timeRef >= now - settlement_window + margin``.
+``timeRef >= now - settlement_window + margin`` (margin at most half the window).
 """
 
 from __future__ import annotations
@@ -107,12 +107,12 @@ def plan_batch(
     """Choose up to ``n`` mandates in at most ``i`` (intent, window) slots paying at most ``p`` payees.
 
     ``now`` is the chain's time (unix seconds); ``margin`` seconds of ``settlement_window``
-    are kept for proving and inclusion. Raises ``KeyError`` if a pending mandate's intent has
+    (at most half of it) are kept for proving and inclusion. Raises ``KeyError`` if a pending mandate's intent has
     no entry in ``states`` (register intents before planning).
     """
     if n < 1 or i < 1 or p < 1:
         raise ValueError(f"batch shape must be positive, got n={n} i={i} p={p}")
-    oldest_time_ref = now - settlement_window + margin
+    oldest_time_ref = now - settlement_window + min(margin, settlement_window // 2)
     rejected: list[Rejection] = []
     groups: dict[tuple[bytes, int], list[PendingMandate]] = defaultdict(list)
     for mandate in pending:

@@ -5,6 +5,10 @@ custom error name, e.g. ``Settlement__InsufficientBalance``), is sent with expli
 (``eth_estimateGas`` under-prices the pairing precompile) and checks the receipt's status.
 Connection errors are retried with exponential backoff, so a restarted Anvil or a dropped
 RPC connection delays settlement instead of failing it.
+
+A transaction without a receipt is not a lost one: ``lookup`` tells one the node still
+holds (or forgot, and can take again) from one that can never be mined because another
+transaction used its account nonce.
 """
 
 from __future__ import annotations
@@ -12,17 +16,27 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Awaitable, Callable, TypeVar
 
 from eth_account import Account
 from eth_utils import keccak
 from web3 import AsyncHTTPProvider, AsyncWeb3
-from web3.exceptions import ContractCustomError, ContractLogicError, TimeExhausted
+from web3.exceptions import ContractCustomError, ContractLogicError, TimeExhausted, TransactionNotFound
 
 from aep2.deployment import contract_artifact
 from aep2.intent import SignedIntent
 
-__all__ = ["SettlementClient", "IntentRecord", "ChainRevert", "TransactionPending", "decode_revert"]
+__all__ = [
+    "SettlementClient",
+    "IntentRecord",
+    "SignedTx",
+    "TxStatus",
+    "TxLookup",
+    "ChainRevert",
+    "TransactionPending",
+    "decode_revert",
+]
 
 logger = logging.getLogger("settlement.chain")
 T = TypeVar("T")
@@ -41,6 +55,34 @@ class ChainRevert(Exception):
 
 class TransactionPending(Exception):
     """A broadcast transaction has no receipt yet: it may still be mined (hash in ``args[0]``)."""
+
+
+@dataclass(frozen=True)
+class SignedTx:
+    """A signed transaction: its ``hash`` (0x hex), the ``raw`` bytes to broadcast, and the
+    sending account's ``nonce`` it uses (of all transactions with that nonce, at most one
+    is ever mined)."""
+
+    hash: str
+    raw: bytes
+    nonce: int
+
+
+class TxStatus(StrEnum):
+    """Where a signed transaction stands on the node (``SettlementClient.lookup``)."""
+
+    MINED = "mined"  # it has a receipt: read its status
+    PENDING = "pending"  # the node holds it and its nonce is unused: it may still be mined
+    DROPPED = "dropped"  # the node does not know it and its nonce is unused: broadcast it again
+    REPLACED = "replaced"  # a mined transaction used its nonce: it can never be mined
+
+
+@dataclass(frozen=True)
+class TxLookup:
+    """``status`` of a transaction, with its ``receipt`` when ``MINED``."""
+
+    status: TxStatus
+    receipt: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -227,7 +269,7 @@ class SettlementClient:
         proof_words: tuple[int, ...],
         batch: tuple,
         *,
-        on_signed: Callable[[str], Awaitable[None]] | None = None,
+        on_signed: Callable[[SignedTx], Awaitable[None]] | None = None,
     ) -> dict[str, Any]:
         """Submit ``settleBatch(proof, batch)`` through ``transact`` (same errors); returns the receipt."""
         call = self.contract.functions.settleBatch(list(proof_words), batch)
@@ -237,25 +279,26 @@ class SettlementClient:
         """The contract's own public-input vector for ``batch`` (a cross-check)."""
         return list(await self._retry(lambda: self.contract.functions.publicInputs(batch).call()))
 
-    async def sign(self, call: Any, *, gas: int) -> tuple[str, bytes]:
-        """Sign ``call`` as the account's next transaction; returns ``(tx_hash, raw)``.
+    async def sign(self, call: Any, *, gas: int) -> SignedTx:
+        """Sign ``call`` as the account's next transaction (after those still pending).
 
-        Callers record the hash before broadcasting, so a crash in between leaves a
-        transaction the chain either has (found by hash) or never saw.
+        Callers record the result before broadcasting, so a crash in between leaves a
+        transaction the chain either has (found by hash) or never saw (broadcast it again).
         """
         nonce = await self._retry(lambda: self.w3.eth.get_transaction_count(self.account.address, "pending"))
         tx = await call.build_transaction(
             {"from": self.account.address, "nonce": nonce, "gas": gas, "chainId": await self.chain_id()}
         )
         signed = self.account.sign_transaction(tx)
-        return "0x" + bytes(signed.hash).hex(), bytes(signed.raw_transaction)
+        return SignedTx("0x" + bytes(signed.hash).hex(), bytes(signed.raw_transaction), nonce)
 
     async def broadcast(self, raw: bytes) -> None:
         """Send a signed transaction (retried while the RPC endpoint is unreachable)."""
         await self._retry(lambda: self.w3.eth.send_raw_transaction(raw))
 
     async def wait(self, tx_hash: str, *, timeout: float = 120) -> dict[str, Any] | None:
-        """The receipt of ``tx_hash``, or ``None`` if the chain does not know it (dropped)."""
+        """The receipt of ``tx_hash``, or ``None`` if none arrived within ``timeout`` seconds
+        (the transaction may still be mined: ``lookup`` says whether it can)."""
         try:
             return dict(
                 await self._retry(lambda: self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout))
@@ -263,16 +306,39 @@ class SettlementClient:
         except TimeExhausted:
             return None
 
+    async def lookup(self, tx: SignedTx) -> TxLookup:
+        """Where ``tx``, signed by this client's account, stands now (no waiting).
+
+        The account's mined nonce count is read before the receipt, so a transaction mined
+        between the two reads shows as ``MINED``, never as ``REPLACED``. As with receipts,
+        the latest block is taken as final.
+        """
+        mined_count = await self._retry(lambda: self.w3.eth.get_transaction_count(self.account.address, "latest"))
+        try:
+            receipt = dict(await self._retry(lambda: self.w3.eth.get_transaction_receipt(tx.hash)))
+        except TransactionNotFound:
+            receipt = None
+        if receipt is not None:
+            return TxLookup(TxStatus.MINED, receipt)
+        if mined_count > tx.nonce:
+            return TxLookup(TxStatus.REPLACED)
+        try:
+            await self._retry(lambda: self.w3.eth.get_transaction(tx.hash))
+        except TransactionNotFound:
+            return TxLookup(TxStatus.DROPPED)
+        return TxLookup(TxStatus.PENDING)
+
     async def transact(
-        self, call: Any, *, gas: int, on_signed: Callable[[str], Awaitable[None]] | None = None
+        self, call: Any, *, gas: int, on_signed: Callable[[SignedTx], Awaitable[None]] | None = None
     ) -> dict[str, Any]:
         """Simulate, sign, broadcast and wait for ``call``; returns the successful receipt.
 
         The simulation runs against the pending block (the transaction executes in a new
-        block stamped about now). ``on_signed(tx_hash)`` runs after signing and before
-        broadcasting, so a caller can record the hash first. Raises ``ChainRevert`` when
-        the simulation or the mined transaction reverts (nothing took effect), and
-        ``TransactionPending`` when no receipt arrived in time (the outcome is unknown).
+        block stamped about now). ``on_signed(tx)`` runs after signing and before
+        broadcasting, so a caller can record the transaction first. Raises ``ChainRevert``
+        when the simulation or the mined transaction reverts (nothing took effect), and
+        ``TransactionPending`` when no receipt arrived within 120 s (the outcome is
+        unknown: ``lookup`` follows it).
         """
         try:
             await self._retry(
@@ -281,13 +347,13 @@ class SettlementClient:
         except (ContractCustomError, ContractLogicError) as exc:
             raise decode_revert(exc) from exc
         async with self._lock:
-            tx_hash, raw = await self.sign(call, gas=gas)
+            tx = await self.sign(call, gas=gas)
             if on_signed is not None:
-                await on_signed(tx_hash)
-            await self.broadcast(raw)
-        receipt = await self.wait(tx_hash)
+                await on_signed(tx)
+            await self.broadcast(tx.raw)
+        receipt = await self.wait(tx.hash)
         if receipt is None:
-            raise TransactionPending(tx_hash)
+            raise TransactionPending(tx.hash)
         if receipt["status"] != 1:
-            raise ChainRevert("Reverted", tx_hash)
+            raise ChainRevert("Reverted", tx.hash)
         return receipt

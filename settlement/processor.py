@@ -1,6 +1,6 @@
 """The settlement processor: accepted mandates → batches → one Groth16 proof → one transaction.
 
-Each round (``settle_once``) runs four steps:
+Each round (``settle_once``) first reconciles, then runs four steps:
 
 1. ``load_intents``: read the on-chain state of every intent with accepted mandates
    (registering intents not yet on chain), the payer's escrow and consent, and the settled
@@ -9,14 +9,17 @@ Each round (``settle_once``) runs four steps:
    marked ``failed`` with a reason, the rest wait; the batch is sealed in the store;
 3. ``prove``: build the witness, prove, verify in Python and cross-check the public inputs
    with the contract's own;
-4. ``submit``: simulate, record the transaction hash, send, and mark the batch settled once
+4. ``submit``: simulate, record the signed transaction, send, and mark the batch settled once
    the receipt succeeds. If the simulation reverts, ``isolate`` dry-runs each intent slot
    alone: the slots the contract refuses for their own reason are failed with it, the rest
    go back to the queue, so one bad intent never stalls the others.
 
-Crash safety: the store records each step before the next starts, and the nonce bitmaps on
-chain are the truth. On restart ``reconcile()`` settles a batch whose transaction made it
-on chain and puts back (``retry``) one that did not, so nothing is lost or settled twice.
+Crash safety: the store records each step before the next starts (the signed transaction
+before it is broadcast), and the chain is the truth. ``reconcile()`` runs at the start of
+every round, due or not: a submitted batch stays submitted while its transaction may still
+be mined (broadcast again if the node forgot it) and ends only with its receipt, or with
+its account nonce used by another transaction; a batch never submitted is put back
+(``retry``). So nothing is lost or settled twice, and the store never contradicts the chain.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from aep2.sqlite_store import SQLiteStore
 from aep2.store import BatchRecord, MandateRecord
 
 from .batcher import IntentState, PendingMandate, plan_batch
-from .chain import ChainRevert, SettlementClient
+from .chain import ChainRevert, SettlementClient, SignedTx, TransactionPending, TxLookup, TxStatus
 from .encoding import nonce_window
 from .prover import Proof, Prover
 from .witness import BatchStatement, IntentSlot, build_statement
@@ -104,21 +107,53 @@ class SettlementProcessor:
     # -- crash recovery ------------------------------------------------------------------
 
     async def reconcile(self) -> None:
-        """Finish or undo every batch a previous run left ``proving`` or ``submitted``."""
+        """Bring every batch left ``proving`` or ``submitted`` in line with the chain.
+
+        A submitted batch is settled by its transaction's successful receipt; it is put back
+        in the queue (``retry``) when that transaction reverted or can never be mined (its
+        account nonce went to another transaction); otherwise it stays submitted, broadcast
+        again if the node forgot it. A batch never submitted is put back. Before a batch is
+        put back, the nonce bitmaps on chain are checked: if they show its mandates
+        settled (by a transaction not recorded here), it is marked settled instead.
+        """
         for batch in await self.store.open_batches():
-            records = await self.store.batch_mandates(batch.batch_id)
-            if batch.tx_hash:
-                receipt = await self.client.wait(batch.tx_hash, timeout=5)
-                if receipt is not None and receipt["status"] == 1:
-                    await self.store.mark_batch_settled(batch.batch_id, batch.tx_hash, int(receipt["blockNumber"]))
-                    logger.info("batch %d: found settled on chain (%s)", batch.batch_id, batch.tx_hash)
+            if batch.status == "submitted":
+                reason = await self._follow(batch)
+                if reason is None:
                     continue
-            if await self._settled_on_chain(records):
-                # Settled by a transaction we did not record: the chain's nonces say so.
-                await self.store.mark_batch_settled(batch.batch_id, batch.tx_hash or "", 0)
+            else:
+                reason = "interrupted before submission"
+            if await self._settled_on_chain(await self.store.batch_mandates(batch.batch_id)):
+                await self.store.mark_batch_settled(batch.batch_id, "", 0)
+                logger.info("batch %d: settled on chain by a transaction not recorded here", batch.batch_id)
                 continue
-            await self.store.fail_batch(batch.batch_id, "not on chain after restart", retry=True)
-            logger.info("batch %d: not on chain; its mandates return to the queue", batch.batch_id)
+            await self.store.fail_batch(batch.batch_id, reason, retry=True)
+            logger.info("batch %d: %s; its mandates return to the queue", batch.batch_id, reason)
+
+    async def _follow(self, batch: BatchRecord) -> str | None:
+        """Take a submitted batch one step along its transaction: ``None`` once it settled
+        or while it may still be mined, else why it never will be."""
+        # mark_batch_submitted records the three together.
+        tx = SignedTx(batch.tx_hash, batch.raw_tx, batch.tx_nonce)
+        found = await self.client.lookup(tx)
+        if found.status is TxStatus.DROPPED:
+            # The node forgot it (restarted, evicted it, or never got it) but nothing used its
+            # nonce: these signed bytes can still be mined (other nodes may hold them), so
+            # the batch is not over. Broadcast and follow it as a fresh submission.
+            logger.info("batch %d: node does not know %s; broadcasting it again", batch.batch_id, tx.hash)
+            await self.client.broadcast(tx.raw)
+            receipt = await self.client.wait(tx.hash)
+            found = TxLookup(TxStatus.MINED, receipt) if receipt is not None else TxLookup(TxStatus.PENDING)
+        if found.status is TxStatus.PENDING:
+            logger.debug("batch %d: %s pending", batch.batch_id, tx.hash)
+            return None
+        if found.status is TxStatus.REPLACED:
+            return f"{tx.hash} can never be mined: account nonce {tx.nonce} used by another transaction"
+        if found.receipt["status"] != 1:
+            return f"{tx.hash} reverted"
+        await self.store.mark_batch_settled(batch.batch_id, tx.hash, int(found.receipt["blockNumber"]))
+        logger.info("batch %d: settled on chain (%s)", batch.batch_id, tx.hash)
+        return None
 
     async def _settled_on_chain(self, records: list[MandateRecord]) -> bool:
         """Whether every mandate's nonce bit is set on chain (settled by some transaction)."""
@@ -146,12 +181,17 @@ class SettlementProcessor:
         return time.time() - min(r.accepted_at for r in accepted) >= self.policy.max_age_seconds
 
     async def settle_once(self) -> BatchResult | None:
-        """Plan, prove and settle one batch; ``None`` when nothing is ready to settle.
+        """Plan, prove and settle one batch; ``None`` when nothing is ready to settle or a
+        batch's transaction is still in flight.
 
         Raises ``ChainRevert`` when the batch would revert for a reason common to all its
         slots (its mandates return to the queue), and what the prover or the RPC raises.
         """
         await self.reconcile()
+        if await self.store.open_batches():
+            # One settlement transaction in flight at a time: planning reads intents and
+            # escrow on chain, where the batch in flight has not taken effect yet.
+            return None
         accepted = await self.store.accepted_mandates()
         if not accepted:
             return None
@@ -260,9 +300,10 @@ class SettlementProcessor:
         contract's reason and returns ``None`` (the others are re-planned next round).
         """
         try:
-            # The hash is recorded before the broadcast: after a crash, reconcile() looks it up.
+            # The signed transaction is recorded before the broadcast: after a crash,
+            # reconcile() follows it.
             receipt = await self.client.settle_batch(
-                proof.words, statement.batch, on_signed=functools.partial(self.store.mark_batch_submitted, batch_id)
+                proof.words, statement.batch, on_signed=functools.partial(self._record_submission, batch_id)
             )
         except ChainRevert as exc:
             if await self.isolate(batch_id, statement):
@@ -309,6 +350,9 @@ class SettlementProcessor:
         logger.warning("batch %d: %d mandates can never settle (%s); the rest return to the queue",
                        batch_id, len(blamed), ", ".join(sorted(set(blamed.values()))))
         return True
+
+    async def _record_submission(self, batch_id: int, tx: SignedTx) -> None:
+        await self.store.mark_batch_submitted(batch_id, tx.hash, tx.raw, tx.nonce)
 
     async def _undo_if_not_sent(self, batch_id: int) -> None:
         current = await self.store.get_batch(batch_id)
@@ -370,12 +414,20 @@ class SettlementProcessor:
             results.append(result)
 
     async def run(self, stop: asyncio.Event, *, poll_seconds: float = 1.0) -> None:
-        """Settle by the policy until ``stop`` is set. Errors are logged and retried with backoff."""
+        """Reconcile every ``poll_seconds`` (first at start) and settle by the policy, until
+        ``stop`` is set. Errors are logged and retried with backoff."""
         delay = poll_seconds
         while not stop.is_set():
             try:
                 if await self.due():
-                    await self.settle_once()
+                    await self.settle_once()  # reconciles first
+                else:
+                    await self.reconcile()
+                delay = poll_seconds
+            except TransactionPending as exc:
+                # Not a failure: a batch's transaction stays submitted and the next round
+                # follows it; an intent's registration is checked again when planning.
+                logger.info("transaction %s has no receipt yet; it may still be mined", exc.args[0])
                 delay = poll_seconds
             except Exception as exc:
                 logger.warning("settlement round failed (%r); retrying in %.1f s", exc, delay)
