@@ -7,20 +7,22 @@ import {Vm} from "../test/utils/Vm.sol";
 
 /// @title Deploy
 /// @notice Deploys MockUSDC and a Settlement bound to an already deployed Groth16 verifier.
-/// @dev Env: VERIFIER (address), INTENT_SLOTS, PAYEE_SLOTS, WITHDRAWAL_DELAY (seconds, default 86400).
+/// @dev The slot counts come from the verifier's batchShape(). forge deploys and links the PoseidonT5
+///      library Settlement uses.
+///      Env: VERIFIER (address), WITHDRAWAL_DELAY (seconds, default 86400), SETTLEMENT_WINDOW (seconds,
+///      default 3600; must not exceed WITHDRAWAL_DELAY).
 ///      `forge script contracts/script/Deploy.s.sol --rpc-url $RPC --private-key $KEY --broadcast`
 contract Deploy {
     Vm internal constant vm = Vm(address(uint160(uint256(keccak256("hevm cheat code")))));
 
     function run() external returns (MockUSDC token, Settlement settlement) {
         address verifier = vm.envAddress("VERIFIER");
-        uint256 intentSlots = vm.envUint("INTENT_SLOTS");
-        uint256 payeeSlots = vm.envUint("PAYEE_SLOTS");
         uint64 withdrawalDelay = uint64(vm.envOr("WITHDRAWAL_DELAY", uint256(1 days)));
+        uint64 settlementWindow = uint64(vm.envOr("SETTLEMENT_WINDOW", uint256(1 hours)));
 
         vm.startBroadcast();
         token = new MockUSDC();
-        settlement = new Settlement(verifier, intentSlots, payeeSlots, withdrawalDelay);
+        settlement = new Settlement(verifier, withdrawalDelay, settlementWindow);
         vm.stopBroadcast();
     }
 }

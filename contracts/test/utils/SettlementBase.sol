@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 pragma solidity ^0.8.26;
 
+import {PoseidonT5} from "poseidon-solidity/PoseidonT5.sol";
+
 import {MockUSDC} from "../../src/MockUSDC.sol";
 import {Settlement} from "../../src/Settlement.sol";
 import {ISettlement} from "../../src/interfaces/ISettlement.sol";
@@ -8,33 +10,48 @@ import {ExpectingVerifier} from "../mocks/ExpectingVerifier.sol";
 import {Test} from "./Test.sol";
 
 /// @title SettlementBase
-/// @notice Shared fixture: token, Settlement over an ExpectingVerifier, EIP-712 intent signing, and an
-///         independent implementation of PROTOCOL.md §5 to arm the verifier with.
+/// @notice Shared fixture: token, Settlement over an ExpectingVerifier, a processor, EIP-712 intent signing,
+///         and an independent implementation of the intent commitment (PROTOCOL.md §2) and of the batch
+///         public inputs (PROTOCOL.md §5) to arm the verifier with.
 abstract contract SettlementBase is Test {
     uint256 internal constant FIELD_MODULUS =
         21888242871839275222246405745257275088548364400416034343698204186575808495617;
     uint256 internal constant SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141;
     bytes32 internal constant INTENT_TYPEHASH = keccak256(
         "Intent(address payer,address asset,uint256 sessionKeyHash,uint256 maxAmount,uint256 maxPerPayment,"
-        "uint64 validAfter,uint64 validBefore,address[] payees,address processor,bytes32 salt)"
+        "uint64 validAfter,uint64 validBefore,uint256 payeesRoot,address processor,bytes32 salt)"
     );
     uint64 internal constant START = 1_700_000_000;
+    /// @dev Mandate slots N the test verifier reports (Settlement only range-checks it).
+    uint256 internal constant BATCH_SIZE = 16;
+    /// @dev Payee allowlist depth D of PROTOCOL.md §2.
+    uint256 internal constant TREE_DEPTH = 8;
 
     MockUSDC internal usdc;
     Settlement internal settlement;
     ExpectingVerifier internal verifier;
+    /// @dev The processor every fixture intent names.
+    address internal processor;
     uint256 internal slotsI;
     uint256 internal slotsP;
     uint64 internal delay;
+    uint64 internal window;
+    /// @dev Commitments computed here from the intents as signed, by intent id (filled by _register).
+    mapping(bytes32 intentId => uint256) internal commitmentOf;
 
-    function _deploy(uint256 intentSlots, uint256 payeeSlots, uint64 withdrawalDelay) internal {
+    /// @dev Deploys at START on the development chain (31337) over a development-setup verifier.
+    function _deploy(uint256 intentSlots, uint256 payeeSlots, uint64 withdrawalDelay, uint64 settlementWindow)
+        internal
+    {
         vm.warp(START);
         slotsI = intentSlots;
         slotsP = payeeSlots;
         delay = withdrawalDelay;
+        window = settlementWindow;
+        processor = makeAddr("processor");
         usdc = new MockUSDC();
-        verifier = new ExpectingVerifier(1 + 2 * intentSlots + payeeSlots);
-        settlement = new Settlement(address(verifier), intentSlots, payeeSlots, withdrawalDelay);
+        verifier = new ExpectingVerifier(BATCH_SIZE, intentSlots, payeeSlots, TREE_DEPTH, true);
+        settlement = new Settlement(address(verifier), withdrawalDelay, settlementWindow);
     }
 
     /*//////////////////////////////////////////////////////////////
@@ -53,6 +70,7 @@ abstract contract SettlementBase is Test {
                                  INTENTS
     //////////////////////////////////////////////////////////////*/
 
+    /// @dev An intent of `payer` under session key hash `keyHash`, naming the fixture processor, any payee.
     function _intent(address payer, uint256 keyHash) internal view returns (ISettlement.Intent memory intent) {
         intent = ISettlement.Intent({
             payer: payer,
@@ -62,8 +80,8 @@ abstract contract SettlementBase is Test {
             maxPerPayment: 10e6,
             validAfter: START - 1 days,
             validBefore: START + 30 days,
-            payees: new address[](0),
-            processor: address(0),
+            payeesRoot: 0,
+            processor: processor,
             salt: keccak256(abi.encode(keyHash))
         });
     }
@@ -89,7 +107,7 @@ abstract contract SettlementBase is Test {
                 intent.maxPerPayment,
                 intent.validAfter,
                 intent.validBefore,
-                keccak256(abi.encodePacked(intent.payees)),
+                intent.payeesRoot,
                 intent.processor,
                 intent.salt
             )
@@ -97,13 +115,22 @@ abstract contract SettlementBase is Test {
         return keccak256(abi.encodePacked("\x19\x01", domain, structHash));
     }
 
+    /// @dev PROTOCOL.md §2: Poseidon(intentId >> 8, sessionKeyHash, payeesRoot, min(maxPerPayment, 2^64 - 1)).
+    ///      PoseidonT5 is pinned to circomlibjs's Poseidon(4) by SettlementTest.test_PoseidonMatchesCircomlib.
+    function _commitment(bytes32 intentId, ISettlement.Intent memory intent) internal pure returns (uint256) {
+        uint256 cap = intent.maxPerPayment < 2 ** 64 ? intent.maxPerPayment : 2 ** 64 - 1;
+        return PoseidonT5.hash([uint256(intentId) / 2 ** 8, intent.sessionKeyHash, intent.payeesRoot, cap]);
+    }
+
     function _sign(uint256 key, ISettlement.Intent memory intent) internal view returns (bytes memory) {
         (uint8 v, bytes32 r, bytes32 s) = vm.sign(key, _digest(intent));
         return abi.encodePacked(r, s, v);
     }
 
-    function _register(uint256 key, ISettlement.Intent memory intent) internal returns (bytes32) {
-        return settlement.registerIntent(intent, _sign(key, intent));
+    /// @dev Registers `intent` signed with `key` and remembers its independently computed commitment.
+    function _register(uint256 key, ISettlement.Intent memory intent) internal returns (bytes32 intentId) {
+        intentId = settlement.registerIntent(intent, _sign(key, intent));
+        commitmentOf[intentId] = _commitment(_digest(intent), intent);
     }
 
     /*//////////////////////////////////////////////////////////////
@@ -123,26 +150,32 @@ abstract contract SettlementBase is Test {
         batch.payouts = new ISettlement.Payout[](payouts);
     }
 
-    /// @dev PROTOCOL.md §5, written out independently of Settlement._publicInputs.
+    /// @dev PROTOCOL.md §5, written out independently of Settlement._publicInputs: timeRef, I commitments,
+    ///      I words window + nonces·2^33 + total·2^161, P words payee + amount·2^160; unused slots 0.
     function _expectedPublicInputs(ISettlement.Batch memory batch) internal view returns (uint256[] memory pub) {
         pub = new uint256[](1 + 2 * slotsI + slotsP);
         pub[0] = batch.timeRef;
         for (uint256 s; s < batch.intents.length; ++s) {
             ISettlement.IntentSettlement memory it = batch.intents[s];
-            ISettlement.IntentRecord memory rec = settlement.getIntent(it.intentId);
-            uint256 cap = rec.maxPerPayment < type(uint64).max ? rec.maxPerPayment : type(uint64).max;
-            pub[1 + s] = rec.sessionKeyHash;
-            pub[1 + slotsI + s] = uint256(rec.nextNonce) + uint256(it.lastNonce) * 2 ** 40 + uint256(it.count) * 2 ** 80
-                + uint256(it.total) * 2 ** 96 + cap * 2 ** 184;
+            pub[1 + s] = commitmentOf[it.intentId];
+            pub[1 + slotsI + s] = uint256(it.window) + uint256(it.nonces) * 2 ** 33 + uint256(it.total) * 2 ** 161;
         }
         for (uint256 k; k < batch.payouts.length; ++k) {
-            pub[1 + 2 * slotsI + k] = uint256(uint160(batch.payouts[k].payee)) + uint256(batch.payouts[k].amount) * 2 ** 160;
+            pub[1 + 2 * slotsI + k] =
+                uint256(uint160(batch.payouts[k].payee)) + uint256(batch.payouts[k].amount) * 2 ** 160;
         }
     }
 
-    /// @dev Arms the verifier to accept exactly `proof` over the batch's public inputs as of now.
+    /// @dev Arms the verifier to accept exactly `proof` over the batch's public inputs.
     function _arm(uint256[8] memory proof, ISettlement.Batch memory batch) internal {
         if (batch.intents.length > slotsI || batch.payouts.length > slotsP) return; // cannot be proven
         verifier.expect(keccak256(abi.encodePacked(proof, _expectedPublicInputs(batch))));
+    }
+
+    /// @dev Number of set bits, one bit at a time (independent of Settlement's SWAR popcount).
+    function _popcount(uint256 bits) internal pure returns (uint256 count) {
+        for (; bits != 0; bits >>= 1) {
+            count += bits & 1;
+        }
     }
 }

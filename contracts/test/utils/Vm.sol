@@ -19,6 +19,8 @@ interface Vm {
     function envAddress(string calldata name) external view returns (address);
     function envUint(string calldata name) external view returns (uint256);
     function envOr(string calldata name, uint256 defaultValue) external view returns (uint256);
+    function setEnv(string calldata name, string calldata value) external;
+    function toString(address value) external pure returns (string memory);
 
     // Accounts and signing
     function addr(uint256 privateKey) external pure returns (address);
