@@ -88,7 +88,7 @@ def fund_payer(
     w3 = Web3(Web3.HTTPProvider(deployment.rpc_url))
     w3.provider.make_request("anvil_setBalance", [account.address, hex(10**20)])
     mint(deployment.rpc_url, deployment.token, account.address, escrow)
-    payer = Escrow(deployment, account.key)
+    payer = Escrow(deployment, account.key, processor=processor)
     payer.deposit(escrow)
     payer.authorize_processor(processor)
     key = create_session_key()

@@ -11,7 +11,9 @@
    last line is one JSON object (``calls_paid``, ``mandates_settled``, ``batches``,
    ``prove_seconds``, ``gas_per_mandate``, ``balances_match``, …).
 
-Options: ``--agents`` (4), ``--calls`` per agent (80), ``--n/--i/--p`` circuit shape (64/4/2).
+Options: ``--agents`` (4), ``--calls`` per agent (80), ``--in-flight`` requests per agent
+(8), ``--max-age`` of a batch in seconds (5), ``--n/--i/--p`` circuit shape (64/4/2). The
+soak run of the settlement guarantee: ``--agents 16 --in-flight 16 --max-age 1``.
 """
 
 from __future__ import annotations
@@ -55,10 +57,11 @@ def progress(label: str, done: int, total: int) -> None:
     print(f"\r    {label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end=end, file=sys.stderr, flush=True)
 
 
-async def run_agent(url: str, auth: AEP2Auth, calls: int, counter: list[int], total: int) -> int:
-    """One payer agent: ``calls`` paid requests across the three routes, 8 at a time."""
+async def run_agent(url: str, auth: AEP2Auth, calls: int, counter: list[int], total: int, in_flight: int) -> int:
+    """One payer agent: ``calls`` paid requests across the three routes, ``in_flight`` at a time
+    (so its nonces reach the gateway out of order)."""
     paid = 0
-    semaphore = asyncio.Semaphore(8)
+    semaphore = asyncio.Semaphore(in_flight)
     async with httpx.AsyncClient(auth=auth, base_url=url, timeout=30) as client:
 
         async def call(k: int) -> None:
@@ -121,7 +124,7 @@ async def main(args: argparse.Namespace) -> dict:
             key = "0x" + bytes(Account.create().key).hex()
             w3.provider.make_request("anvil_setBalance", [Account.from_key(key).address, hex(10**19)])
             mint(node.rpc_url, deployment.token, Account.from_key(key).address, DEPOSIT)
-            escrow = Escrow(deployment, key)
+            escrow = Escrow(deployment, key, processor=processor)
             escrow.deposit(DEPOSIT)
             escrow.authorize_processor(processor)
             payers.append(escrow)
@@ -146,7 +149,7 @@ async def main(args: argparse.Namespace) -> dict:
                 SettlementClient(node.rpc_url, deployment.settlement, processor_key),
                 Prover(artifacts),
                 deployment.token,
-                policy=BatchPolicy(max_size=artifacts.n, max_age_seconds=5),
+                policy=BatchPolicy(max_size=artifacts.n, max_age_seconds=args.max_age),
             )
             stop = asyncio.Event()
             settling = asyncio.create_task(settler.run(stop, poll_seconds=1.0))
@@ -163,7 +166,7 @@ async def main(args: argparse.Namespace) -> dict:
                 auths.append(AEP2Auth(intent, key, PayerState(str(workdir / f"payer-{escrow.address}.sqlite"))))
             counter = [0]
             total = args.agents * args.calls
-            paid = await asyncio.gather(*(run_agent(url, auth, args.calls, counter, total) for auth in auths))
+            paid = await asyncio.gather(*(run_agent(url, auth, args.calls, counter, total, args.in_flight) for auth in auths))
             calls_paid = sum(paid)
 
             step("the official x402 client pays a few calls with `exact` (EIP-3009)")
@@ -242,6 +245,8 @@ def cli() -> int:
     parser.add_argument("--agents", type=int, default=4)
     parser.add_argument("--calls", type=int, default=80, help="paid calls per agent")
     parser.add_argument("--exact-calls", type=int, default=3)
+    parser.add_argument("--in-flight", type=int, default=8, help="concurrent requests per agent")
+    parser.add_argument("--max-age", type=float, default=5.0, help="batch age that cuts a batch (s)")
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--i", type=int, default=4)
     parser.add_argument("--p", type=int, default=2)

@@ -27,10 +27,19 @@ class EscrowError(PayerError):
 
 
 class Escrow:
-    """Escrow operations of ``owner_key``'s account on ``deployment`` (its token and Settlement)."""
+    """Escrow operations of ``owner_key``'s account with ``processor`` on ``deployment`` (its
+    token and Settlement).
 
-    def __init__(self, deployment: Deployment, owner_key: str | bytes, *, rpc_url: str | None = None) -> None:
+    Escrow is held per processor (docs/PROTOCOL.md §5): deposits, the balance and withdrawals
+    here are those of the account only ``processor`` settles from, the processor the agent's
+    intents name. Fund another processor with another ``Escrow``.
+    """
+
+    def __init__(
+        self, deployment: Deployment, owner_key: str | bytes, *, processor: str, rpc_url: str | None = None
+    ) -> None:
         self.deployment = deployment
+        self.processor = Web3.to_checksum_address(processor)
         self.w3 = Web3(Web3.HTTPProvider(rpc_url or deployment.rpc_url, request_kwargs={"timeout": 60}))
         self.account = Account.from_key(owner_key)
         self.settlement = self.w3.eth.contract(address=deployment.settlement, abi=contract_artifact("Settlement")["abi"])
@@ -60,10 +69,10 @@ class Escrow:
         return dict(receipt)
 
     def deposit(self, amount: int) -> None:
-        """Approve (if needed) and deposit ``amount`` of the token into escrow."""
+        """Approve (if needed) and deposit ``amount`` of the token into the escrow with the processor."""
         if self.token.functions.allowance(self.address, self.settlement.address).call() < amount:
             self._send(self.token.functions.approve(self.settlement.address, 2**256 - 1))
-        self._send(self.settlement.functions.deposit(self.token.address, amount))
+        self._send(self.settlement.functions.deposit(self.token.address, self.processor, amount))
 
     def authorize_processor(self, processor: str, allowed: bool = True) -> None:
         """Let ``processor`` (not) settle this payer's intents against the escrow.
@@ -79,8 +88,8 @@ class Escrow:
         return int(self.settlement.functions.processorConsentUntil(self.address, processor).call())
 
     def balance(self) -> int:
-        """Escrowed balance in base units."""
-        return int(self.settlement.functions.balanceOf(self.address, self.token.address).call())
+        """Escrowed balance with the processor, in base units."""
+        return int(self.settlement.functions.balanceOf(self.address, self.token.address, self.processor).call())
 
     def token_balance(self) -> int:
         """Wallet balance of the token in base units."""
@@ -89,20 +98,22 @@ class Escrow:
     def request_withdrawal(self, amount: int) -> None:
         """Start a withdrawal of ``amount`` (base units, at most the balance); executable after
         the contract's delay. Gateways stop accepting payments against the requested amount."""
-        self._send(self.settlement.functions.requestWithdrawal(self.token.address, amount))
+        self._send(self.settlement.functions.requestWithdrawal(self.token.address, self.processor, amount))
 
     def pending_withdrawal(self) -> tuple[int, int]:
         """``(amount, ready_at)`` of the pending withdrawal (amount 0: none; ready_at unix s)."""
-        withdrawal = self.settlement.functions.pendingWithdrawal(self.address, self.token.address).call()
+        withdrawal = self.settlement.functions.pendingWithdrawal(
+            self.address, self.token.address, self.processor
+        ).call()
         return int(withdrawal[0]), int(withdrawal[1])
 
     def cancel_withdrawal(self) -> None:
         """Cancel the pending withdrawal (``EscrowError`` if there is none)."""
-        self._send(self.settlement.functions.cancelWithdrawal(self.token.address))
+        self._send(self.settlement.functions.cancelWithdrawal(self.token.address, self.processor))
 
     def execute_withdrawal(self) -> None:
         """Execute a pending withdrawal whose delay has passed."""
-        self._send(self.settlement.functions.executeWithdrawal(self.token.address))
+        self._send(self.settlement.functions.executeWithdrawal(self.token.address, self.processor))
 
     def register_intent(self, signed_intent: SignedIntent) -> bytes:
         """Register a signed intent on chain (anyone may; the processor does it when it first

@@ -221,8 +221,10 @@ class SettlementClient:
         return int(await self._retry(lambda: self.contract.functions.settlementWindow().call()))
 
     async def balance_of(self, payer: str, token: str) -> int:
-        """Payer's escrowed balance (base units)."""
-        return int(await self._retry(lambda: self.contract.functions.balanceOf(payer, token).call()))
+        """Payer's escrowed balance with this processor (base units): what its batches may debit."""
+        return int(
+            await self._retry(lambda: self.contract.functions.balanceOf(payer, token, self.account.address).call())
+        )
 
     async def consent_until(self, payer: str) -> int:
         """When ``payer``'s consent to this processor lapses (unix seconds; 0: never given,

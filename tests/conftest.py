@@ -64,10 +64,11 @@ def make_payer(anvil: Anvil, deployment: Deployment) -> Callable[..., Escrow]:
         account = Account.create()
         w3.provider.make_request("anvil_setBalance", [account.address, hex(10**20)])
         mint(anvil.rpc_url, deployment.token, account.address, escrow + wallet)
-        payer = Escrow(deployment, account.key)
+        consented = processor or Account.from_key(PROCESSOR_KEY).address
+        payer = Escrow(deployment, account.key, processor=consented)
         if escrow:
             payer.deposit(escrow)
-        payer.authorize_processor(processor or Account.from_key(PROCESSOR_KEY).address)
+        payer.authorize_processor(consented)
         return payer
 
     return factory

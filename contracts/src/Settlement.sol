@@ -72,8 +72,11 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
                                  STORAGE
     //////////////////////////////////////////////////////////////*/
 
-    mapping(address payer => mapping(address token => uint256)) private _balances;
-    mapping(address payer => mapping(address token => Withdrawal)) private _withdrawals;
+    /// @dev Escrow is held per processor: only the intent's processor debits it, and each processor's
+    ///      gateways reserve against their own account, so a payer cannot promise the same funds twice.
+    mapping(address payer => mapping(address token => mapping(address processor => uint256))) private _balances;
+    mapping(address payer => mapping(address token => mapping(address processor => Withdrawal))) private
+        _withdrawals;
     mapping(address payer => mapping(address processor => uint64 until)) private _consentUntil;
     mapping(bytes32 intentId => StoredIntent) private _intents;
     mapping(bytes32 intentId => IntentTerms) private _terms;
@@ -116,8 +119,18 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
         EIP712("AEP2 Settlement", "1")
     {
         if (verifier_.code.length == 0) revert Settlement__InvalidConfig();
-        (uint256 n, uint256 intentSlots_, uint256 payeeSlots_, uint256 depth, bool developmentSetup) =
-            IBatchVerifier(verifier_).batchShape();
+        uint256 n;
+        uint256 intentSlots_;
+        uint256 payeeSlots_;
+        uint256 depth;
+        bool developmentSetup;
+        try IBatchVerifier(verifier_).batchShape() returns (
+            uint256 n_, uint256 i_, uint256 p_, uint256 d_, bool dev_
+        ) {
+            (n, intentSlots_, payeeSlots_, depth, developmentSetup) = (n_, i_, p_, d_, dev_);
+        } catch {
+            revert Settlement__InvalidConfig();
+        }
         if (
             n == 0 || intentSlots_ == 0 || intentSlots_ > _MAX_SLOTS || payeeSlots_ == 0
                 || payeeSlots_ > _MAX_SLOTS || depth != PAYEE_TREE_DEPTH || settlementWindow_ == 0
@@ -149,68 +162,78 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
     //////////////////////////////////////////////////////////////*/
 
     /// @inheritdoc ISettlement
-    function deposit(address token, uint256 amount) external nonReentrant {
-        _deposit(msg.sender, token, amount);
+    function deposit(address token, address processor, uint256 amount) external nonReentrant {
+        _deposit(msg.sender, token, processor, amount);
     }
 
     /// @inheritdoc ISettlement
-    function depositFor(address payer, address token, uint256 amount) external nonReentrant {
+    function depositFor(address payer, address token, address processor, uint256 amount) external nonReentrant {
         if (payer == address(0)) revert Settlement__ZeroAddress();
-        _deposit(payer, token, amount);
+        _deposit(payer, token, processor, amount);
     }
 
     /// @inheritdoc ISettlement
     /// @dev A permit front-run by someone else has already set the allowance, so a failing permit is
     ///      ignored and the transfer decides.
-    function depositWithPermit(address token, uint256 amount, uint256 deadline, uint8 v, bytes32 r, bytes32 s)
-        external
-        nonReentrant
-    {
+    function depositWithPermit(
+        address token,
+        address processor,
+        uint256 amount,
+        uint256 deadline,
+        uint8 v,
+        bytes32 r,
+        bytes32 s
+    ) external nonReentrant {
         try IERC20Permit(token).permit(msg.sender, address(this), amount, deadline, v, r, s) {} catch {}
-        _deposit(msg.sender, token, amount);
+        _deposit(msg.sender, token, processor, amount);
     }
 
     /// @inheritdoc ISettlement
-    function balanceOf(address payer, address token) external view returns (uint256) {
-        return _balances[payer][token];
+    function balanceOf(address payer, address token, address processor) external view returns (uint256) {
+        return _balances[payer][token][processor];
     }
 
     /// @inheritdoc ISettlement
-    function requestWithdrawal(address token, uint256 amount) external {
+    function requestWithdrawal(address token, address processor, uint256 amount) external {
         if (amount == 0) revert Settlement__ZeroAmount();
-        if (amount > _balances[msg.sender][token]) revert Settlement__InsufficientBalance();
+        if (amount > _balances[msg.sender][token][processor]) revert Settlement__InsufficientBalance();
         uint64 readyAt = SafeCast.toUint64(block.timestamp + _WITHDRAWAL_DELAY);
-        _withdrawals[msg.sender][token] = Withdrawal({amount: SafeCast.toUint192(amount), readyAt: readyAt});
-        emit WithdrawalRequested(msg.sender, token, amount, readyAt);
+        _withdrawals[msg.sender][token][processor] =
+            Withdrawal({amount: SafeCast.toUint192(amount), readyAt: readyAt});
+        emit WithdrawalRequested(msg.sender, token, processor, amount, readyAt);
     }
 
     /// @inheritdoc ISettlement
     /// @dev Settlement may debit funds under a pending request until it executes, so only what is left
     ///      is paid.
-    function executeWithdrawal(address token) external nonReentrant returns (uint256 paid) {
-        Withdrawal memory w = _withdrawals[msg.sender][token];
+    function executeWithdrawal(address token, address processor) external nonReentrant returns (uint256 paid) {
+        Withdrawal memory w = _withdrawals[msg.sender][token][processor];
         if (w.amount == 0) revert Settlement__NoWithdrawalPending();
         if (block.timestamp < w.readyAt) revert Settlement__WithdrawalNotReady();
-        uint256 balance = _balances[msg.sender][token];
+        uint256 balance = _balances[msg.sender][token][processor];
         paid = w.amount < balance ? w.amount : balance;
-        delete _withdrawals[msg.sender][token];
+        delete _withdrawals[msg.sender][token][processor];
         unchecked {
-            _balances[msg.sender][token] = balance - paid;
+            _balances[msg.sender][token][processor] = balance - paid;
         }
-        emit WithdrawalExecuted(msg.sender, token, paid);
+        emit WithdrawalExecuted(msg.sender, token, processor, paid);
         if (paid != 0) IERC20(token).safeTransfer(msg.sender, paid);
     }
 
     /// @inheritdoc ISettlement
-    function cancelWithdrawal(address token) external {
-        if (_withdrawals[msg.sender][token].amount == 0) revert Settlement__NoWithdrawalPending();
-        delete _withdrawals[msg.sender][token];
-        emit WithdrawalCancelled(msg.sender, token);
+    function cancelWithdrawal(address token, address processor) external {
+        if (_withdrawals[msg.sender][token][processor].amount == 0) revert Settlement__NoWithdrawalPending();
+        delete _withdrawals[msg.sender][token][processor];
+        emit WithdrawalCancelled(msg.sender, token, processor);
     }
 
     /// @inheritdoc ISettlement
-    function pendingWithdrawal(address payer, address token) external view returns (Withdrawal memory) {
-        return _withdrawals[payer][token];
+    function pendingWithdrawal(address payer, address token, address processor)
+        external
+        view
+        returns (Withdrawal memory)
+    {
+        return _withdrawals[payer][token][processor];
     }
 
     /*//////////////////////////////////////////////////////////////
@@ -253,7 +276,7 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
         uint256 keyHash = intent.sessionKeyHash;
         if (keyHash == 0 || keyHash >= FIELD_MODULUS) revert Settlement__InvalidSessionKey();
         if (intent.payeesRoot >= FIELD_MODULUS) revert Settlement__InvalidPayeesRoot();
-        if (intent.validBefore <= intent.validAfter || intent.validAfter > type(uint32).max) {
+        if (intent.validBefore <= intent.validAfter || intent.validAfter >= type(uint32).max) {
             revert Settlement__InvalidValidityWindow();
         }
         if (intent.validBefore <= block.timestamp) revert Settlement__IntentExpired();
@@ -348,7 +371,7 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
         if (intents.length > _INTENT_SLOTS || payouts.length > _PAYEE_SLOTS) revert Settlement__BatchTooLarge();
         uint64 timeRef = batch.timeRef;
         if (timeRef > block.timestamp) revert Settlement__TimeRefInFuture();
-        if (timeRef + uint256(_SETTLEMENT_WINDOW) < block.timestamp) revert Settlement__TimeRefTooOld();
+        if (timeRef + uint256(_SETTLEMENT_WINDOW) <= block.timestamp) revert Settlement__TimeRefTooOld();
         address asset = batch.asset;
 
         (uint256[] memory commitments, uint256 total, uint256 mandates) = _debitAll(intents, asset, timeRef);
@@ -412,14 +435,15 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
                                 INTERNAL
     //////////////////////////////////////////////////////////////*/
 
-    function _deposit(address payer, address token, uint256 amount) private {
+    function _deposit(address payer, address token, address processor, uint256 amount) private {
         if (amount == 0) revert Settlement__ZeroAmount();
+        if (processor == address(0)) revert Settlement__ZeroAddress();
         IERC20 erc20 = IERC20(token);
         uint256 before = erc20.balanceOf(address(this));
         erc20.safeTransferFrom(msg.sender, address(this), amount);
         uint256 received = erc20.balanceOf(address(this)) - before;
-        _balances[payer][token] += received;
-        emit Deposited(payer, token, msg.sender, received);
+        _balances[payer][token][processor] += received;
+        emit Deposited(payer, token, processor, msg.sender, received);
     }
 
     /// @dev Runs _debit over the intent windows, strictly ascending by (intentId, window); returns their
@@ -483,7 +507,7 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
         if (s.total >= _TOTAL_LIMIT) revert Settlement__AmountOutOfRange();
         uint256 spent = uint256(record.spent) + s.total;
         if (spent > record.maxAmount) revert Settlement__IntentBudgetExceeded();
-        uint256 balance = _balances[record.payer][asset];
+        uint256 balance = _balances[record.payer][asset][msg.sender];
         if (balance < s.total) revert Settlement__InsufficientBalance();
 
         uint256 bits = uint256(s.nonces) << ((s.window & 1) * 128);
@@ -495,7 +519,7 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
         // forge-lint: disable-next-line(unsafe-typecast)
         _intents[s.intentId].spent = uint96(spent);
         unchecked {
-            _balances[record.payer][asset] = balance - s.total;
+            _balances[record.payer][asset][msg.sender] = balance - s.total;
         }
         emit IntentSettled(s.intentId, record.payer, s.window, s.nonces, s.total);
         return record.commitment;

@@ -40,9 +40,9 @@ async def test_deploy_then_run_once_settles(small_artifacts, serve, tmp_path):
         account = Account.create()
         Web3(Web3.HTTPProvider(node.rpc_url)).provider.make_request("anvil_setBalance", [account.address, hex(10**20)])
         mint(node.rpc_url, deployment.token, account.address, 50_000)
-        payer = Escrow(deployment, account.key)
-        payer.deposit(50_000)
         processor = Account.from_key(anvil_key(1)).address
+        payer = Escrow(deployment, account.key, processor=processor)
+        payer.deposit(50_000)
         payer.authorize_processor(processor)
         payee = Account.from_key(anvil_key(2)).address
         store = str(tmp_path / "payments.sqlite")

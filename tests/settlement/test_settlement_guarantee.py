@@ -60,7 +60,7 @@ def fund(node: Anvil, deployment: Deployment, escrow: int) -> Escrow:
     account = Account.create()
     Web3(Web3.HTTPProvider(node.rpc_url)).provider.make_request("anvil_setBalance", [account.address, hex(10**20)])
     mint(node.rpc_url, deployment.token, account.address, escrow)
-    payer = Escrow(deployment, account.key)
+    payer = Escrow(deployment, account.key, processor=PROCESSOR)
     payer.deposit(escrow)
     payer.authorize_processor(PROCESSOR)
     return payer
@@ -238,43 +238,66 @@ async def test_an_intent_naming_another_processor_is_refused_before_serving(chai
 # -- 5. a deterministic revert never stalls the other payers ----------------------------------
 
 
-async def test_a_slot_the_contract_refuses_is_isolated_and_the_rest_settles(chain, prover, serve, store_path):
-    """A hostile payer drains its escrow through a second processor of its own between our
-    planning and our submission: our batch would revert for that payer's slot only."""
+async def test_spending_through_another_processor_cannot_drain_what_was_served(chain, prover, serve, store_path):
+    """Escrow is per processor: a hostile payer served by our gateway cannot take the same
+    funds back through a second processor of its own before we settle."""
     node, deployment = chain
-    honest, hostile = fund(node, deployment, 100_000), fund(node, deployment, PRICE)
-    keys = create_session_key(), create_session_key()
-    ours = intent_for(deployment, honest, keys[0]), intent_for(deployment, hostile, keys[1])
+    hostile = fund(node, deployment, PRICE)
+    key = create_session_key()
+    signed = intent_for(deployment, hostile, key)
     server = serve(create_app(deployment, PAYEE, store_path, processor=PROCESSOR))
     async with httpx.AsyncClient(base_url=server.url) as client:
-        for signed, key in zip(ours, keys):
-            assert (await send(client, signed, key, 0)).status_code == 200
+        assert (await send(client, signed, key, 0)).status_code == 200
+
+    hostile.authorize_processor(hostile.address)
+    rival_key = create_session_key()
+    rival = intent_for(deployment, hostile, rival_key, processor=hostile.address)
+    drain = build_statement([IntentSlot(rival.intent, 0, (record(rival, rival_key, 0, OUTSIDER),))],
+                            time_ref=int(time.time()) - 5, asset=deployment.token,
+                            n=prover.artifacts.n, i=prover.artifacts.i, p=prover.artifacts.p)
+    rival_client = SettlementClient(deployment.rpc_url, deployment.settlement, hostile.account.key.hex())
+    try:
+        await rival_client.register_intent(rival)
+        with pytest.raises(ChainRevert, match="InsufficientBalance"):
+            await rival_client.settle_batch(prover.prove(drain.inputs).words, drain.batch)
+    finally:
+        await rival_client.aclose()
+
     async with processor(deployment, store_path, prover) as settler:
+        assert sum(r.mandates for r in await settler.settle_all()) == 1
+        await assert_store_matches_chain(settler, deployment, node)
+    assert balance_of(deployment, node, PAYEE) == PRICE
+
+
+async def test_a_slot_the_contract_refuses_is_isolated_and_the_rest_settles(chain, prover, serve, tmp_path):
+    """Outside the guarantee: a processor key shared by two gateways with separate stores. A
+    payer replays one mandate to both; one store settles it first, so the other's batch would
+    revert for that slot alone: only that slot fails, with the contract's reason."""
+    node, deployment = chain
+    honest, replayer = fund(node, deployment, 100_000), fund(node, deployment, 100_000)
+    keys = create_session_key(), create_session_key()
+    intents = intent_for(deployment, honest, keys[0]), intent_for(deployment, replayer, keys[1])
+    store_a, store_b = str(tmp_path / "a.sqlite"), str(tmp_path / "b.sqlite")
+    gateway_a = serve(create_app(deployment, PAYEE, store_a, processor=PROCESSOR))
+    gateway_b = serve(create_app(deployment, PAYEE, store_b, processor=PROCESSOR))
+    async with httpx.AsyncClient(base_url=gateway_a.url) as a, httpx.AsyncClient(base_url=gateway_b.url) as b:
+        assert (await send(a, intents[0], keys[0], 0)).status_code == 200
+        assert (await send(a, intents[1], keys[1], 0)).status_code == 200
+        assert (await send(b, intents[1], keys[1], 0)).status_code == 200
+    async with processor(deployment, store_a, prover) as settler:
         accepted = await settler.store.accepted_mandates()
         loaded, states = await settler.load_intents(accepted)
         batch, statement, _ = await settler.plan(accepted, loaded, states)
         proof = await settler.prove(batch.batch_id, statement)
-
-        hostile.authorize_processor(hostile.address)
-        rival_key = create_session_key()
-        rival = intent_for(deployment, hostile, rival_key, processor=hostile.address)
-        drain = build_statement([IntentSlot(rival.intent, 0, (record(rival, rival_key, 0, OUTSIDER),))],
-                                time_ref=await settler.client.latest_timestamp(), asset=deployment.token,
-                                n=prover.artifacts.n, i=prover.artifacts.i, p=prover.artifacts.p)
-        rival_client = SettlementClient(deployment.rpc_url, deployment.settlement, hostile.account.key.hex())
-        try:
-            await rival_client.register_intent(rival)
-            await rival_client.settle_batch(prover.prove(drain.inputs).words, drain.batch)
-        finally:
-            await rival_client.aclose()
-
+        async with processor(deployment, store_b, prover) as other:
+            assert sum(r.mandates for r in await other.settle_all()) == 1
         assert await settler.submit(batch.batch_id, statement, proof) is None
         statuses = {(m.payer, m.status, m.reason) for m in await settler.store.mandates()}
-        assert (hostile.address, "failed", "insufficient_escrow") in statuses
+        assert (replayer.address, "failed", "nonce_already_settled") in statuses
         # The honest payer's mandate goes back to the queue and settles in the next batch.
         assert sum(r.mandates for r in await settler.settle_all()) == 1
-        await assert_store_matches_chain(settler, deployment, node)
-    assert balance_of(deployment, node, PAYEE) == PRICE
+        assert {(m.payer, m.status) for m in await settler.store.mandates("settled")} == {(honest.address, "settled")}
+    assert balance_of(deployment, node, PAYEE) == 2 * PRICE
 
 
 # -- 6. the allowlist and 7. intent binding, against a cheating processor ---------------------
@@ -317,7 +340,7 @@ async def test_a_mandate_settles_only_against_the_intent_it_signed(chain, prover
         other_deployment = deploy(node.rpc_url, anvil_key(0), small_artifacts, withdrawal_delay=WINDOW,
                                   settlement_window=WINDOW)
         mint(node.rpc_url, other_deployment.token, payer.address, 100_000)
-        there = Escrow(other_deployment, payer.account.key)
+        there = Escrow(other_deployment, payer.account.key, processor=PROCESSOR)
         there.deposit(100_000)
         there.authorize_processor(PROCESSOR)
         # The same intent terms, signed by the same owner for the other deployment.

@@ -104,7 +104,7 @@ async def paid_and_pending(
     account = Account.create()
     w3.provider.make_request("anvil_setBalance", [account.address, hex(10**20)])
     mint(deployment.rpc_url, deployment.token, account.address, ESCROW)
-    payer = Escrow(deployment, account.key)
+    payer = Escrow(deployment, account.key, processor=PROCESSOR)
     payer.deposit(ESCROW)
     payer.authorize_processor(PROCESSOR)
     key = create_session_key()

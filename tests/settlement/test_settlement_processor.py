@@ -51,7 +51,7 @@ def fund(node: Anvil, deployment: Deployment, escrow: int) -> Escrow:
     account = Account.create()
     Web3(Web3.HTTPProvider(node.rpc_url)).provider.make_request("anvil_setBalance", [account.address, hex(10**20)])
     mint(node.rpc_url, deployment.token, account.address, escrow)
-    payer = Escrow(deployment, account.key)
+    payer = Escrow(deployment, account.key, processor=PROCESSOR)
     payer.deposit(escrow)
     payer.authorize_processor(PROCESSOR)
     return payer

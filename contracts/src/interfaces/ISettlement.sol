@@ -87,7 +87,7 @@ interface ISettlement {
 
     /// @notice A settlement batch, proven by one Groth16 proof (PROTOCOL.md §5).
     /// @param asset Token every intent of the batch pays in.
-    /// @param timeRef Time reference of the proof, within [block.timestamp - settlementWindow, block.timestamp].
+    /// @param timeRef Time reference of the proof: block.timestamp - settlementWindow < timeRef <= block.timestamp.
     /// @param intents Settled intent windows, strictly ascending by (intentId, window).
     /// @param payouts Payee transfers; their sum equals the sum of the intents' totals.
     struct Batch {
@@ -131,7 +131,7 @@ interface ISettlement {
     error Settlement__InvalidSessionKey();
     /// @dev An intent with this id is already registered.
     error Settlement__IntentExists();
-    /// @dev validBefore <= validAfter, or validAfter >= 2^32.
+    /// @dev validBefore <= validAfter, or validAfter >= 2^32 - 1.
     error Settlement__InvalidValidityWindow();
     /// @dev maxPerPayment is zero.
     error Settlement__ZeroMaxPerPayment();
@@ -147,7 +147,7 @@ interface ISettlement {
     error Settlement__BatchTooLarge();
     /// @dev The batch's time reference is later than the current block.
     error Settlement__TimeRefInFuture();
-    /// @dev The batch's time reference is more than settlementWindow seconds before the current block.
+    /// @dev The batch's time reference is settlementWindow seconds or more before the current block.
     error Settlement__TimeRefTooOld();
     /// @dev The batch's (intentId, window) pairs are not strictly ascending.
     error Settlement__UnsortedIntents();
@@ -188,27 +188,35 @@ interface ISettlement {
     /// @dev Emitted when escrow is credited.
     /// @param payer Account credited.
     /// @param token Token deposited.
+    /// @param processor Processor whose settlements may debit it.
     /// @param from Account the tokens came from.
     /// @param amount Amount credited (tokens actually received).
-    event Deposited(address indexed payer, address indexed token, address from, uint256 amount);
+    event Deposited(
+        address indexed payer, address indexed token, address indexed processor, address from, uint256 amount
+    );
 
     /// @dev Emitted when a payer requests a withdrawal.
     /// @param payer Requesting payer.
     /// @param token Token to withdraw.
+    /// @param processor Processor whose escrow account it leaves.
     /// @param amount Requested amount.
     /// @param readyAt Earliest execution time.
-    event WithdrawalRequested(address indexed payer, address indexed token, uint256 amount, uint64 readyAt);
+    event WithdrawalRequested(
+        address indexed payer, address indexed token, address indexed processor, uint256 amount, uint64 readyAt
+    );
 
     /// @dev Emitted when a withdrawal is executed.
     /// @param payer Payer paid out.
     /// @param token Token paid.
+    /// @param processor Processor whose escrow account it left.
     /// @param amount Amount paid: min(requested, balance at execution).
-    event WithdrawalExecuted(address indexed payer, address indexed token, uint256 amount);
+    event WithdrawalExecuted(address indexed payer, address indexed token, address indexed processor, uint256 amount);
 
     /// @dev Emitted when a payer cancels a pending withdrawal.
     /// @param payer Payer cancelling.
     /// @param token Token of the cancelled request.
-    event WithdrawalCancelled(address indexed payer, address indexed token);
+    /// @param processor Processor of the cancelled request.
+    event WithdrawalCancelled(address indexed payer, address indexed token, address indexed processor);
 
     /// @dev Emitted when a payer authorises or de-authorises a processor.
     /// @param payer Payer granting or revoking.
@@ -261,32 +269,44 @@ interface ISettlement {
                                  ESCROW
     //////////////////////////////////////////////////////////////*/
 
-    /// @notice Pulls `amount` of `token` from the caller and credits the caller's escrow.
-    function deposit(address token, uint256 amount) external;
+    /// @notice Pulls `amount` of `token` from the caller into the caller's escrow with `processor`.
+    /// @dev Escrow is per (payer, token, processor): only that processor's settlements debit it.
+    function deposit(address token, address processor, uint256 amount) external;
 
-    /// @notice Pulls `amount` of `token` from the caller and credits `payer`'s escrow.
-    function depositFor(address payer, address token, uint256 amount) external;
+    /// @notice Pulls `amount` of `token` from the caller into `payer`'s escrow with `processor`.
+    function depositFor(address payer, address token, address processor, uint256 amount) external;
 
-    /// @notice Approves via EIP-2612 permit, then deposits for the caller.
-    function depositWithPermit(address token, uint256 amount, uint256 deadline, uint8 v, bytes32 r, bytes32 s)
-        external;
+    /// @notice Approves via EIP-2612 permit, then deposits for the caller with `processor`.
+    function depositWithPermit(
+        address token,
+        address processor,
+        uint256 amount,
+        uint256 deadline,
+        uint8 v,
+        bytes32 r,
+        bytes32 s
+    ) external;
 
-    /// @notice Escrowed balance of `payer` in `token` (still debitable by settlement).
-    function balanceOf(address payer, address token) external view returns (uint256);
+    /// @notice Escrowed balance of `payer` in `token` with `processor` (still debitable by its settlements).
+    function balanceOf(address payer, address token, address processor) external view returns (uint256);
 
-    /// @notice Starts a withdrawal of `amount` (<= balance), executable after the withdrawal delay.
-    /// @dev Replaces any pending request for the same token and restarts its delay.
-    function requestWithdrawal(address token, uint256 amount) external;
+    /// @notice Starts a withdrawal of `amount` (<= balance) from the escrow with `processor`, executable
+    ///         after the withdrawal delay (>= settlementWindow).
+    /// @dev Replaces any pending request for the same token and processor and restarts its delay.
+    function requestWithdrawal(address token, address processor, uint256 amount) external;
 
     /// @notice Pays out min(requested, balance) of a matured request.
     /// @return paid Amount transferred to the caller.
-    function executeWithdrawal(address token) external returns (uint256 paid);
+    function executeWithdrawal(address token, address processor) external returns (uint256 paid);
 
-    /// @notice Cancels the caller's pending withdrawal of `token`.
-    function cancelWithdrawal(address token) external;
+    /// @notice Cancels the caller's pending withdrawal of `token` from the escrow with `processor`.
+    function cancelWithdrawal(address token, address processor) external;
 
-    /// @notice Pending withdrawal of `payer` in `token` (amount 0: none).
-    function pendingWithdrawal(address payer, address token) external view returns (Withdrawal memory);
+    /// @notice Pending withdrawal of `payer` in `token` with `processor` (amount 0: none).
+    function pendingWithdrawal(address payer, address token, address processor)
+        external
+        view
+        returns (Withdrawal memory);
 
     /*//////////////////////////////////////////////////////////////
                                PROCESSORS
