@@ -9,7 +9,8 @@ import {Vm} from "../test/utils/Vm.sol";
 /// @notice Deploys MockUSDC and a Settlement bound to an already deployed Groth16 verifier.
 /// @dev The slot counts come from the verifier's batchShape(). forge deploys and links the PoseidonT5
 ///      library Settlement uses.
-///      Env: VERIFIER (address), WITHDRAWAL_DELAY (seconds, default 86400), SETTLEMENT_WINDOW (seconds,
+///      Env: VERIFIER (address of a generated verifier with batchShape(); anything else reverts
+///      Settlement__InvalidConfig), WITHDRAWAL_DELAY (seconds, default 86400), SETTLEMENT_WINDOW (seconds,
 ///      default 3600; must not exceed WITHDRAWAL_DELAY).
 ///      `forge script contracts/script/Deploy.s.sol --rpc-url $RPC --private-key $KEY --broadcast`
 contract Deploy {

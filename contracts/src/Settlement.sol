@@ -80,7 +80,9 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
     mapping(address payer => mapping(address processor => uint64 until)) private _consentUntil;
     mapping(bytes32 intentId => StoredIntent) private _intents;
     mapping(bytes32 intentId => IntentTerms) private _terms;
-    /// @dev Two 128-nonce windows per word: window w is bits (w & 1) * 128 .. + 127 of word w >> 1.
+    /// @dev Two 128-nonce windows per word: window w is bits (w & 1) * 128 .. + 127 of word w >> 1. Word 0
+    ///      (nonces 0-255, where most intents live) is stored inverted and set to all ones at registration,
+    ///      so its first settlement rewrites a non-zero slot instead of paying for a new one (see _nonceWord).
     mapping(bytes32 intentId => mapping(uint256 word => uint256)) private _nonceWords;
 
     /// @dev What settleBatch reads of an intent, in four slots; it writes only slot 2 (spent).
@@ -308,6 +310,7 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
         });
         // forge-lint: disable-next-line(unsafe-typecast)
         _terms[intentId] = IntentTerms(keyHash, intent.payeesRoot, uint64(cap));
+        _nonceWords[intentId][0] = type(uint256).max; // word 0 inverted: no nonce settled
         emit IntentRegistered(intentId, intent.payer, intent.asset, keyHash);
     }
 
@@ -350,8 +353,9 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
 
     /// @inheritdoc ISettlement
     function settledNonces(bytes32 intentId, uint64 window) external view returns (uint128) {
+        if (_intents[intentId].payer == address(0)) return 0;
         // forge-lint: disable-next-line(unsafe-typecast)
-        return uint128(_nonceWords[intentId][window >> 1] >> ((window & 1) * 128));
+        return uint128(_nonceWord(_nonceWords[intentId], window >> 1) >> ((window & 1) * 128));
     }
 
     /// @notice EIP-712 domain separator (recomputed if the chain id changes).
@@ -512,9 +516,11 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
 
         uint256 bits = uint256(s.nonces) << ((s.window & 1) * 128);
         mapping(uint256 => uint256) storage words = _nonceWords[s.intentId];
-        uint256 word = words[s.window >> 1];
+        uint256 index = s.window >> 1;
+        uint256 word = _nonceWord(words, index);
         if (word & bits != 0) revert Settlement__NonceAlreadySettled();
-        words[s.window >> 1] = word | bits;
+        word |= bits;
+        words[index] = index == 0 ? ~word : word;
         // casting to uint96 is safe because spent <= record.maxAmount, a uint96
         // forge-lint: disable-next-line(unsafe-typecast)
         _intents[s.intentId].spent = uint96(spent);
@@ -558,6 +564,12 @@ contract Settlement is ISettlement, EIP712, ReentrancyGuardTransient {
         (bool ok, bytes memory ret) =
             _VERIFIER.staticcall{gas: gasleft()}(abi.encodePacked(_VERIFY_SELECTOR, proof, pub));
         if (!ok || ret.length != 32 || abi.decode(ret, (uint256)) != 1) revert Settlement__InvalidProof();
+    }
+
+    /// @dev The settled-nonce bitmap of word `index` (word 0 is stored inverted).
+    function _nonceWord(mapping(uint256 => uint256) storage words, uint256 index) private view returns (uint256) {
+        uint256 stored = words[index];
+        return index == 0 ? ~stored : stored;
     }
 
     /// @dev Number of set bits (SWAR popcount).

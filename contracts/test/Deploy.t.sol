@@ -3,6 +3,7 @@ pragma solidity ^0.8.26;
 
 import {MockUSDC} from "../src/MockUSDC.sol";
 import {Settlement} from "../src/Settlement.sol";
+import {ISettlement} from "../src/interfaces/ISettlement.sol";
 import {Deploy} from "../script/Deploy.s.sol";
 import {ExpectingVerifier} from "./mocks/ExpectingVerifier.sol";
 import {Test} from "./utils/Test.sol";
@@ -25,5 +26,27 @@ contract DeployScriptTest is Test {
         assertEq(settlement.withdrawalDelay(), 7200, "WITHDRAWAL_DELAY");
         assertEq(settlement.settlementWindow(), 600, "SETTLEMENT_WINDOW");
         assertEq(token.decimals(), 6, "MockUSDC");
+
+        // The deployed pair works together: escrow is credited per (payer, token, processor).
+        address payer = makeAddr("payer");
+        address processor = makeAddr("processor");
+        token.mint(payer, 5e6);
+        vm.startPrank(payer);
+        token.approve(address(settlement), 5e6);
+        settlement.deposit(address(token), processor, 5e6);
+        vm.stopPrank();
+        assertEq(settlement.balanceOf(payer, address(token), processor), 5e6, "escrow with the processor");
+        assertEq(settlement.balanceOf(payer, address(token), makeAddr("other")), 0, "not with another");
+    }
+
+    /// @dev VERIFIER must be a generated verifier: an address without batchShape() fails the deployment with
+    ///      InvalidConfig rather than leaving a Settlement behind.
+    function test_RevertIf_VerifierIsNotAVerifier() public {
+        vm.setEnv("VERIFIER", vm.toString(address(new MockUSDC())));
+        vm.setEnv("WITHDRAWAL_DELAY", "7200");
+        vm.setEnv("SETTLEMENT_WINDOW", "600");
+        Deploy script = new Deploy();
+        vm.expectRevert(ISettlement.Settlement__InvalidConfig.selector);
+        script.run();
     }
 }

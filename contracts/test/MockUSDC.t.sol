@@ -192,7 +192,8 @@ contract MockUSDCTest is Test {
 
     function test_CancelAuthorization() public {
         bytes32 nonce = keccak256("c1");
-        (uint8 v, bytes32 r, bytes32 s) = vm.sign(aliceKey, _digest(keccak256(abi.encode(CANCEL_TYPEHASH, alice, nonce))));
+        (uint8 v, bytes32 r, bytes32 s) =
+            vm.sign(aliceKey, _digest(keccak256(abi.encode(CANCEL_TYPEHASH, alice, nonce))));
         vm.expectEmit(true, true, false, false, address(usdc));
         emit AuthorizationCanceled(alice, nonce);
         usdc.cancelAuthorization(alice, nonce, v, r, s);
@@ -205,7 +206,8 @@ contract MockUSDCTest is Test {
 
     function test_CancelAuthorizationBytesSignature() public {
         bytes32 nonce = keccak256("c2");
-        (uint8 v, bytes32 r, bytes32 s) = vm.sign(aliceKey, _digest(keccak256(abi.encode(CANCEL_TYPEHASH, alice, nonce))));
+        (uint8 v, bytes32 r, bytes32 s) =
+            vm.sign(aliceKey, _digest(keccak256(abi.encode(CANCEL_TYPEHASH, alice, nonce))));
         usdc.cancelAuthorization(alice, nonce, abi.encodePacked(r, s, v));
         assertTrue(usdc.authorizationState(alice, nonce), "nonce burnt");
     }

@@ -58,12 +58,23 @@ abstract contract SettlementBase is Test {
                                  ESCROW
     //////////////////////////////////////////////////////////////*/
 
+    /// @dev Mints `amount` to `payer` and deposits it into the payer's escrow with the fixture processor.
     function _fund(address payer, uint256 amount) internal {
+        _fundWith(payer, processor, amount);
+    }
+
+    /// @dev Mints `amount` to `payer` and deposits it into the payer's escrow with `proc`.
+    function _fundWith(address payer, address proc, uint256 amount) internal {
         usdc.mint(payer, amount);
         vm.startPrank(payer);
         usdc.approve(address(settlement), amount);
-        settlement.deposit(address(usdc), amount);
+        settlement.deposit(address(usdc), proc, amount);
         vm.stopPrank();
+    }
+
+    /// @dev `payer`'s escrow with the fixture processor.
+    function _escrow(address payer) internal view returns (uint256) {
+        return settlement.balanceOf(payer, address(usdc), processor);
     }
 
     /*//////////////////////////////////////////////////////////////
