@@ -8,7 +8,6 @@ attacks by a processor, that no proof exists for the cheating statement).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 
@@ -31,16 +30,14 @@ from settlement.chain import ChainRevert, SettlementClient
 from settlement.deploy import deploy
 from settlement.devchain import Anvil, anvil_key, mint
 from settlement.processor import SettlementProcessor
-from settlement.prover import Prover, WitnessError
+from settlement.prover import WitnessError
 from settlement.witness import IntentSlot, build_statement
+
+from settlement_fixtures import PAYEE, PRICE, PROCESSOR, PROCESSOR_KEY, fund, processor
 
 pytestmark = [pytest.mark.chain, pytest.mark.circuit]
 
-PROCESSOR_KEY = anvil_key(1)
-PROCESSOR = Account.from_key(PROCESSOR_KEY).address
-PAYEE = Account.from_key(anvil_key(2)).address
 OUTSIDER = Account.from_key(anvil_key(5)).address
-PRICE = 1_000  # /v1/forecast/{city}
 WINDOW = 600  # settlement window of these deployments (s)
 
 
@@ -49,21 +46,6 @@ def chain(small_artifacts):
     with Anvil() as node:
         yield node, deploy(node.rpc_url, anvil_key(0), small_artifacts, withdrawal_delay=WINDOW,
                            settlement_window=WINDOW)
-
-
-@pytest.fixture(scope="module")
-def prover(small_artifacts) -> Prover:
-    return Prover(small_artifacts)
-
-
-def fund(node: Anvil, deployment: Deployment, escrow: int) -> Escrow:
-    account = Account.create()
-    Web3(Web3.HTTPProvider(node.rpc_url)).provider.make_request("anvil_setBalance", [account.address, hex(10**20)])
-    mint(node.rpc_url, deployment.token, account.address, escrow)
-    payer = Escrow(deployment, account.key, processor=PROCESSOR)
-    payer.deposit(escrow)
-    payer.authorize_processor(PROCESSOR)
-    return payer
 
 
 def intent_for(deployment: Deployment, payer: Escrow, key: SessionKey, **options) -> SignedIntent:
@@ -85,18 +67,6 @@ async def send(client: httpx.AsyncClient, signed: SignedIntent, key: SessionKey,
     envelope = {"x402Version": 2, "accepted": requirement, "resource": required.get("resource"),
                 "payload": build_payload(mandate, mandate.sign(key), signed)}
     return await client.get(path, headers={PAYMENT_SIGNATURE_HEADER: encode_header(envelope)})
-
-
-@contextlib.asynccontextmanager
-async def processor(deployment: Deployment, store_path: str, prover: Prover):
-    store = SQLiteStore(store_path)
-    await store.open()
-    client = SettlementClient(deployment.rpc_url, deployment.settlement, PROCESSOR_KEY, backoff=0.2)
-    try:
-        yield SettlementProcessor(store, client, prover, deployment.token)
-    finally:
-        await client.aclose()
-        await store.close()
 
 
 def balance_of(deployment: Deployment, node: Anvil, owner: str) -> int:
@@ -123,7 +93,7 @@ def warp(node: Anvil, seconds: int) -> None:
 
 async def test_a_lower_nonce_accepted_after_a_higher_one_was_sealed_still_settles(chain, prover, serve, store_path):
     node, deployment = chain
-    payer = fund(node, deployment, 100_000)
+    payer = fund(deployment, 100_000)
     key = create_session_key()
     signed = intent_for(deployment, payer, key)
     server = serve(create_app(deployment, PAYEE, store_path, processor=PROCESSOR))
@@ -152,7 +122,7 @@ async def test_revoking_after_being_served_does_not_void_the_served_mandates(
     chain, prover, serve, store_path, withdrawal
 ):
     node, deployment = chain
-    payer = fund(node, deployment, 100_000)
+    payer = fund(deployment, 100_000)
     key = create_session_key()
     signed = intent_for(deployment, payer, key)
     server = serve(create_app(deployment, PAYEE, store_path, processor=PROCESSOR))
@@ -183,7 +153,7 @@ async def test_revoking_after_being_served_does_not_void_the_served_mandates(
 
 async def test_a_squatted_session_key_cannot_block_the_real_intent(chain, prover, serve, store_path):
     node, deployment = chain
-    payer, attacker = fund(node, deployment, 100_000), fund(node, deployment, 10)
+    payer, attacker = fund(deployment, 100_000), fund(deployment, 10)
     key = create_session_key()
     signed = intent_for(deployment, payer, key)
     # The attacker saw the session key in an x402 payload and binds it to a throw-away intent.
@@ -204,7 +174,7 @@ async def test_a_squatted_session_key_cannot_block_the_real_intent(chain, prover
 
 async def test_settling_the_largest_nonce_first_burns_no_other_mandate(chain, prover, serve, store_path):
     node, deployment = chain
-    payer = fund(node, deployment, 100_000)
+    payer = fund(deployment, 100_000)
     key = create_session_key()
     signed = intent_for(deployment, payer, key)
     server = serve(create_app(deployment, PAYEE, store_path, processor=PROCESSOR))
@@ -223,7 +193,7 @@ async def test_settling_the_largest_nonce_first_burns_no_other_mandate(chain, pr
 
 async def test_an_intent_naming_another_processor_is_refused_before_serving(chain, serve, store_path):
     node, deployment = chain
-    payer = fund(node, deployment, 100_000)
+    payer = fund(deployment, 100_000)
     key = create_session_key()
     rival = intent_for(deployment, payer, key, processor=payer.account.address)
     server = serve(create_app(deployment, PAYEE, store_path, processor=PROCESSOR))
@@ -242,7 +212,7 @@ async def test_spending_through_another_processor_cannot_drain_what_was_served(c
     """Escrow is per processor: a hostile payer served by our gateway cannot take the same
     funds back through a second processor of its own before we settle."""
     node, deployment = chain
-    hostile = fund(node, deployment, PRICE)
+    hostile = fund(deployment, PRICE)
     key = create_session_key()
     signed = intent_for(deployment, hostile, key)
     server = serve(create_app(deployment, PAYEE, store_path, processor=PROCESSOR))
@@ -274,7 +244,7 @@ async def test_a_slot_the_contract_refuses_is_isolated_and_the_rest_settles(chai
     payer replays one mandate to both; one store settles it first, so the other's batch would
     revert for that slot alone: only that slot fails, with the contract's reason."""
     node, deployment = chain
-    honest, replayer = fund(node, deployment, 100_000), fund(node, deployment, 100_000)
+    honest, replayer = fund(deployment, 100_000), fund(deployment, 100_000)
     keys = create_session_key(), create_session_key()
     intents = intent_for(deployment, honest, keys[0]), intent_for(deployment, replayer, keys[1])
     store_a, store_b = str(tmp_path / "a.sqlite"), str(tmp_path / "b.sqlite")
@@ -313,7 +283,7 @@ def test_no_proof_pays_an_address_outside_the_owners_allowlist(chain, prover):
     """A compromised session key signs a mandate to an outsider; a colluding processor
     cannot prove a batch paying it (the gateway refuses it as payee_not_allowed before)."""
     node, deployment = chain
-    payer = fund(node, deployment, 100_000)
+    payer = fund(deployment, 100_000)
     key = create_session_key()
     signed = intent_for(deployment, payer, key, payees=[PAYEE])
     n, i, p = prover.artifacts.n, prover.artifacts.i, prover.artifacts.p
@@ -330,7 +300,7 @@ def test_no_proof_pays_an_address_outside_the_owners_allowlist(chain, prover):
 @pytest.mark.parametrize("target", ["same_key_other_intent", "other_deployment"])
 async def test_a_mandate_settles_only_against_the_intent_it_signed(chain, prover, small_artifacts, target):
     node, deployment = chain
-    payer = fund(node, deployment, 100_000)
+    payer = fund(deployment, 100_000)
     key = create_session_key()
     signed = intent_for(deployment, payer, key)
     if target == "same_key_other_intent":

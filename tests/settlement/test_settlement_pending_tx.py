@@ -23,22 +23,18 @@ from web3 import Web3
 from web3.exceptions import TransactionNotFound
 
 from aep2.deployment import Deployment
-from aep2.sqlite_store import SQLiteStore
 from aep2.store import BatchRecord
 from examples.payee_service import create_app
 from payer import AEP2Auth, Escrow, PayerState, create_intent, create_session_key
-from settlement.chain import SettlementClient
 from settlement.deploy import deploy
-from settlement.devchain import Anvil, anvil_key, mint
+from settlement.devchain import Anvil, anvil_key
 from settlement.processor import SettlementProcessor
 from settlement.prover import Prover
 
+from settlement_fixtures import PAYEE, PRICE, PROCESSOR, PROCESSOR_KEY, fund, processor
+
 pytestmark = [pytest.mark.chain, pytest.mark.circuit]
 
-PROCESSOR_KEY = anvil_key(1)
-PROCESSOR = Account.from_key(PROCESSOR_KEY).address
-PAYEE = Account.from_key(anvil_key(2)).address
-PRICE = 1_000  # /v1/forecast/{city}
 WINDOW = 60  # settlement window and withdrawal delay of these deployments (s)
 CALLS = 4  # the small circuit's N: one full batch, due at once
 ESCROW = 100_000
@@ -49,23 +45,6 @@ def chain(small_artifacts):
     with Anvil() as node:
         deployment = deploy(node.rpc_url, anvil_key(0), small_artifacts, withdrawal_delay=WINDOW, settlement_window=WINDOW)
         yield Web3(Web3.HTTPProvider(node.rpc_url)), deployment
-
-
-@pytest.fixture(scope="module")
-def prover(small_artifacts) -> Prover:
-    return Prover(small_artifacts)
-
-
-@contextlib.asynccontextmanager
-async def processor(deployment: Deployment, store_path: str, prover: Prover):
-    store = SQLiteStore(store_path)
-    await store.open()
-    client = SettlementClient(deployment.rpc_url, deployment.settlement, PROCESSOR_KEY, backoff=0.2)
-    try:
-        yield SettlementProcessor(store, client, prover, deployment.token)
-    finally:
-        await client.aclose()
-        await store.close()
 
 
 @contextlib.asynccontextmanager
@@ -101,15 +80,10 @@ async def paid_and_pending(
 ) -> tuple[Escrow, BatchRecord]:
     """Serve ``calls`` paid requests, then kill a processor right after it broadcast the first
     batch: returns the payer and the batch, ``submitted`` with its transaction in the mempool."""
-    account = Account.create()
-    w3.provider.make_request("anvil_setBalance", [account.address, hex(10**20)])
-    mint(deployment.rpc_url, deployment.token, account.address, ESCROW)
-    payer = Escrow(deployment, account.key, processor=PROCESSOR)
-    payer.deposit(ESCROW)
-    payer.authorize_processor(PROCESSOR)
+    payer = fund(deployment, ESCROW)
     key = create_session_key()
     intent = create_intent(
-        account.key, session_key=key, asset=deployment.token, max_amount=10**6, max_per_payment=10**4,
+        payer.account.key, session_key=key, asset=deployment.token, max_amount=10**6, max_per_payment=10**4,
         valid_for_seconds=3600, chain_id=deployment.chain_id, settlement=deployment.settlement, processor=PROCESSOR,
     )
     server = serve(create_app(deployment, PAYEE, store_path, processor=PROCESSOR))

@@ -13,25 +13,18 @@ import time
 
 import httpx
 import pytest
-from eth_account import Account
 from web3 import Web3
 
 from aep2.deployment import Deployment
-from aep2.sqlite_store import SQLiteStore
 from examples.payee_service import create_app
 from payer import AEP2Auth, Escrow, PayerState, create_intent, create_session_key
-from settlement.chain import SettlementClient
 from settlement.deploy import deploy
-from settlement.devchain import Anvil, anvil_key, mint
-from settlement.processor import SettlementProcessor
-from settlement.prover import Prover
+from settlement.devchain import Anvil, anvil_key
+
+from settlement_fixtures import PAYEE, PRICE, PROCESSOR, fund, processor
 
 pytestmark = [pytest.mark.chain, pytest.mark.circuit]
 
-PROCESSOR_KEY = anvil_key(1)
-PROCESSOR = Account.from_key(PROCESSOR_KEY).address
-PAYEE = Account.from_key(anvil_key(2)).address
-PRICE = 1_000  # /v1/forecast/{city}
 WINDOW = 60  # settlement window and withdrawal delay of these deployments (s)
 
 
@@ -40,21 +33,6 @@ def chain(small_artifacts, tmp_path):
     with Anvil() as node:
         deployment = deploy(node.rpc_url, anvil_key(0), small_artifacts, withdrawal_delay=WINDOW, settlement_window=WINDOW)
         yield node, deployment
-
-
-@pytest.fixture(scope="module")
-def prover(small_artifacts) -> Prover:
-    return Prover(small_artifacts)
-
-
-def fund(node: Anvil, deployment: Deployment, escrow: int) -> Escrow:
-    account = Account.create()
-    Web3(Web3.HTTPProvider(node.rpc_url)).provider.make_request("anvil_setBalance", [account.address, hex(10**20)])
-    mint(node.rpc_url, deployment.token, account.address, escrow)
-    payer = Escrow(deployment, account.key, processor=PROCESSOR)
-    payer.deposit(escrow)
-    payer.authorize_processor(PROCESSOR)
-    return payer
 
 
 async def pay(url: str, deployment: Deployment, payer: Escrow, calls: int) -> AEP2Auth:
@@ -70,18 +48,6 @@ async def pay(url: str, deployment: Deployment, payer: Escrow, calls: int) -> AE
     return auth
 
 
-@contextlib.asynccontextmanager
-async def processor(deployment: Deployment, store_path: str, prover: Prover, rpc_url: str | None = None):
-    store = SQLiteStore(store_path)
-    await store.open()
-    client = SettlementClient(rpc_url or deployment.rpc_url, deployment.settlement, PROCESSOR_KEY, backoff=0.2)
-    try:
-        yield SettlementProcessor(store, client, prover, deployment.token)
-    finally:
-        await client.aclose()
-        await store.close()
-
-
 def payee_balance(payer: Escrow) -> int:
     return payer.token.functions.balanceOf(PAYEE).call()
 
@@ -92,7 +58,7 @@ class Killed(BaseException):
 
 async def test_restart_after_crash_before_proving_settles_everything_once(chain, prover, serve, store_path):
     node, deployment = chain
-    payer = fund(node, deployment, 100_000)
+    payer = fund(deployment, 100_000)
     server = serve(create_app(deployment, PAYEE, store_path, processor=PROCESSOR))
     await pay(server.url, deployment, payer, 3)
     async with processor(deployment, store_path, prover) as first:
@@ -110,7 +76,7 @@ async def test_restart_after_crash_before_proving_settles_everything_once(chain,
 @pytest.mark.parametrize("crash_point", ["before_broadcast", "after_broadcast", "before_recording_receipt"])
 async def test_restart_after_crash_around_submission_settles_exactly_once(chain, prover, serve, store_path, crash_point):
     node, deployment = chain
-    payer = fund(node, deployment, 100_000)
+    payer = fund(deployment, 100_000)
     server = serve(create_app(deployment, PAYEE, store_path, processor=PROCESSOR))
     await pay(server.url, deployment, payer, 4)
     async with processor(deployment, store_path, prover) as first:
@@ -148,7 +114,7 @@ async def test_restart_after_crash_around_submission_settles_exactly_once(chain,
 
 async def test_batch_that_would_revert_fails_only_the_offending_mandates(chain, prover, serve, store_path):
     node, deployment = chain
-    honest, drained = fund(node, deployment, 100_000), fund(node, deployment, 100_000)
+    honest, drained = fund(deployment, 100_000), fund(deployment, 100_000)
     server = serve(create_app(deployment, PAYEE, store_path, processor=PROCESSOR))
     await pay(server.url, deployment, honest, 2)
     await pay(server.url, deployment, drained, 2)
@@ -204,7 +170,7 @@ class Proxy:
 
 async def test_dropped_rpc_connection_is_retried(chain, prover, serve, store_path):
     node, deployment = chain
-    payer = fund(node, deployment, 100_000)
+    payer = fund(deployment, 100_000)
     server = serve(create_app(deployment, PAYEE, store_path, processor=PROCESSOR))
     await pay(server.url, deployment, payer, 2)
     proxy = Proxy(node.port)
