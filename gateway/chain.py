@@ -4,9 +4,12 @@ reads off the request path.
 A served payment must be a paid payment, so before serving the gateway checks everything on
 chain that could stop the processor from settling the mandate (docs/PROTOCOL.md §2, §3):
 
-- the payer's **escrow state** for the asset and our processor: the escrowed balance, the
-  pending withdrawal (reserved against as if already gone) and ``processorConsentUntil``
-  (only consent that was never withdrawn counts);
+- the payer's **escrow state** for the asset and our processor: the balance of the payer's
+  escrow account *with our processor* (escrow is held per (payer, token, processor) and only
+  the intent's processor debits its account, so funds the payer spends through another
+  processor are never counted here), that account's pending withdrawal (reserved against as
+  if already gone) and ``processorConsentUntil`` (only consent that was never withdrawn
+  counts);
 - the **intent state**: whether it is registered and when it was revoked;
 - the **settled nonces**: the contract's bitmap per (intent, window of 128 nonces);
 - for ``exact``, an owner's token balance.
@@ -57,10 +60,13 @@ def nonce_window(nonce: int) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class EscrowState:
-    """A payer's escrow in one asset and its consent to one processor, read at ``block``.
+    """A payer's escrow account with one processor in one asset, and its consent to that
+    processor, read at ``block``.
 
-    ``balance``: ``balanceOf(payer, asset)``; ``pending_withdrawal``: the amount of
-    ``pendingWithdrawal(payer, asset)`` (0: none), both base units. ``consent_until``:
+    ``balance``: ``balanceOf(payer, asset, processor)``; ``pending_withdrawal``: the amount of
+    ``pendingWithdrawal(payer, asset, processor)`` (0: none), both base units — the account
+    only ``processor``'s settlements debit, so what the payer holds with other processors is
+    not counted. ``consent_until``:
     ``processorConsentUntil(payer, processor)`` (0: never given; ``CONSENT_NOT_WITHDRAWN``:
     given and not withdrawn; otherwise the unix second a withdrawn consent lapses).
     """
@@ -104,7 +110,8 @@ class ChainReader(Protocol):
     """Chain reads. Each reads at one block and returns that block with the values."""
 
     async def escrow_state(self, payer: str, asset: str, processor: str) -> EscrowState:
-        """``payer``'s escrow in ``asset`` and consent to ``processor`` (addresses)."""
+        """``payer``'s escrow account with ``processor`` in ``asset`` and consent to ``processor``
+        (addresses)."""
 
     async def intent_state(self, intent_id: bytes) -> IntentState:
         """Registration and revocation of the intent ``intent_id`` (32 bytes)."""
@@ -130,12 +137,13 @@ class Web3ChainReader:
         self._erc20_abi = contract_artifact("MockUSDC")["abi"]
 
     async def escrow_state(self, payer: str, asset: str, processor: str) -> EscrowState:
-        """``balanceOf``, ``pendingWithdrawal`` and ``processorConsentUntil``, at one block."""
+        """``balanceOf(payer, asset, processor)``, ``pendingWithdrawal(payer, asset, processor)``
+        and ``processorConsentUntil(payer, processor)``, at one block."""
         block = await self.w3.eth.block_number
         functions = self.settlement.functions
         balance, withdrawal, consent = await asyncio.gather(
-            functions.balanceOf(payer, asset).call(block_identifier=block),
-            functions.pendingWithdrawal(payer, asset).call(block_identifier=block),
+            functions.balanceOf(payer, asset, processor).call(block_identifier=block),
+            functions.pendingWithdrawal(payer, asset, processor).call(block_identifier=block),
             functions.processorConsentUntil(payer, processor).call(block_identifier=block),
         )
         return EscrowState(int(balance), int(withdrawal.amount), int(consent), int(block))
@@ -248,7 +256,8 @@ class ChainCache:
         return self.max_staleness if max_age is None else min(max_age, self.max_staleness)
 
     async def escrow(self, payer: str, asset: str, processor: str, *, max_age: float | None = None) -> EscrowState:
-        """``payer``'s escrow in ``asset`` and consent to ``processor`` (see ``EscrowState``)."""
+        """``payer``'s escrow account with ``processor`` in ``asset`` and consent to it (see
+        ``EscrowState``)."""
         self._ensure_refreshing()
         return await self._escrow.get((payer, asset, processor), self._bound(max_age))
 

@@ -18,7 +18,8 @@ class GatewayConfig:
     ``payee``: address paid by every priced route. ``asset``: the ERC-20 token (base units
     everywhere). ``settlement``: the Settlement contract (the intents' EIP-712 verifying
     contract). ``processor``: the settlement processor's address (required, non-zero): the
-    gateway accepts only intents naming it and only payers whose consent to it stands.
+    gateway accepts only intents naming it and only payers whose consent to it stands, and
+    reserves against the payer's escrow account with it (escrow is per processor).
     ``min_deadline_seconds``: a mandate must stay settleable this long (its deadline and its
     intent's ``validBefore`` at least this far in the future). ``settlement_window``: the
     Settlement contract's ``settlementWindow()`` in seconds (``None``: unknown), the grace a

@@ -19,8 +19,9 @@ def discovery_json(config: GatewayConfig, routes: Sequence[PricedRoute], service
     "schemes", "aep2": {...}, "routes": [{"method", "path", "price", "description"}]}``.
     ``aep2`` is self-contained (network, asset, payTo, settlement, processor, …): with a
     route's price it is the ``accepts`` entry an Intent Mode client pays without a 402 round
-    trip. ``aep2.processor`` is the address an intent must name as its ``processor`` (and the
-    payer must authorise on the Settlement contract); ``aep2.settlementWindow`` the contract's
+    trip. ``aep2.processor`` is the address an intent must name as its ``processor``, the payer
+    must authorise on the Settlement contract and must escrow funds with (``deposit(asset,
+    processor, amount)``: only that account counts); ``aep2.settlementWindow`` the contract's
     grace in seconds (``null``: unknown). ``price`` is a decimal string of base units, or
     ``null`` when computed per request."""
     return {
@@ -83,10 +84,13 @@ def discovery_markdown(config: GatewayConfig, routes: Sequence[PricedRoute], ser
         f"once, naming `processor` = `{config.processor}` (intents naming another processor are "
         "refused), then one EdDSA-Poseidon mandate per call with the session key; nonces are "
         "one-time values per intent, in any order. Mandates settle in batches with one Groth16 proof.",
-        f"- Before paying: escrow funds in the Settlement contract (`deposit`) and authorise the "
-        f"processor (`setProcessor({config.processor}, true)`). Calls are accepted against the "
-        "escrow minus any pending withdrawal; a revoked intent or a withdrawn authorisation is "
-        "refused from then on.",
+        f"- Before paying: escrow funds in the Settlement contract with this processor "
+        f"(`deposit({config.asset}, {config.processor}, amount)`). Escrow is held per payer, token "
+        "and processor: this gateway counts only your account with this processor, and funds "
+        "deposited with another processor are not counted. Then "
+        f"authorise the processor (`setProcessor({config.processor}, true)`). Calls are accepted "
+        "against that account's balance minus its pending withdrawal; a revoked intent or a "
+        "withdrawn authorisation is refused from then on.",
     ]
     if config.exact_enabled:
         lines.append(

@@ -1,9 +1,15 @@
 """The payer agent SDK: pay x402 ``402`` challenges with AEP2 mandates from an httpx client.
 
 ``PROCESSOR`` is the settlement processor the gateways name (``/skill.json`` ``aep2.processor``,
-or ``extra.processor`` in a 402); the owner escrows funds and authorises it once with ``Escrow``.
+or ``extra.processor`` in a 402); the owner escrows funds *with that processor* and authorises
+it once with ``Escrow`` (escrow is held per processor: a gateway counts only the payer's
+account with its own processor)::
 
-::
+    escrow = Escrow(deployment, owner_key, processor=PROCESSOR)
+    escrow.deposit(5_000_000)
+    escrow.authorize_processor(PROCESSOR)
+
+Then the agent pays::
 
     key = create_session_key()
     intent = create_intent(owner_key, session_key=key, asset=USDC, max_amount=10_000_000,

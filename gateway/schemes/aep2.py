@@ -14,7 +14,9 @@ each failure a ``PaymentError`` with its own code (see ``aep2.errors``):
    consent to our processor given and never withdrawn (``processor_not_authorized``), the
    nonce not settled on chain (``nonce_used``);
 5. the store's atomic reservation: nonce unused, budget, per-payment cap, and escrow
-   (``insufficient_escrow``) against ``balance - pending withdrawal``.
+   (``insufficient_escrow``) against ``balance - pending withdrawal`` of the payer's escrow
+   account with our processor (escrow is per (payer, token, processor); what the payer holds
+   with other processors cannot pay our processor's settlements and is not counted).
 """
 
 from __future__ import annotations
@@ -136,13 +138,13 @@ class AEP2Scheme:
             if not fresh.consent_current:
                 raise PaymentError(ErrorCode.PROCESSOR_NOT_AUTHORIZED, _consent_reason(intent.payer, config.processor, fresh))
             if fresh == escrow:
-                raise _escrow_refusal(exc, escrow) from None
+                raise _escrow_refusal(exc, escrow, config.processor) from None
             try:
                 pid = await self._reserve(parsed, intent, fresh, now)
             except PaymentError as again:
                 if again.code != ErrorCode.INSUFFICIENT_ESCROW:
                     raise
-                raise _escrow_refusal(again, fresh) from None
+                raise _escrow_refusal(again, fresh, config.processor) from None
         return AcceptedPayment(pid, "aep2", intent.payer, mandate.amount, pid)
 
     async def _escrow(self, payer: str, asset: str, *, max_age: float | None = None) -> EscrowState:
@@ -188,11 +190,10 @@ def _consent_reason(payer: str, processor: str, escrow: EscrowState) -> str:
     return f"intent.payer: {payer} withdrew consent from processor {processor} (lapses at {escrow.consent_until})"
 
 
-def _escrow_refusal(exc: PaymentError, escrow: EscrowState) -> PaymentError:
-    """The store's ``insufficient_escrow``, saying how a pending withdrawal reduced the escrow."""
-    if not escrow.pending_withdrawal:
-        return exc
-    return PaymentError(
-        exc.code,
-        f"{exc.reason} (balance {escrow.balance} - pending withdrawal {escrow.pending_withdrawal})",
-    )
+def _escrow_refusal(exc: PaymentError, escrow: EscrowState, processor: str) -> PaymentError:
+    """The store's ``insufficient_escrow``, naming the processor whose escrow account counts
+    (funds deposited with another processor do not) and how a pending withdrawal reduced it."""
+    reason = f"{exc.reason} (escrow with processor {processor}"
+    if escrow.pending_withdrawal:
+        reason += f": balance {escrow.balance} - pending withdrawal {escrow.pending_withdrawal}"
+    return PaymentError(exc.code, reason + ")")

@@ -256,13 +256,20 @@ class InProcessGateway:
     (for driving it in-process with ``httpx.ASGITransport``, where no lifespan runs).
 
     ``reader``: the chain (default: the deployment's node through ``Web3ChainReader``);
+    ``processor``: the settlement processor it names (default ``PROCESSOR``);
     ``handled`` counts the requests that reached a handler, per path.
     """
 
     def __init__(
-        self, deployment: Deployment, store_path: str, *, reader: ChainReader | None = None, **config: Any
+        self,
+        deployment: Deployment,
+        store_path: str,
+        *,
+        reader: ChainReader | None = None,
+        processor: str = PROCESSOR,
+        **config: Any,
     ) -> None:
-        self.config = GatewayConfig.from_deployment(deployment, PAYEE, processor=PROCESSOR, **config)
+        self.config = GatewayConfig.from_deployment(deployment, PAYEE, processor=processor, **config)
         self.store = SQLiteStore(store_path)
         self.reader = reader or Web3ChainReader(deployment.rpc_url, deployment.settlement)
         self.chain = ChainCache(self.reader, max_staleness=self.config.max_chain_staleness)

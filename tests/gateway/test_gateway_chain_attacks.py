@@ -4,6 +4,10 @@ serves — by naming another processor, de-authorising ours, revoking the intent
 the escrow, or replaying a nonce that is already settled — is refused with a precise 402
 before the handler runs, and nothing is reserved.
 
+Escrow is held per (payer, token, processor): the gateway reserves against the payer's account
+with its own processor only, so funds escrowed with another processor — withdrawn, or spent
+through that processor's settlements — neither pay for nor reduce what this gateway serves.
+
 The gateway runs in-process (``InProcessGateway``: the example routes, a real
 ``Web3ChainReader``) so a test can force its chain cache to refresh (``chain.refresh()``)
 instead of sleeping through the background interval, and count the handler's calls.
@@ -23,12 +27,16 @@ from gateway_fixtures import (
     MandateSigner,
     error_code,
     make_intent,
+    open_store,
     signer_for,
 )
+from web3 import Web3
 
+from aep2.deployment import Deployment
 from aep2.errors import ErrorCode
 from gateway.chain import CONSENT_NOT_WITHDRAWN, Web3ChainReader
-from payer import AEP2Auth, PayerState, PaymentRefused, create_session_key
+from payer import AEP2Auth, Escrow, PayerState, PaymentRefused, create_session_key
+from settlement.devchain import mint
 
 pytestmark = pytest.mark.chain
 
@@ -45,6 +53,17 @@ async def gateway(deployment, store_path):
 async def pay(gateway: InProcessGateway, signer: MandateSigner, path: str = PATH, **options) -> httpx.Response:
     async with gateway.client() as client:
         return await client.get(path, headers={"PAYMENT-SIGNATURE": signer.header("GET", path, **options)})
+
+
+def fund_with(payer: Escrow, processor: str, amount: int) -> Escrow:
+    """Mint ``amount`` to ``payer``, escrow it in its account with ``processor`` and authorise
+    that processor; returns the ``Escrow`` of that account."""
+    deployment = payer.deployment
+    mint(deployment.rpc_url, deployment.token, payer.address, amount)
+    account = Escrow(deployment, payer.account.key, processor=processor)
+    account.deposit(amount)
+    account.authorize_processor(processor)
+    return account
 
 
 async def assert_refused(gateway: InProcessGateway, response: httpx.Response, code: str, *, served: int) -> str:
@@ -64,7 +83,15 @@ async def test_reader_sees_what_the_contract_holds(deployment, make_payer):
         escrow = await reader.escrow_state(payer.address, deployment.token, PROCESSOR)
         assert (escrow.balance, escrow.pending_withdrawal, escrow.consent_until) == (7_000, 0, CONSENT_NOT_WITHDRAWN)
         other = await reader.escrow_state(payer.address, deployment.token, Account.create().address)
-        assert other.consent_until == 0 and not other.consent_current
+        assert (other.balance, other.consent_until) == (0, 0) and not other.consent_current
+        # Escrow is per processor: the account with another processor is read apart.
+        q = Account.create().address
+        with_q = fund_with(payer, q, 3_000)
+        with_q.request_withdrawal(1_000)
+        theirs = await reader.escrow_state(payer.address, deployment.token, q)
+        assert (theirs.balance, theirs.pending_withdrawal) == (3_000, 1_000) and theirs.consent_current
+        ours = await reader.escrow_state(payer.address, deployment.token, PROCESSOR)
+        assert (ours.balance, ours.pending_withdrawal) == (7_000, 0)
         signer = signer_for(payer, deployment)
         state = await reader.intent_state(signer.intent_id)
         assert (state.registered, state.revoked_at) == (False, 0) and state.block >= escrow.block
@@ -143,6 +170,107 @@ async def test_payer_requests_a_withdrawal(gateway, make_payer, deployment):
     payer.cancel_withdrawal()
     await gateway.chain.refresh()
     assert (await pay(gateway, signer, "/v1/forecast/c")).status_code == 200
+
+
+async def test_escrow_with_another_processor_is_not_counted(gateway, make_payer, deployment):
+    """A payer escrows 3 prices with our processor P and 100 with another processor Q. P's
+    gateway reserves against the P account only: it serves 3 calls and refuses the 4th
+    ``insufficient_escrow``, and a withdrawal draining the Q account changes nothing it accepts."""
+    payer = make_payer(escrow=3 * FORECAST_PRICE)
+    q = Account.create().address
+    with_q = fund_with(payer, q, 100 * FORECAST_PRICE)
+    assert (payer.balance(), with_q.balance()) == (3 * FORECAST_PRICE, 100 * FORECAST_PRICE)
+    signer = signer_for(payer, deployment)
+    for city in ("a", "b"):
+        assert (await pay(gateway, signer, f"/v1/forecast/{city}")).status_code == 200
+    before = await gateway.chain.escrow(payer.address, deployment.token, PROCESSOR)
+    assert (before.balance, before.pending_withdrawal) == (3 * FORECAST_PRICE, 0)
+
+    with_q.request_withdrawal(100 * FORECAST_PRICE)  # the whole Q account leaves
+    assert with_q.pending_withdrawal()[0] == 100 * FORECAST_PRICE and payer.pending_withdrawal()[0] == 0
+    await gateway.chain.refresh()
+    after = await gateway.chain.escrow(payer.address, deployment.token, PROCESSOR)
+    assert (after.balance, after.pending_withdrawal, after.consent_until) == (
+        before.balance,
+        before.pending_withdrawal,
+        before.consent_until,
+    )
+    assert after.block > before.block  # re-read after the withdrawal, not a stale entry
+
+    assert (await pay(gateway, signer, "/v1/forecast/c")).status_code == 200  # the P account's last price
+    response = await pay(gateway, signer, "/v1/forecast/d")
+    error = await assert_refused(gateway, response, ErrorCode.INSUFFICIENT_ESCROW, served=3)
+    assert f"> escrow {3 * FORECAST_PRICE}" in error and f"escrow with processor {PROCESSOR}" in error
+
+
+async def test_payer_funded_only_with_another_processor(gateway, make_payer, deployment):
+    """Consent to P but escrow only with Q: P's gateway refuses ``insufficient_escrow`` before
+    serving (handler not run, nothing reserved); a deposit with P is then accepted."""
+    payer = make_payer(escrow=0, wallet=FORECAST_PRICE)
+    assert payer.processor_consent_until(PROCESSOR) == CONSENT_NOT_WITHDRAWN
+    fund_with(payer, Account.create().address, 100 * FORECAST_PRICE)
+    signer = signer_for(payer, deployment)
+    error = await assert_refused(gateway, await pay(gateway, signer), ErrorCode.INSUFFICIENT_ESCROW, served=0)
+    assert "> escrow 0" in error and f"escrow with processor {PROCESSOR}" in error
+
+    payer.deposit(FORECAST_PRICE)
+    await gateway.chain.refresh()
+    assert (await pay(gateway, signer, "/v1/forecast/rome")).status_code == 200
+
+
+async def settle(store_path: str, key: str, deployment: Deployment, artifacts) -> int:
+    """One settlement round of the store at ``store_path`` by the processor ``key``: the number
+    of mandates settled on chain."""
+    from settlement.chain import SettlementClient
+    from settlement.processor import SettlementProcessor
+    from settlement.prover import Prover
+
+    async with open_store(store_path) as store:
+        client = SettlementClient(deployment.rpc_url, deployment.settlement, key)
+        try:
+            result = await SettlementProcessor(store, client, Prover(artifacts), deployment.token).settle_once()
+        finally:
+            await client.aclose()
+    return 0 if result is None else result.mandates
+
+
+@pytest.mark.circuit
+async def test_settlement_by_another_processor_leaves_our_account(
+    deployment, make_payer, anvil, small_artifacts, processor_key, tmp_path
+):
+    """A payer escrows 2 prices with P and 2 with Q. Q's gateway serves 2 calls and Q settles
+    them on chain, draining the Q account: P's gateway, which served 1 call, still serves exactly
+    one more and refuses the next, and P settles both of its mandates in full."""
+    q_account = Account.create()
+    Web3(Web3.HTTPProvider(anvil.rpc_url)).provider.make_request("anvil_setBalance", [q_account.address, hex(10**20)])
+    payer = make_payer(escrow=2 * FORECAST_PRICE)
+    with_q = fund_with(payer, q_account.address, 2 * FORECAST_PRICE)
+    ours = InProcessGateway(deployment, str(tmp_path / "p.sqlite"))
+    theirs = InProcessGateway(deployment, str(tmp_path / "q.sqlite"), processor=q_account.address)
+    try:
+        signer = signer_for(payer, deployment)
+        via_q = signer_for(payer, deployment, processor=q_account.address)
+        assert (await pay(ours, signer, "/v1/forecast/a")).status_code == 200
+        before = await ours.chain.escrow(payer.address, deployment.token, PROCESSOR)
+        for city in ("a", "b"):
+            assert (await pay(theirs, via_q, f"/v1/forecast/{city}")).status_code == 200
+        assert await settle(str(tmp_path / "q.sqlite"), q_account.key, deployment, small_artifacts) == 2
+        assert (with_q.balance(), payer.balance()) == (0, 2 * FORECAST_PRICE)  # Q debited only its own account
+
+        await ours.chain.refresh()
+        after = await ours.chain.escrow(payer.address, deployment.token, PROCESSOR)
+        assert (after.balance, after.pending_withdrawal) == (before.balance, before.pending_withdrawal)
+        assert after.block > before.block
+        assert (await pay(ours, signer, "/v1/forecast/b")).status_code == 200
+        response = await pay(ours, signer, "/v1/forecast/c")
+        await assert_refused(ours, response, ErrorCode.INSUFFICIENT_ESCROW, served=2)
+
+        # Everything P's gateway served is paid.
+        assert await settle(str(tmp_path / "p.sqlite"), processor_key, deployment, small_artifacts) == 2
+        assert payer.balance() == 0
+    finally:
+        await ours.aclose()
+        await theirs.aclose()
 
 
 @pytest.mark.circuit

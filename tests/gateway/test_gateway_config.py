@@ -71,4 +71,7 @@ async def test_discovery_names_the_processor(tmp_path):
     assert doc["aep2"]["processor"] == PROCESSOR and doc["aep2"]["settlementWindow"] == 3600
     assert f"naming `processor` = `{PROCESSOR}`" in text
     assert f"setProcessor({PROCESSOR}, true)" in text
+    # Owners deposit with this processor: escrow is per (payer, token, processor).
+    assert f"deposit({OFFLINE_DEPLOYMENT.token}, {PROCESSOR}, amount)" in text
+    assert "funds deposited with another processor are not counted" in text
     assert "pending withdrawal" in text and "any order" in text

@@ -69,7 +69,7 @@ def fuzz_payer(anvil, deployment):
     account = Account.create()
     Web3(Web3.HTTPProvider(anvil.rpc_url)).provider.make_request("anvil_setBalance", [account.address, hex(10**20)])
     mint(anvil.rpc_url, deployment.token, account.address, 1_000_000)
-    payer = Escrow(deployment, account.key)
+    payer = Escrow(deployment, account.key, processor=PROCESSOR)
     payer.deposit(1_000_000)
     payer.authorize_processor(PROCESSOR)
     return payer

@@ -88,8 +88,11 @@ async def test_official_client_pays_exact_and_facilitator_settles(gateway_server
     payer_before = token_balance(deployment, payer.address)
     async with open_store(store_path) as store:
         facilitator = ExactFacilitator(store, deployment.rpc_url, anvil_key(5))
-        assert await facilitator.settle_pending() == 1
-        assert await facilitator.settle_pending() == 0  # nothing settles twice
+        try:
+            assert await facilitator.settle_pending() == 1
+            assert await facilitator.settle_pending() == 0  # nothing settles twice
+        finally:
+            await facilitator.aclose()
         (record,) = await store.exact_payments()
     assert token_balance(deployment, PAYEE) - payee_before == FORECAST_PRICE
     assert payer_before - token_balance(deployment, payer.address) == FORECAST_PRICE
@@ -143,7 +146,11 @@ async def test_v1_x_payment_exact(gateway_server, make_payer, deployment, store_
     assert receipt.success and receipt.payer == payer.address
     payee_before = token_balance(deployment, PAYEE)
     async with open_store(store_path) as store:
-        assert await ExactFacilitator(store, deployment.rpc_url, anvil_key(5)).settle_pending() == 1
+        facilitator = ExactFacilitator(store, deployment.rpc_url, anvil_key(5))
+        try:
+            assert await facilitator.settle_pending() == 1
+        finally:
+            await facilitator.aclose()
     assert token_balance(deployment, PAYEE) - payee_before == FORECAST_PRICE
 
 
