@@ -60,6 +60,7 @@ def _payloads(n: int) -> tuple[SessionKey, list[dict[str, Any]]]:
         valid_before=2**40,
         chain_id=31337,
         verifying_contract="0x" + "33" * 20,
+        processor="0x" + "55" * 20,
     )
     deadline = int(time.time()) + 3600
     payloads = []
