@@ -50,5 +50,6 @@ async def test_paid_calls_settle_on_chain(deployment, make_payer, small_artifact
     assert payer.token.functions.balanceOf(payee).call() - payee_before == 7_000
     assert payer.balance() == 1_000_000 - 7_000
     record = await client.intent(intent.intent.intent_id)
-    assert (record.next_nonce, record.spent) == (6, 7_000)
+    assert record.spent == 7_000
+    assert await client.settled_nonces(intent.intent.intent_id, 0) == 0b111111  # nonces 0-5, one bit each
     await client.aclose()
