@@ -16,12 +16,30 @@ from eth_utils import keccak, to_checksum_address
 from .eddsa import SessionKey, Signature
 from .poseidon import poseidon
 
-__all__ = ["MAX_AMOUNT", "MAX_NONCE", "MAX_DEADLINE", "Mandate", "request_hash", "payment_id", "message_hash"]
+__all__ = [
+    "MAX_AMOUNT",
+    "MAX_NONCE",
+    "MAX_DEADLINE",
+    "NONCE_WINDOW",
+    "Mandate",
+    "request_hash",
+    "payment_id",
+    "message_hash",
+    "nonce_window",
+]
 
 MAX_AMOUNT = 2**64 - 1
 MAX_NONCE = 2**40 - 1
 MAX_DEADLINE = 2**40 - 1
 REQUEST_HASH_BITS = 160
+#: Nonces per settled-nonce bitmap window (docs/PROTOCOL.md §3).
+NONCE_WINDOW = 128
+
+
+def nonce_window(nonce: int) -> tuple[int, int]:
+    """``(window, bit)`` of a nonce: nonce ``n`` is bit ``n % 128`` of window ``n // 128``
+    (the on-chain ``settledNonces(intentId, window)`` bitmap and the circuit's slot window)."""
+    return nonce // NONCE_WINDOW, nonce % NONCE_WINDOW
 
 
 def request_hash(method: str, path_and_query: str, body: bytes = b"") -> int:

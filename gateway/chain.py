@@ -32,30 +32,22 @@ from typing import Any, Awaitable, Callable, Generic, Hashable, Protocol, TypeVa
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from aep2.deployment import contract_artifact
+from aep2.mandate import NONCE_WINDOW, nonce_window
 
 __all__ = [
     "CONSENT_NOT_WITHDRAWN",
-    "NONCES_PER_WINDOW",
     "ChainCache",
     "ChainReader",
     "EscrowState",
     "IntentState",
     "Web3ChainReader",
-    "nonce_window",
 ]
 
 logger = logging.getLogger("gateway.chain")
 
 #: ``processorConsentUntil`` of a consent that stands (given and not withdrawn): ``2^64 - 1``.
 CONSENT_NOT_WITHDRAWN = 2**64 - 1
-#: Nonces per settled-nonce bitmap window (docs/PROTOCOL.md §3).
-NONCES_PER_WINDOW = 128
-_FULL_WINDOW = 2**NONCES_PER_WINDOW - 1
-
-
-def nonce_window(nonce: int) -> tuple[int, int]:
-    """``(window, bit)`` of a mandate nonce: nonce ``n`` is bit ``n % 128`` of window ``n >> 7``."""
-    return nonce // NONCES_PER_WINDOW, nonce % NONCES_PER_WINDOW
+_FULL_WINDOW = 2**NONCE_WINDOW - 1
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from .encoding import nonce_window
+from aep2.mandate import nonce_window
 
 MAX_CAP = 2**64 - 1
 
@@ -169,7 +169,7 @@ def plan_batch(
 def _never_settles(mandate: PendingMandate, state: IntentState, oldest_time_ref: int, now: int) -> str | None:
     """Why no batch could ever settle ``mandate``, or ``None``."""
     window, bit = nonce_window(mandate.nonce)
-    if state.settled.get(window, 0) & bit:
+    if state.settled.get(window, 0) >> bit & 1:
         return "nonce_already_settled"
     if mandate.amount <= 0:
         return "invalid_amount"

@@ -15,17 +15,12 @@ from aep2.eddsa import SessionKey, Signature
 from aep2.poseidon import poseidon
 
 __all__ = [
-    "NONCE_WINDOW",
     "PADDING_MESSAGE",
     "PADDING_SECRET",
-    "nonce_window",
     "pack_intent_word",
     "pack_payee_word",
     "padding_signature",
 ]
-
-#: Nonces per window: nonce n is bit ``n % NONCE_WINDOW`` of window ``n // NONCE_WINDOW``.
-NONCE_WINDOW = 128
 
 _INTENT_FIELDS = (("window", 33), ("nonces", 128), ("total", 88))
 _PAYEE_FIELDS = (("payee", 160), ("amount", 93))
@@ -34,11 +29,6 @@ _PAYEE_FIELDS = (("payee", 160), ("amount", 93))
 # key with secret scalar 1, over the message of an all-zero mandate (circuits/batch.circom).
 PADDING_SECRET = 1
 PADDING_MESSAGE = poseidon(0, 0, 0)
-
-
-def nonce_window(nonce: int) -> tuple[int, int]:
-    """``(window, bit)`` of a nonce: ``nonce // 128`` and ``2^(nonce % 128)``."""
-    return nonce // NONCE_WINDOW, 1 << (nonce % NONCE_WINDOW)
 
 
 def _pack(fields: tuple[tuple[str, int], ...], values: tuple[int, ...]) -> int:

@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aep2.intent import SignedIntent
+from aep2.mandate import nonce_window
 from aep2.sqlite_store import SQLiteStore
 from aep2.store import BatchRecord, MandateRecord
 
 from .batcher import IntentState, PendingMandate, plan_batch
 from .chain import ChainRevert, SettlementClient, SignedTx, TransactionPending, TxLookup, TxStatus
-from .encoding import nonce_window
 from .prover import Proof, Prover
 from .witness import BatchStatement, IntentSlot, build_statement
 
@@ -165,7 +165,7 @@ class SettlementProcessor:
             key = (record.mandate.intent_id, window)
             if key not in bitmaps:
                 bitmaps[key] = await self.client.settled_nonces(*key)
-            if not bitmaps[key] & bit:
+            if not bitmaps[key] >> bit & 1:
                 return False
         return True
 

@@ -13,10 +13,11 @@ from typing import Any, Sequence
 from eth_utils import to_checksum_address
 
 from aep2.intent import Intent
+from aep2.mandate import nonce_window
 from aep2.payees import PAYEE_TREE_DEPTH, payee_path
 from aep2.store import MandateRecord
 
-from .encoding import nonce_window, pack_intent_word, pack_payee_word, padding_signature
+from .encoding import pack_intent_word, pack_payee_word, padding_signature
 
 __all__ = ["IntentSlot", "BatchStatement", "build_statement"]
 
@@ -39,7 +40,7 @@ class IntentSlot:
         """The bitmap of the slot's nonces within its window."""
         bits = 0
         for record in self.mandates:
-            bits |= nonce_window(record.mandate.nonce)[1]
+            bits |= 1 << nonce_window(record.mandate.nonce)[1]
         return bits
 
     @property

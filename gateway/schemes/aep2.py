@@ -29,11 +29,11 @@ from typing import Any
 from aep2.eddsa import verify
 from aep2.errors import ErrorCode, PaymentError
 from aep2.intent import Intent, SignedIntent
-from aep2.mandate import request_hash
+from aep2.mandate import nonce_window, request_hash
 from aep2.payload import ParsedPayload, parse_payload
 from aep2.store import PaymentStore, Reservation
 
-from ..chain import ChainCache, EscrowState, nonce_window
+from ..chain import ChainCache, EscrowState
 from ..config import GatewayConfig
 
 __all__ = ["AEP2Scheme", "AcceptedPayment"]

@@ -32,13 +32,13 @@ from aep2.eddsa import SessionKey, Signature, verify
 from aep2.fields import FIELD_MODULUS as R
 from aep2.intent import Intent as ProtocolIntent
 from aep2.mandate import Mandate as WireMandate
+from aep2.mandate import nonce_window
 from aep2.payees import PAYEE_TREE_DEPTH, payee_path, payees_root
 from aep2.poseidon import poseidon
 from aep2.store import MandateRecord
 from settlement.artifacts import PROJECT_ROOT, CircuitArtifacts
 from settlement.encoding import (
     PADDING_MESSAGE,
-    nonce_window,
     pack_intent_word,
     pack_payee_word,
     padding_signature,
@@ -686,7 +686,7 @@ def test_pack_words_match_the_circuit_layout() -> None:
         "window": 2**33 - 1, "nonces": 2**128 - 1, "total": 2**88 - 1}
     assert pack_intent_word(2**33 - 1, 2**128 - 1, 2**88 - 1) == 2**249 - 1
     assert pack_payee_word(7, 9) == 7 + (9 << 160)
-    assert nonce_window(WINDOW * 128 + 127) == (WINDOW, 1 << 127)
+    assert nonce_window(WINDOW * 128 + 127) == (WINDOW, 127)
     for args, name in [((2**33, 0, 0), "window"), ((0, 2**128, 0), "nonces"), ((0, 0, 2**88), "total"),
                        ((-1, 0, 0), "window")]:
         with pytest.raises(ValueError, match=name):

@@ -9,7 +9,8 @@ import asyncio
 import pytest
 from gateway_fixtures import StaticChainReader
 
-from gateway.chain import CONSENT_NOT_WITHDRAWN, ChainCache, EscrowState, IntentState, nonce_window
+from aep2.mandate import nonce_window
+from gateway.chain import CONSENT_NOT_WITHDRAWN, ChainCache, EscrowState, IntentState
 
 PAYER = "0x" + "11" * 20
 ASSET = "0x" + "22" * 20

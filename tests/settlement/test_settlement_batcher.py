@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from settlement.batcher import IntentState, PendingMandate, plan_batch
-from settlement.encoding import nonce_window
+from aep2.mandate import nonce_window
 
 NOW = 1_000_000
 WINDOW = 600
@@ -81,7 +81,7 @@ def test_plans_satisfy_every_settlement_check(scenario):
         assert nonces == sorted(set(nonces))
         for m in mandates:
             w, bit = nonce_window(m.nonce)
-            assert w == window and not state.settled.get(w, 0) & bit
+            assert w == window and not state.settled.get(w, 0) >> bit & 1
             assert 0 < m.amount <= state.max_per_payment
             assert plan.time_ref <= m.deadline
         assert state.valid_after <= plan.time_ref < state.valid_before
@@ -107,7 +107,7 @@ def test_only_the_unsettleable_is_rejected(scenario):
         state = states[m.intent_id]
         window, bit = nonce_window(m.nonce)
         if rejection.reason == "nonce_already_settled":
-            assert state.settled.get(window, 0) & bit
+            assert state.settled.get(window, 0) >> bit & 1
         elif rejection.reason == "invalid_amount":
             assert m.amount <= 0
         elif rejection.reason == "per_payment_cap_exceeded":
