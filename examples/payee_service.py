@@ -21,6 +21,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import AsyncIterator
@@ -175,8 +176,9 @@ def start_process(
     """Run this service under ``uvicorn`` in a child process on ``127.0.0.1:port``, configured
     through the environment as in production (``processor``: the settlement processor's
     address, as ``AEP2_PROCESSOR``); returns the process and its base URL once
-    ``GET /health`` answers 200. Raises ``RuntimeError`` (with uvicorn's stderr) if it exits
-    or does not answer within ``timeout`` seconds.
+    ``GET /health`` answers 200. Its log goes to a temporary file (a pipe nobody reads would
+    fill up and freeze the service). Raises ``RuntimeError`` (with the log) if it exits or
+    does not answer within ``timeout`` seconds.
     """
     env = {
         **os.environ,
@@ -188,20 +190,21 @@ def start_process(
     env.pop("AEP2_FACILITATOR_KEY", None)
     if facilitator_key:
         env["AEP2_FACILITATOR_KEY"] = facilitator_key
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "examples.payee_service:app", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning", *uvicorn_args],
-        cwd=Path(__file__).resolve().parent.parent,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    with tempfile.NamedTemporaryFile(prefix="aep2-payee-service-", suffix=".log", delete=False) as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "examples.payee_service:app", "--host", "127.0.0.1", "--port",
+             str(port), "--log-level", "warning", *uvicorn_args],
+            cwd=Path(__file__).resolve().parent.parent,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            error = process.stderr.read().decode() if process.stderr else ""
-            raise RuntimeError(f"the payee service exited during start-up: {error.strip()}")
+            error = Path(log.name).read_text(errors="replace")
+            raise RuntimeError(f"the payee service exited during start-up ({log.name}): {error.strip()}")
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
                 return process, url
@@ -209,7 +212,7 @@ def start_process(
             pass
         time.sleep(0.1)
     stop_process(process)
-    raise RuntimeError(f"the payee service did not answer within {timeout} s")
+    raise RuntimeError(f"the payee service did not answer within {timeout} s (log: {log.name})")
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:
