@@ -177,13 +177,26 @@ class _Entries(Generic[K, V]):
         self.read = read
         self.final = final  # a value that can never change again is not refreshed
         self.values: dict[K, tuple[V, float]] = {}
+        # One chain read per key at a time: concurrent requests missing the same key (a new
+        # nonce window under load) share it instead of each paying for its own.
+        self._reading: dict[K, asyncio.Task[V]] = {}
 
     async def get(self, key: K, max_age: float | None) -> V:
         entry = self.values.get(key)
         if entry is None or (max_age is not None and time.monotonic() - entry[1] > max_age):
-            value = await self.read(*key)
-            self.values[key] = entry = (value, time.monotonic())
+            reading = self._reading.get(key)
+            if reading is None:
+                reading = asyncio.ensure_future(self._load(key))
+                self._reading[key] = reading
+                reading.add_done_callback(lambda _: self._reading.pop(key, None))
+            # shield: a caller that gives up does not cancel the read the others wait on.
+            return await asyncio.shield(reading)
         return entry[0]
+
+    async def _load(self, key: K) -> V:
+        value = await self.read(*key)
+        self.values[key] = (value, time.monotonic())
+        return value
 
     async def refresh(self) -> None:
         for key, (value, _) in list(self.values.items()):

@@ -33,6 +33,34 @@ def test_escrow_state_derived_values():
     assert IntentState(True, 5, 1).revoked and not IntentState(True, 0, 1).revoked
 
 
+class SlowReader(StaticChainReader):
+    """Holds every settled-nonce read until ``release`` is set, so callers pile up on a miss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def settled_nonces(self, intent_id: bytes, window: int) -> tuple[int, int]:
+        await self.release.wait()
+        return await super().settled_nonces(intent_id, window)
+
+
+async def test_concurrent_misses_of_one_key_share_one_chain_read():
+    reader = SlowReader()
+    cache = ChainCache(reader, refresh_seconds=3600)
+    try:
+        waiting = [asyncio.ensure_future(cache.settled_nonces(INTENT, 7)) for _ in range(32)]
+        await asyncio.sleep(0)
+        giving_up = asyncio.ensure_future(cache.settled_nonces(INTENT, 7))
+        await asyncio.sleep(0)
+        giving_up.cancel()  # a caller that gives up does not cancel the read the others share
+        reader.release.set()
+        assert await asyncio.gather(*waiting) == [(0, 1)] * 32
+        assert reader.reads["settled_nonces"] == 1
+    finally:
+        await cache.aclose()
+
+
 async def test_first_read_is_a_chain_read_then_memory():
     reader = StaticChainReader(balance=500)
     cache = ChainCache(reader, refresh_seconds=3600)
