@@ -13,6 +13,7 @@ import pytest
 import uvicorn
 from eth_account import Account
 from web3 import Web3
+from web3._utils.http_session_manager import HTTPSessionManager
 
 from aep2.deployment import Deployment
 from payer import Escrow
@@ -24,6 +25,19 @@ from settlement.devchain import Anvil, anvil_key, mint
 SMALL_SHAPE = (4, 2, 2)
 PROCESSOR_KEY = anvil_key(1)
 PAYEE = Account.from_key(anvil_key(2)).address
+
+
+@pytest.fixture(autouse=True)
+def fresh_web3_session_lock() -> None:
+    """A fresh lock for web3.py's HTTP session cache before every test.
+
+    web3.py 7 guards the session caches of all providers with one class-level
+    ``threading.Lock`` and takes it for async providers in an executor thread: an async call
+    cancelled while waiting for it (a processor task killed on purpose in a crash test) leaves
+    it held for good, and every later sync provider in the process blocks on its first
+    request. A test must not inherit another test's cancelled calls.
+    """
+    HTTPSessionManager._lock = threading.Lock()
 
 
 @pytest.fixture(scope="session")
