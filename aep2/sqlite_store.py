@@ -26,7 +26,7 @@ from .errors import ErrorCode, PaymentError
 from .intent import SignedIntent
 from .mandate import Mandate
 from .payload import intent_json, parse_intent
-from .store import BatchRecord, ExactPaymentRecord, MandateRecord, Reservation
+from .store import SETTLEMENT_UNKNOWN, BatchRecord, CachedResponse, ExactPaymentRecord, MandateRecord, Reservation
 
 __all__ = ["SQLiteStore", "SCHEMA_VERSION"]
 
@@ -81,6 +81,12 @@ CREATE TABLE IF NOT EXISTS batches (
     created_at REAL NOT NULL,
     raw_tx BLOB,
     tx_nonce INTEGER
+);
+CREATE TABLE IF NOT EXISTS payment_identifiers (
+    payment_identifier TEXT PRIMARY KEY,
+    payload_hash TEXT NOT NULL,
+    claimed_at REAL NOT NULL,
+    response TEXT
 );
 CREATE TABLE IF NOT EXISTS exact_payments (
     nonce TEXT PRIMARY KEY,
@@ -463,6 +469,14 @@ class SQLiteStore:
         """Forget an ``exact`` payment whose request was not served."""
         await self.conn.execute("DELETE FROM exact_payments WHERE nonce = ? AND status = 'accepted'", (nonce,))
 
+    async def resume_exact_payment(self, nonce: str, signature: str, now: float, stale_after: float) -> bool:
+        cursor = await self.conn.execute(
+            "UPDATE exact_payments SET reason = NULL, created_at = ? WHERE nonce = ? AND signature = ? "
+            "AND status = 'accepted' AND (reason = ? OR created_at < ?) RETURNING nonce",
+            (now, nonce, signature, SETTLEMENT_UNKNOWN, now - stale_after),
+        )
+        return await cursor.fetchone() is not None
+
     async def exact_payments(self, status: str | None = None) -> list[ExactPaymentRecord]:
         where, args = ("WHERE status = ?", (status,)) if status else ("", ())
         cursor = await self.conn.execute(
@@ -474,6 +488,51 @@ class SQLiteStore:
             ExactPaymentRecord(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7], r[8], r[9])
             for r in await cursor.fetchall()
         ]
+
+    # -- payment identifiers (x402 payment-identifier extension) -------------------------
+
+    async def claim_payment_identifier(
+        self, payment_identifier: str, payload_hash: str, now: float, stale_after: float
+    ) -> CachedResponse | None:
+        async with self._lock:
+            cursor = await self.conn.execute(
+                "INSERT INTO payment_identifiers (payment_identifier, payload_hash, claimed_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (payment_identifier) DO UPDATE SET claimed_at = excluded.claimed_at "
+                "WHERE response IS NULL AND payload_hash = excluded.payload_hash AND claimed_at < ? "
+                "RETURNING payment_identifier",
+                (payment_identifier, payload_hash, now, now - stale_after),
+            )
+            if await cursor.fetchone() is not None:
+                return None
+            cursor = await self.conn.execute(
+                "SELECT payload_hash, response FROM payment_identifiers WHERE payment_identifier = ?",
+                (payment_identifier,),
+            )
+            stored_hash, response = await cursor.fetchone()
+        if stored_hash != payload_hash:
+            raise PaymentError(
+                ErrorCode.PAYMENT_IDENTIFIER_CONFLICT,
+                f"extensions.payment-identifier.info.id: {payment_identifier} was used with another payment",
+            )
+        if response is None:
+            raise PaymentError(
+                ErrorCode.PAYMENT_IN_PROGRESS,
+                f"extensions.payment-identifier.info.id: {payment_identifier} is still being processed; retry",
+            )
+        data = json.loads(response)
+        return CachedResponse(data["status"], [tuple(h) for h in data["headers"]], bytes.fromhex(data["body"]))
+
+    async def complete_payment_identifier(self, payment_identifier: str, response: CachedResponse) -> None:
+        data = {"status": response.status, "headers": response.headers, "body": response.body.hex()}
+        await self.conn.execute(
+            "UPDATE payment_identifiers SET response = ? WHERE payment_identifier = ?",
+            (json.dumps(data), payment_identifier),
+        )
+
+    async def drop_payment_identifier(self, payment_identifier: str) -> None:
+        await self.conn.execute(
+            "DELETE FROM payment_identifiers WHERE payment_identifier = ? AND response IS NULL", (payment_identifier,)
+        )
 
     async def totals(self) -> dict:
         """Settled totals: ``{"payers": {payer: base units}, "payees": {payee: base units}}``

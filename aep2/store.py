@@ -64,6 +64,11 @@ class BatchRecord:
     tx_nonce: int | None = None
 
 
+#: ``reason`` of an ``exact`` payment whose settlement call failed without an answer: the
+#: transfer may or may not be mined; a retry of the same payment settles it (idempotently).
+SETTLEMENT_UNKNOWN = "settlement outcome unknown"
+
+
 @dataclass(frozen=True)
 class ExactPaymentRecord:
     """An x402 ``exact`` (EIP-3009) payment the gateway settles as its own facilitator."""
@@ -78,6 +83,16 @@ class ExactPaymentRecord:
     status: str
     tx_hash: str | None = None
     reason: str | None = None
+
+
+@dataclass(frozen=True)
+class CachedResponse:
+    """A paid response as it was sent, kept for x402 ``payment-identifier`` retries:
+    ``status``, ``headers`` (latin-1 name/value pairs) and ``body``."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
 
 
 @dataclass(frozen=True)
@@ -165,8 +180,33 @@ class PaymentStore(Protocol):
     async def update_exact_payment(self, nonce: str, status: str, tx_hash: str | None, reason: str | None) -> None:
         """Move an ``exact`` payment to ``settled`` / ``failed``."""
 
+    async def resume_exact_payment(self, nonce: str, signature: str, now: float, stale_after: float) -> bool:
+        """Take over an ``accepted`` ``exact`` payment carrying this very ``signature`` whose
+        settlement outcome is unknown (marked ``SETTLEMENT_UNKNOWN``, or accepted more than
+        ``stale_after`` seconds ago by a request that died); returns whether the caller now owns
+        it (and should settle it: the facilitator's settle is idempotent). Atomic: of two
+        concurrent retries one wins."""
+
     async def exact_payments(self, status: str | None = None) -> list[ExactPaymentRecord]:
         """``exact`` payments, all or in one status, oldest first."""
+
+    async def claim_payment_identifier(
+        self, payment_identifier: str, payload_hash: str, now: float, stale_after: float
+    ) -> CachedResponse | None:
+        """Start the request of x402 ``payment-identifier`` ``payment_identifier`` (bound to
+        ``payload_hash``, a digest of the exact ``PaymentPayload``); returns ``None`` when the
+        caller is to process it, or the response cached for the identical payload.
+
+        Raises ``PaymentError`` with ``payment_identifier_conflict`` for another payload under
+        the same identifier, or ``payment_in_progress`` while the first request is still being
+        processed (a claim older than ``stale_after`` seconds is taken over: its request died).
+        """
+
+    async def complete_payment_identifier(self, payment_identifier: str, response: CachedResponse) -> None:
+        """Keep the paid response of a claimed identifier for its retries."""
+
+    async def drop_payment_identifier(self, payment_identifier: str) -> None:
+        """Forget a claim whose request was refused or not charged: a retry is processed anew."""
 
     async def totals(self) -> dict:
         """Expected figures for reconciliation: settled totals per payer and per payee."""

@@ -35,12 +35,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import httpx
+from pydantic import ValidationError
 
 from aep2.eddsa import SessionKey
 from aep2.errors import ErrorCode, PaymentError
 from aep2.intent import SignedIntent
 from aep2.mandate import MAX_DEADLINE, Mandate, request_hash
 from aep2.payload import build_payload
+from aep2.x402.models import PaymentRequirements, PaymentRequirementsV1
 from aep2.x402 import (
     PAYMENT_REQUIRED_HEADER,
     PAYMENT_RESPONSE_HEADER,
@@ -69,7 +71,6 @@ SCHEME = "aep2"
 #: Mandate lifetime unless the gateway asks for more (``extra.minDeadlineSeconds``).
 DEFAULT_DEADLINE_SECONDS = 3600
 _BODY = "402 body"
-_DECIMAL_DIGITS = frozenset("0123456789")
 
 
 #: ``{(METHOD, url): requirement}``: the routes paid up front (Intent Mode).
@@ -146,7 +147,8 @@ class AEP2Auth(httpx.Auth):
 
     @property
     def receipts(self) -> list[dict[str, Any]]:
-        """The gateway's receipts (decoded ``PAYMENT-RESPONSE``) for this intent, oldest first."""
+        """The gateway's receipts (decoded ``PAYMENT-RESPONSE``: an x402 ``SettleResponse``, plus
+        ``paymentId`` at the top) for this intent, oldest first."""
         return self.state.receipts(self.intent_id)
 
     # -- Intent Mode ---------------------------------------------------------------------------
@@ -313,9 +315,14 @@ class AEP2Auth(httpx.Auth):
                 code = str(receipt.get("errorReason") or "payment_failed")
                 self._refuse(code, f"{PAYMENT_RESPONSE_HEADER}: success is false", response)
                 return
+            # The gateway's payment id travels in the SettleResponse's ``extra``; keep it at the
+            # top of the stored receipt, where callers look it up.
+            extra = receipt.get("extra") if isinstance(receipt.get("extra"), dict) else {}
+            receipt.setdefault("paymentId", extra.get("paymentId", mandate.payment_id))
             self.state.confirm(self.intent_id, mandate.nonce, receipt)
             return
-        if response.status_code == 402:
+        if response.status_code == 402 or (response.status_code == 400 and PAYMENT_REQUIRED_HEADER in response.headers):
+            # Refused (400: the gateway could not read the payment, x402 HTTP transport).
             self.state.release(self.intent_id, mandate.nonce)
             code, reason = _refusal(response)
             if code == ErrorCode.UNKNOWN_INTENT:
@@ -413,12 +420,18 @@ class AEP2Auth(httpx.Auth):
 
 
 def _check_entry(index: int, entry: dict[str, Any], extra: dict[str, Any], source: str) -> None:
+    """Validate an ``aep2`` offer with the x402 wire model (v2 ``amount`` or v1
+    ``maxAmountRequired``), then what ``aep2`` adds: an EVM ``payTo`` and ``minDeadlineSeconds``."""
     where = f"accepts[{index}]"
-    amount = _amount(entry)
-    if not isinstance(amount, str) or not amount or not set(amount) <= _DECIMAL_DIGITS:
-        raise MalformedChallenge(f"{where}.amount: {amount!r:.80} is not a decimal string", header=source)
-    pay_to = entry.get("payTo")
-    if not isinstance(pay_to, str) or len(pay_to) != 42 or not pay_to.startswith("0x"):
+    model = PaymentRequirementsV1 if "maxAmountRequired" in entry else PaymentRequirements
+    try:
+        model.model_validate(entry)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"])
+        raise MalformedChallenge(f"{where}.{field}: {error.get('input')!r:.80} ({error['msg']})", header=source) from None
+    pay_to = entry["payTo"]
+    if len(pay_to) != 42 or not pay_to.startswith("0x"):
         raise MalformedChallenge(f"{where}.payTo: {pay_to!r:.80} is not an address", header=source)
     try:
         int(pay_to, 16)

@@ -1,10 +1,9 @@
-"""x402 wire format: header names, envelopes and the base64 JSON header codec.
+"""x402 HTTP transport: header names and the base64 JSON header codec.
 
-Follows the x402 specification (x402-foundation/x402, ``specs/x402-specification-v2.md``
-and v1): v2 sends ``PAYMENT-REQUIRED`` / ``PAYMENT-SIGNATURE`` / ``PAYMENT-RESPONSE``
-headers carrying base64 JSON; v1 sends the requirements as the 402 JSON body and the
-payment in ``X-PAYMENT`` (answer in ``X-PAYMENT-RESPONSE``). Networks are CAIP-2 ids
-(``eip155:<chainId>``).
+Follows ``specs/transports-v2/http.md`` (and v1's): v2 sends ``PAYMENT-REQUIRED`` /
+``PAYMENT-SIGNATURE`` / ``PAYMENT-RESPONSE`` headers carrying base64 JSON; v1 sends the
+requirements as the 402 JSON body and the payment in ``X-PAYMENT`` (answer in
+``X-PAYMENT-RESPONSE``).
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import binascii
 import json
 from typing import Any
 
-from .errors import ErrorCode, PaymentError
+from ..errors import ErrorCode, PaymentError
 
 __all__ = [
     "PAYMENT_REQUIRED_HEADER",
@@ -26,8 +25,6 @@ __all__ = [
     "canonical_json",
     "encode_header",
     "decode_header",
-    "caip2",
-    "chain_id_of",
 ]
 
 PAYMENT_REQUIRED_HEADER = "PAYMENT-REQUIRED"
@@ -39,6 +36,10 @@ X_PAYMENT_RESPONSE_HEADER = "X-PAYMENT-RESPONSE"
 #: Largest payment header accepted (base64 characters). A full aep2 payload with an
 #: intent and a few payees is about 2 KiB; anything far larger is refused unparsed.
 MAX_HEADER_BYTES = 16 * 1024
+#: Most JSON arrays and objects a payment header may hold. A payment has a few dozen; the cap
+#: keeps a hostile header from nesting thousands deep (importing eth_account raises Python's
+#: recursion limit past what the C stack holds, so depth is not bounded by RecursionError).
+MAX_HEADER_CONTAINERS = 256
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -68,6 +69,8 @@ def decode_header(value: str | bytes, *, header: str = PAYMENT_SIGNATURE_HEADER)
         raw = base64.b64decode(value.strip(), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise PaymentError(ErrorCode.INVALID_HEADER, f"{header}: not base64") from exc
+    if raw.count(b"[") + raw.count(b"{") > MAX_HEADER_CONTAINERS:
+        raise PaymentError(ErrorCode.INVALID_HEADER, f"{header}: more than {MAX_HEADER_CONTAINERS} JSON arrays/objects")
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -76,15 +79,3 @@ def decode_header(value: str | bytes, *, header: str = PAYMENT_SIGNATURE_HEADER)
         raise PaymentError(ErrorCode.INVALID_HEADER, f"{header}: not a JSON object")
     return data
 
-
-def caip2(chain_id: int) -> str:
-    """The CAIP-2 id of an EVM chain: ``eip155:<chainId>``."""
-    return f"eip155:{chain_id}"
-
-
-def chain_id_of(network: str) -> int:
-    """The chain id in a CAIP-2 ``eip155:<id>`` network; raises ``ValueError`` otherwise."""
-    namespace, _, reference = network.partition(":")
-    if namespace != "eip155" or not reference.isdigit():
-        raise ValueError(f"network: {network!r} is not a CAIP-2 eip155 id")
-    return int(reference)
