@@ -6,7 +6,7 @@
 4. Runs payer agents (our SDK, ``aep2`` mandates) making paid calls across three routes,
    and a few calls by the official ``x402`` client over ``exact`` (EIP-3009).
 5. Runs the settlement processor (batches proven with Groth16, settled on chain) until
-   everything is settled, and the gateway's facilitator for the ``exact`` payments.
+   everything is settled; ``exact`` payments were settled before each answer.
 6. Checks every on-chain balance against the gateway's records and prints a summary; the
    last line is one JSON object (``calls_paid``, ``mandates_settled``, ``batches``,
    ``prove_seconds``, ``gas_per_mandate``, ``balances_match``, …).
@@ -33,7 +33,6 @@ from web3 import Web3
 
 from aep2.sqlite_store import SQLiteStore
 from examples.payee_service import start_process, stop_process
-from gateway.facilitator import ExactFacilitator
 from payer import AEP2Auth, Escrow, PayerState, create_intent, create_session_key
 from settlement.artifacts import build_artifacts
 from settlement.chain import SettlementClient
@@ -176,13 +175,6 @@ async def main(args: argparse.Namespace) -> dict:
             stop.set()
             await settling
             await settler.settle_all()
-            facilitator = ExactFacilitator(store, node.rpc_url, facilitator_key)
-            for _ in range(20):
-                if not await store.exact_payments("accepted"):
-                    break
-                await asyncio.sleep(0.5)
-            await facilitator.settle_pending()
-            await facilitator.aclose()
             await settler.client.aclose()
 
             mandates = await store.mandates()

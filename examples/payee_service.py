@@ -8,13 +8,14 @@ Routes: ``GET /v1/forecast/{city}`` (fixed price), ``POST /v1/sentiment`` (fixed
 ``GET /v1/primes?n=`` (price grows with ``n``), ``GET /health`` (free). Settings from the
 environment: ``AEP2_DEPLOYMENT`` (deployment file), ``AEP2_PAYEE`` (address paid),
 ``AEP2_STORE`` (SQLite file, default ``payments.sqlite``), ``AEP2_PROCESSOR`` (the
-settlement processor's address, required: payers' intents must name it),
-``AEP2_FACILITATOR_KEY`` (key that submits ``exact`` payments; unset: not settled here).
+settlement processor's address, required: payers' intents must name it), and for x402
+``exact`` payments either ``AEP2_FACILITATOR_URL`` (any x402 facilitator, e.g. ours:
+``uvicorn --factory facilitator.app:from_env``) or ``AEP2_FACILITATOR_KEY`` (a facilitator
+in-process, sending the transfers from that key); neither: ``aep2`` only.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import math
@@ -38,7 +39,9 @@ from aep2.deployment import Deployment
 from aep2.sqlite_store import SQLiteStore
 from gateway.chain import ChainCache, Web3ChainReader
 from gateway.config import GatewayConfig
-from gateway.facilitator import ExactFacilitator
+from aep2.x402.facilitator import Facilitator
+from facilitator import ExactEvmFacilitator
+from gateway.facilitator_client import HTTPFacilitatorClient
 from gateway.middleware import PaymentMiddleware
 from gateway.pricing import PricedRoute
 
@@ -92,9 +95,38 @@ async def health(request: Request) -> JSONResponse:
 
 #: Prices in base units of the asset (MockUSDC: 6 decimals, so 1000 = 0.001 USDC).
 ROUTES = [
-    PricedRoute("GET", "/v1/forecast/{city}", 1_000, "3-day forecast for a city"),
-    PricedRoute("POST", "/v1/sentiment", 2_000, "Sentiment of a short English text"),
-    PricedRoute("GET", "/v1/primes", lambda request: 500 + _primes_n(request) // 100, "Primes up to n (500 + n/100)"),
+    PricedRoute(
+        "GET",
+        "/v1/forecast/{city}",
+        1_000,
+        "3-day forecast for a city",
+        output_schema={
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "array", "items": {"type": "object"}}},
+        },
+        tags=["weather"],
+    ),
+    PricedRoute(
+        "POST",
+        "/v1/sentiment",
+        2_000,
+        "Sentiment of a short English text",
+        input_schema={"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+        input_example={"text": "great and fast"},
+        output_schema={
+            "type": "object",
+            "properties": {"score": {"type": "integer"}, "label": {"enum": ["positive", "negative", "neutral"]}},
+        },
+        tags=["nlp"],
+    ),
+    PricedRoute(
+        "GET",
+        "/v1/primes",
+        lambda request: 500 + _primes_n(request) // 100,
+        "Primes up to n (500 + n/100)",
+        input_schema={"type": "object", "properties": {"n": {"type": "integer", "minimum": 2, "maximum": 100000}}},
+        tags=["math"],
+    ),
 ]
 
 
@@ -105,13 +137,15 @@ def create_app(
     *,
     processor: str,
     facilitator_key: str | None = None,
+    facilitator_url: str | None = None,
     min_deadline_seconds: int = 300,
     chain_refresh_seconds: float | None = None,
 ) -> Starlette:
     """The example API behind ``PaymentMiddleware`` on ``deployment``, paying ``payee``,
     settled by ``processor`` (its address); ``store_path`` the SQLite payment store.
 
-    ``facilitator_key``: key that submits ``exact`` payments (``None``: not settled here).
+    ``exact`` payments are verified and settled by the facilitator at ``facilitator_url``, or
+    else by one in-process sending from ``facilitator_key`` (neither: ``exact`` is not offered).
     ``chain_refresh_seconds``: how often cached chain state is re-read (default: the
     ``ChainCache`` default). Raises ``ValueError`` naming the field for a missing or zero
     ``processor`` or another bad setting.
@@ -126,23 +160,19 @@ def create_app(
         max_staleness=config.max_chain_staleness,
     )
 
+    facilitator: Facilitator | None = None
+    if facilitator_url:
+        facilitator = HTTPFacilitatorClient(facilitator_url)
+    elif facilitator_key:
+        facilitator = ExactEvmFacilitator(deployment.rpc_url, facilitator_key)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await store.open()
-        stop = asyncio.Event()
-        task = None
-        if facilitator_key:
-            facilitator = ExactFacilitator(SQLiteStore(store_path), deployment.rpc_url, facilitator_key)
-            await facilitator.store.open()
-            task = asyncio.create_task(facilitator.run(stop))
         try:
             yield
         finally:
-            stop.set()
-            if task is not None:
-                await task
+            if facilitator is not None:
                 await facilitator.aclose()
-                await facilitator.store.close()
             await chain.aclose()
             await store.close()
 
@@ -155,7 +185,13 @@ def create_app(
         ],
         middleware=[
             Middleware(
-                PaymentMiddleware, config=config, routes=ROUTES, store=store, chain=chain, service="Example data API"
+                PaymentMiddleware,
+                config=config,
+                routes=ROUTES,
+                store=store,
+                chain=chain,
+                facilitator=facilitator,
+                service="Example data API",
             )
         ],
         lifespan=lifespan,
@@ -188,6 +224,7 @@ def start_process(
         "AEP2_PROCESSOR": processor,
     }
     env.pop("AEP2_FACILITATOR_KEY", None)
+    env.pop("AEP2_FACILITATOR_URL", None)
     if facilitator_key:
         env["AEP2_FACILITATOR_KEY"] = facilitator_key
     with tempfile.NamedTemporaryFile(prefix="aep2-payee-service-", suffix=".log", delete=False) as log:
@@ -240,6 +277,7 @@ def _from_environment() -> Starlette:
         os.environ.get("AEP2_STORE", "payments.sqlite"),
         processor=processor,
         facilitator_key=os.environ.get("AEP2_FACILITATOR_KEY"),
+        facilitator_url=os.environ.get("AEP2_FACILITATOR_URL"),
     )
 
 

@@ -30,9 +30,11 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Generic, Hashable, Protocol, TypeVar
 
 from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3.exceptions import BadFunctionCallOutput, ContractLogicError
 
 from aep2.deployment import contract_artifact
 from aep2.mandate import NONCE_WINDOW, nonce_window
+from aep2.verification import CONSENT_NOT_WITHDRAWN
 
 __all__ = [
     "CONSENT_NOT_WITHDRAWN",
@@ -45,8 +47,6 @@ __all__ = [
 
 logger = logging.getLogger("gateway.chain")
 
-#: ``processorConsentUntil`` of a consent that stands (given and not withdrawn): ``2^64 - 1``.
-CONSENT_NOT_WITHDRAWN = 2**64 - 1
 _FULL_WINDOW = 2**NONCE_WINDOW - 1
 
 
@@ -111,8 +111,8 @@ class ChainReader(Protocol):
     async def settled_nonces(self, intent_id: bytes, window: int) -> tuple[int, int]:
         """``(bitmap, block)``: ``settledNonces(intent_id, window)``, bit k = nonce ``window·128 + k``."""
 
-    async def token_balance(self, owner: str, asset: str) -> tuple[int, int]:
-        """``(balance, block)``: ``asset.balanceOf(owner)`` in base units."""
+    async def token_domain(self, asset: str) -> tuple[str, str] | None:
+        """The token's EIP-712 ``(name, version)`` (EIP-5267), ``None`` when it has none."""
 
 
 class Web3ChainReader:
@@ -126,7 +126,6 @@ class Web3ChainReader:
         self.settlement = self.w3.eth.contract(
             address=settlement, abi=contract_artifact("Settlement")["abi"], decode_tuples=True
         )
-        self._erc20_abi = contract_artifact("MockUSDC")["abi"]
 
     async def escrow_state(self, payer: str, asset: str, processor: str) -> EscrowState:
         """``balanceOf(payer, asset, processor)``, ``pendingWithdrawal(payer, asset, processor)``
@@ -153,17 +152,39 @@ class Web3ChainReader:
         bitmap = await self.settlement.functions.settledNonces(intent_id, window).call(block_identifier=block)
         return int(bitmap), int(block)
 
-    async def token_balance(self, owner: str, asset: str) -> tuple[int, int]:
-        """``(asset.balanceOf(owner), block)``."""
-        block = await self.w3.eth.block_number
-        token = self.w3.eth.contract(address=asset, abi=self._erc20_abi)
-        value = await token.functions.balanceOf(owner).call(block_identifier=block)
-        return int(value), int(block)
+    async def token_domain(self, asset: str) -> tuple[str, str] | None:
+        """The token's EIP-712 ``(name, version)`` from EIP-5267 ``eip712Domain()``, or
+        ``None`` when the token does not implement it."""
+        token = self.w3.eth.contract(address=asset, abi=_EIP5267_ABI)
+        try:
+            domain = await token.functions.eip712Domain().call()
+        except (ContractLogicError, BadFunctionCallOutput, ValueError):
+            return None
+        return str(domain[1]), str(domain[2])
 
     async def aclose(self) -> None:
         """Close the HTTP session."""
         await self.w3.provider.disconnect()
 
+
+#: EIP-5267 ``eip712Domain()``.
+_EIP5267_ABI = [
+    {
+        "name": "eip712Domain",
+        "type": "function",
+        "stateMutability": "view",
+        "inputs": [],
+        "outputs": [
+            {"name": "fields", "type": "bytes1"},
+            {"name": "name", "type": "string"},
+            {"name": "version", "type": "string"},
+            {"name": "chainId", "type": "uint256"},
+            {"name": "verifyingContract", "type": "address"},
+            {"name": "salt", "type": "bytes32"},
+            {"name": "extensions", "type": "uint256[]"},
+        ],
+    }
+]
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -246,9 +267,6 @@ class ChainCache:
         self._settled: _Entries[tuple[bytes, int], tuple[int, int]] = _Entries(
             "settled nonces", reader.settled_nonces, lambda read: read[0] == _FULL_WINDOW
         )
-        self._token: _Entries[tuple[str, str], tuple[int, int]] = _Entries(
-            "token balance", reader.token_balance, lambda read: False
-        )
         self._task: asyncio.Task[None] | None = None
 
     def _ensure_refreshing(self) -> None:
@@ -282,14 +300,9 @@ class ChainCache:
         bitmap, _ = await self.settled_nonces(intent_id, window)
         return bool(bitmap >> bit & 1)
 
-    async def token(self, owner: str, asset: str, *, max_age: float | None = None) -> tuple[int, int]:
-        """``(balance, block)``: token balance of ``owner`` in base units."""
-        self._ensure_refreshing()
-        return await self._token.get((owner, asset), self._bound(max_age))
-
     async def refresh(self) -> None:
         """Re-read every known entry once (except final ones); failures keep the last value."""
-        for entries in (self._escrow, self._intents, self._settled, self._token):
+        for entries in (self._escrow, self._intents, self._settled):
             await entries.refresh()
 
     async def _refresh_loop(self) -> None:

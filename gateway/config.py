@@ -26,7 +26,10 @@ class GatewayConfig:
     served mandate has to settle after its payer revokes, de-authorises or withdraws; the
     gateway's chain view must stay well inside it (``max_chain_staleness``).
     ``max_timeout_seconds``: x402 ``maxTimeoutSeconds``. ``token_name``/``token_version``:
-    the asset's EIP-712 domain, which ``exact`` (EIP-3009) signatures need.
+    the asset's EIP-712 domain, which ``exact`` (EIP-3009) signatures need; ``None`` reads it
+    from the token (EIP-5267 ``eip712Domain()``), and a value given here must match what the
+    token reports or the gateway refuses to start. ``exact_enabled``: offer ``exact`` (when the
+    gateway has a facilitator).
 
     Raises ``ValueError`` naming the field: ``processor`` missing or zero, an address that is
     not one, or a non-positive duration.
@@ -40,8 +43,8 @@ class GatewayConfig:
     min_deadline_seconds: int = 300
     settlement_window: int | None = None
     max_timeout_seconds: int = 300
-    token_name: str = "USD Coin"
-    token_version: str = "2"
+    token_name: str | None = None
+    token_version: str | None = None
     exact_enabled: bool = True
 
     def __post_init__(self) -> None:

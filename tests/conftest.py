@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 import uvicorn
+from hypothesis import settings
 from eth_account import Account
 from web3 import Web3
 from web3._utils.http_session_manager import HTTPSessionManager
@@ -20,6 +21,10 @@ from payer import Escrow
 from settlement.artifacts import CircuitArtifacts, build_artifacts
 from settlement.deploy import deploy
 from settlement.devchain import Anvil, anvil_key, mint
+
+# Property tests assert behaviour, not speed: no per-example deadline on these noisy 2-core machines.
+settings.register_profile("aep2", deadline=None)
+settings.load_profile("aep2")
 
 #: Shape of the circuit the chain tests deploy: small, so setup and proofs take seconds.
 SMALL_SHAPE = (4, 2, 2)

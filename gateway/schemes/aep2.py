@@ -17,48 +17,89 @@ each failure a ``PaymentError`` with its own code (see ``aep2.errors``):
    (``insufficient_escrow``) against ``balance - pending withdrawal`` of the payer's escrow
    account with our processor (escrow is per (payer, token, processor); what the payer holds
    with other processors cannot pay our processor's settlements and is not counted).
+
+The stateless checks (1 after the envelope, 2 without the store and the cache, 3) are
+``aep2.verification``'s, shared with the facilitator (``facilitator.aep2``), so both refuse a
+payment with the same code and message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from typing import Any
 
-from aep2.eddsa import verify
 from aep2.errors import ErrorCode, PaymentError
 from aep2.intent import Intent, SignedIntent
-from aep2.mandate import nonce_window, request_hash
+from aep2.mandate import nonce_window
 from aep2.payload import ParsedPayload, parse_payload
 from aep2.store import PaymentStore, Reservation
+from aep2.verification import BoundRequest, Terms, check_consent, check_intent, check_mandate, check_price
+from aep2.x402.models import PaymentRequirements, SettleResponse
 
 from ..chain import ChainCache, EscrowState
 from ..config import GatewayConfig
+from .base import AcceptedPayment, PaidRequest, offer
 
-__all__ = ["AEP2Scheme", "AcceptedPayment"]
-
-
-@dataclass(frozen=True)
-class AcceptedPayment:
-    """A reserved payment: what the receipt reports."""
-
-    payment_id: str
-    scheme: str
-    payer: str
-    amount: int
-    release_key: str
+__all__ = ["AEP2Scheme"]
 
 
 class AEP2Scheme:
-    """Verifier for scheme ``aep2`` bound to one gateway's config, store and chain cache."""
+    """The ``aep2`` scheme (a ``Scheme``) bound to one gateway's config, store and chain cache.
+
+    Settling a served payment means keeping its reservation: the processor proves and
+    settles the mandate in a batch later (docs/PROTOCOL.md §7), so the receipt has no
+    transaction yet (``transaction: ""``, ``extra.status: "accepted"``).
+    """
+
+    name = "aep2"
+    settles_before_response = False
 
     def __init__(self, config: GatewayConfig, store: PaymentStore, chain: ChainCache) -> None:
         self.config = config
         self.store = store
         self.chain = chain
+        self.terms = Terms(
+            config.chain_id, config.settlement, config.asset, config.processor, config.min_deadline_seconds
+        )
         # intent id -> verified signed intent; a verified intent never needs re-checking.
         self._intents: dict[bytes, SignedIntent] = {}
+
+    def requirements(self, amount: int) -> PaymentRequirements:
+        """The ``aep2`` ``accepts`` entry: ``extra`` names the Settlement contract, the
+        processor intents must name, and the shortest mandate deadline accepted (seconds)."""
+        config = self.config
+        extra = {
+            "settlement": config.settlement,
+            "processor": config.processor,
+            "minDeadlineSeconds": config.min_deadline_seconds,
+        }
+        return offer(config, self.name, amount, extra)
+
+    async def verify(self, request: PaidRequest, amount: int) -> AcceptedPayment:
+        """``verify_and_reserve`` for a paid request."""
+        return await self.verify_and_reserve(
+            request.envelope.payload,
+            amount=amount,
+            method=request.method,
+            path_and_query=request.path_and_query,
+            body=request.body,
+        )
+
+    async def settle(self, request: PaidRequest, accepted: AcceptedPayment) -> SettleResponse:
+        """The receipt of a served mandate: accepted, to be settled by the processor."""
+        return SettleResponse(
+            success=True,
+            transaction="",
+            network=request.network,
+            payer=accepted.payer,
+            amount=str(accepted.amount),
+            extra={"paymentId": accepted.payment_id, "scheme": self.name, "status": "accepted"},
+        )
+
+    async def release(self, accepted: AcceptedPayment) -> None:
+        """Free the nonce and the reserved amount of a mandate whose request was not served."""
+        await self.store.release(accepted.release_key)
 
     async def verify_and_reserve(
         self,
@@ -82,36 +123,18 @@ class AEP2Scheme:
         mandate = parsed.mandate
         config = self.config
 
-        if mandate.payee != config.payee.lower():
-            raise PaymentError(ErrorCode.PAYEE_MISMATCH, f"mandate.payee: {mandate.payee_checksum} is not {config.payee}")
-        if mandate.amount != amount:
-            raise PaymentError(ErrorCode.AMOUNT_MISMATCH, f"mandate.amount: {mandate.amount} ≠ price {amount}")
-
+        check_price(mandate, payee=config.payee, amount=amount)
         signed_intent = await self._intent(parsed.intent_id, parsed.signed_intent)
         intent = signed_intent.intent
-
-        if now < intent.valid_after:
-            raise PaymentError(ErrorCode.INTENT_NOT_YET_VALID, f"intent.validAfter: {intent.valid_after} > now")
-        if now + config.min_deadline_seconds > intent.valid_before:
-            raise PaymentError(
-                ErrorCode.INTENT_EXPIRED,
-                f"intent.validBefore: {intent.valid_before} leaves under {config.min_deadline_seconds} s to settle",
-            )
-        if not intent.allows_payee(config.payee):
-            raise PaymentError(ErrorCode.PAYEE_NOT_ALLOWED, f"intent.payees: {config.payee} not allowed")
-
-        if not verify(intent.session_key, mandate.message(), parsed.signature):
-            raise PaymentError(ErrorCode.INVALID_MANDATE_SIGNATURE, "signature: not the session key's over the mandate")
-        expected = request_hash(method, path_and_query, body)
-        if mandate.request_hash != expected:
-            raise PaymentError(
-                ErrorCode.REQUEST_MISMATCH, f"mandate.requestHash: signed for another request than {method} {path_and_query}"
-            )
-        if mandate.deadline < now + config.min_deadline_seconds:
-            raise PaymentError(
-                ErrorCode.MANDATE_EXPIRED,
-                f"mandate.deadline: {mandate.deadline} is under {config.min_deadline_seconds} s from now",
-            )
+        check_mandate(
+            mandate,
+            parsed.signature,
+            intent,
+            payee=config.payee,
+            now=now,
+            min_deadline_seconds=config.min_deadline_seconds,
+            request=BoundRequest(method, path_and_query, body),
+        )
 
         window, bit = nonce_window(mandate.nonce)
         state, escrow, (settled, _) = await asyncio.gather(
@@ -123,8 +146,7 @@ class AEP2Scheme:
             raise PaymentError(ErrorCode.INTENT_REVOKED, f"intentId: revoked on chain at {state.revoked_at}")
         if not escrow.consent_current:
             escrow = await self._escrow(intent.payer, intent.asset, max_age=1.0)  # consent may have just been given
-            if not escrow.consent_current:
-                raise PaymentError(ErrorCode.PROCESSOR_NOT_AUTHORIZED, _consent_reason(intent.payer, config.processor, escrow))
+            check_consent(intent.payer, config.processor, escrow.consent_until)
         if settled >> bit & 1:
             raise PaymentError(ErrorCode.NONCE_USED, f"mandate.nonce: {mandate.nonce} already settled on chain")
 
@@ -135,8 +157,7 @@ class AEP2Scheme:
                 raise
             # The payer may have just deposited or cancelled a withdrawal: re-read once before refusing.
             fresh = await self._escrow(intent.payer, intent.asset, max_age=1.0)
-            if not fresh.consent_current:
-                raise PaymentError(ErrorCode.PROCESSOR_NOT_AUTHORIZED, _consent_reason(intent.payer, config.processor, fresh))
+            check_consent(intent.payer, config.processor, fresh.consent_until)
             if fresh == escrow:
                 raise _escrow_refusal(exc, escrow, config.processor) from None
             try:
@@ -161,33 +182,10 @@ class AEP2Scheme:
         signed = embedded if embedded is not None else await self.store.get_intent(intent_id)
         if signed is None:
             raise PaymentError(ErrorCode.UNKNOWN_INTENT, "payload.intent: required on first use of this intent")
-        intent = signed.intent
-        if intent.chain_id != self.config.chain_id or intent.verifying_contract != self.config.settlement:
-            raise PaymentError(
-                ErrorCode.INTENT_DOMAIN_MISMATCH,
-                f"intent.chainId/verifyingContract: {intent.chain_id}/{intent.verifying_contract} is not "
-                f"{self.config.chain_id}/{self.config.settlement}",
-            )
-        if intent.intent_id != intent_id:
-            raise PaymentError(ErrorCode.INTENT_ID_MISMATCH, "intentId: not the EIP-712 digest of payload.intent")
-        if intent.asset != self.config.asset:
-            raise PaymentError(ErrorCode.ASSET_MISMATCH, f"intent.asset: {intent.asset} is not {self.config.asset}")
-        if intent.processor != self.config.processor:
-            raise PaymentError(
-                ErrorCode.PROCESSOR_MISMATCH,
-                f"intent.processor: {intent.processor} does not settle here (name {self.config.processor})",
-            )
-        if not signed.is_valid():
-            raise PaymentError(ErrorCode.INVALID_INTENT_SIGNATURE, "intent.signature: not the payer's EIP-712 signature")
+        check_intent(signed, intent_id, self.terms)
         await self.store.save_intent(signed)
         self._intents[intent_id] = signed
         return signed
-
-
-def _consent_reason(payer: str, processor: str, escrow: EscrowState) -> str:
-    if escrow.consent_until == 0:
-        return f"intent.payer: {payer} has not authorised processor {processor} (setProcessor)"
-    return f"intent.payer: {payer} withdrew consent from processor {processor} (lapses at {escrow.consent_until})"
 
 
 def _escrow_refusal(exc: PaymentError, escrow: EscrowState, processor: str) -> PaymentError:

@@ -29,14 +29,18 @@ from aep2.payload import build_payload
 from aep2.sqlite_store import SQLiteStore
 from aep2.x402 import PAYMENT_REQUIRED_HEADER, decode_header, encode_header
 from examples.payee_service import ROUTES, forecast, health, primes, sentiment
+from gateway.pricing import PricedRoute
 from gateway.chain import CONSENT_NOT_WITHDRAWN, ChainCache, ChainReader, EscrowState, IntentState, Web3ChainReader
 from gateway.config import GatewayConfig
 from gateway.middleware import PaymentMiddleware
+from gateway.quote import MALFORMED_CODES
 from settlement.devchain import anvil_key
 
 #: Same accounts as ``tests/conftest.py`` (PAYEE: Anvil account 2, processor: account 1).
 PAYEE = Account.from_key(anvil_key(2)).address
 PROCESSOR = Account.from_key(anvil_key(1)).address
+#: Sends the in-process facilitator's ``exact`` transfers (Anvil account 5).
+FACILITATOR_KEY = anvil_key(5)
 #: Prices of the example service's fixed routes (base units).
 FORECAST_PRICE = 1_000
 SENTIMENT_PRICE = 2_000
@@ -45,12 +49,16 @@ ERROR_CODES = frozenset(v for k, v in vars(ErrorCode).items() if k.isupper() and
 
 
 def error_code(response: httpx.Response) -> str:
-    """The stable code of a 402 (``PAYMENT-REQUIRED`` header's ``error``, before ``": "``)."""
-    assert response.status_code == 402, (response.status_code, response.text)
+    """The stable code of a refusal (``PAYMENT-REQUIRED`` header's ``error``, before ``": "``),
+    checking its status: 400 for a malformed payment, 402 otherwise (x402 HTTP transport)."""
+    assert response.status_code in (400, 402), (response.status_code, response.text)
     required = decode_header(response.headers[PAYMENT_REQUIRED_HEADER], header=PAYMENT_REQUIRED_HEADER)
     body = response.json()
     assert body["error"] == required["error"], "v1 body and v2 header disagree on the error"
-    return str(required["error"]).partition(": ")[0]
+    code = str(required["error"]).partition(": ")[0]
+    assert response.status_code == (400 if code in MALFORMED_CODES else 402), (response.status_code, code)
+    assert response.headers["cache-control"] == "no-store"
+    return code
 
 
 def make_intent(
@@ -202,7 +210,7 @@ class StaticChainReader:
 
     Every payer has ``balance`` escrowed and consents to every processor unless ``escrow`` says
     otherwise; intents are unregistered and no nonce is settled unless ``intents``/``settled``
-    say otherwise. ``reads`` counts the calls per method; ``fail`` makes every read raise.
+    say otherwise; the token's EIP-712 domain is ``domain``. ``reads`` counts the calls per method; ``fail`` makes every read raise.
     """
 
     def __init__(self, *, balance: int = 10**9) -> None:
@@ -211,7 +219,7 @@ class StaticChainReader:
         self.escrow: dict[tuple[str, str, str], EscrowState] = {}
         self.intents: dict[bytes, IntentState] = {}
         self.settled: dict[tuple[bytes, int], int] = {}
-        self.tokens: dict[tuple[str, str], int] = {}
+        self.domain: tuple[str, str] | None = ("USD Coin", "2")
         self.reads: Counter[str] = Counter()
         self.fail = False
 
@@ -238,9 +246,9 @@ class StaticChainReader:
         block = self._read("settled_nonces")
         return self.settled.get((intent_id, window), 0), block
 
-    async def token_balance(self, owner: str, asset: str) -> tuple[int, int]:
-        block = self._read("token_balance")
-        return self.tokens.get((owner, asset), 0), block
+    async def token_domain(self, asset: str) -> tuple[str, str] | None:
+        self._read("token_domain")
+        return self.domain
 
 
 def _counted(handler: Callable[..., Any], calls: Counter[str]) -> Callable[..., Any]:
@@ -251,12 +259,24 @@ def _counted(handler: Callable[..., Any], calls: Counter[str]) -> Callable[..., 
     return counted
 
 
+async def broken(request: Any) -> Any:
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": "the handler failed"}, status_code=500)
+
+
+#: A priced route whose handler always answers 500 (served nothing: must settle nothing).
+BROKEN_ROUTE = PricedRoute("GET", "/v1/broken", FORECAST_PRICE, "Always fails")
+
+
 class InProcessGateway:
-    """The example routes behind ``PaymentMiddleware``, with handles on its store and chain cache
-    (for driving it in-process with ``httpx.ASGITransport``, where no lifespan runs).
+    """The example routes (plus ``BROKEN_ROUTE``) behind ``PaymentMiddleware``, with handles on
+    its store and chain cache (for driving it in-process with ``httpx.ASGITransport``, where
+    no lifespan runs).
 
     ``reader``: the chain (default: the deployment's node through ``Web3ChainReader``);
     ``processor``: the settlement processor it names (default ``PROCESSOR``);
+    ``facilitator``: for ``exact`` (default none: ``aep2`` only);
     ``handled`` counts the requests that reached a handler, per path.
     """
 
@@ -267,19 +287,30 @@ class InProcessGateway:
         *,
         reader: ChainReader | None = None,
         processor: str = PROCESSOR,
+        facilitator: Any = None,
+        payment_identifier_required: bool = False,
         **config: Any,
     ) -> None:
         self.config = GatewayConfig.from_deployment(deployment, PAYEE, processor=processor, **config)
+        self.facilitator = facilitator
         self.store = SQLiteStore(store_path)
         self.reader = reader or Web3ChainReader(deployment.rpc_url, deployment.settlement)
         self.chain = ChainCache(self.reader, max_staleness=self.config.max_chain_staleness)
-        self.middleware_options = dict(config=self.config, routes=ROUTES, store=self.store, chain=self.chain)
+        self.middleware_options = dict(
+            config=self.config,
+            routes=[*ROUTES, BROKEN_ROUTE],
+            store=self.store,
+            chain=self.chain,
+            facilitator=facilitator,
+            payment_identifier_required=payment_identifier_required,
+        )
         self.handled: Counter[str] = Counter()
         self.app = Starlette(
             routes=[
                 Route("/v1/forecast/{city}", _counted(forecast, self.handled)),
                 Route("/v1/sentiment", _counted(sentiment, self.handled), methods=["POST"]),
                 Route("/v1/primes", _counted(primes, self.handled)),
+                Route("/v1/broken", _counted(broken, self.handled)),
                 Route("/health", health),
             ],
             middleware=[Middleware(PaymentMiddleware, **self.middleware_options, service="Test API")],
@@ -292,6 +323,8 @@ class InProcessGateway:
             yield client
 
     async def aclose(self) -> None:
+        if self.facilitator is not None:
+            await self.facilitator.aclose()
         await self.chain.aclose()
         await self.store.close()
 
@@ -309,7 +342,8 @@ async def open_store(path: str) -> AsyncIterator[SQLiteStore]:
 
 @pytest.fixture
 def gateway_server(deployment: Deployment, store_path: str, serve: Any) -> Any:
-    """The example payee service (``examples.payee_service``) served by uvicorn on loopback."""
+    """The example payee service (``examples.payee_service``) served by uvicorn on loopback,
+    settling ``exact`` through an in-process facilitator."""
     from examples.payee_service import create_app
 
-    return serve(create_app(deployment, PAYEE, store_path, processor=PROCESSOR))
+    return serve(create_app(deployment, PAYEE, store_path, processor=PROCESSOR, facilitator_key=FACILITATOR_KEY))

@@ -69,8 +69,7 @@ async def test_first_read_is_a_chain_read_then_memory():
             assert (await cache.escrow(PAYER, ASSET, PROCESSOR)).balance == 500
             assert not (await cache.intent(INTENT)).registered
             assert await cache.settled_nonces(INTENT, 0) == (0, 1)
-            assert await cache.token(PAYER, ASSET) == (0, 1)
-        assert reader.reads == {"escrow_state": 1, "intent_state": 1, "settled_nonces": 1, "token_balance": 1}
+        assert reader.reads == {"escrow_state": 1, "intent_state": 1, "settled_nonces": 1}
         # Another processor, window or intent is another key.
         await cache.escrow(PAYER, ASSET, "0x" + "44" * 20)
         await cache.settled_nonces(INTENT, 1)

@@ -79,6 +79,16 @@ def test_oversized_header(gateway_server):
     assert error_code(paid_get(gateway_server, header)) == ErrorCode.INVALID_PAYLOAD
 
 
+def test_deeply_nested_header_is_refused_unparsed(gateway_server):
+    # A few KB of nested arrays: refused by count before the JSON decoder sees them.
+    nested = "[" * 5000 + "]" * 5000
+    header = base64.b64encode(('{"x402Version": 2, "payload": ' + nested + "}").encode()).decode()
+    assert len(header) <= MAX_HEADER_BYTES
+    response = paid_get(gateway_server, header)
+    assert error_code(response) == ErrorCode.INVALID_HEADER and "arrays/objects" in response.json()["error"]
+    assert response.status_code == 400
+
+
 @pytest.mark.parametrize("version", [0, 3, "2", None])
 def test_unsupported_x402_version(gateway_server, make_payer, deployment, version):
     signer = signer_for(make_payer(), deployment)

@@ -9,6 +9,7 @@ import json
 import httpx
 import pytest
 from gateway_fixtures import FORECAST_PRICE, PAYEE, SENTIMENT_PRICE, make_intent, open_store
+from x402.schemas.responses import SettleResponse
 
 from payer import AEP2Auth, PayerState, create_session_key
 
@@ -24,11 +25,14 @@ def check_receipt(server, response: httpx.Response, amount: int, payer) -> str:
     assert response.status_code == 200, response.text
     assert [r.status_code for r in response.history] == [402]
     receipt = json.loads(base64.b64decode(response.headers["PAYMENT-RESPONSE"]))
-    assert receipt["success"] is True and receipt["scheme"] == "aep2"
+    assert receipt["success"] is True and receipt["transaction"] == ""
+    assert receipt["extra"]["scheme"] == "aep2" and receipt["extra"]["status"] == "accepted"
     assert receipt["amount"] == str(amount) and receipt["payer"] == payer.address
-    status = httpx.get(f"{server.url}/payments/{receipt['paymentId']}").json()
+    # The official SDK's model keeps our fields (in `extra`).
+    assert SettleResponse.model_validate(receipt).extra == receipt["extra"]
+    status = httpx.get(f"{server.url}/payments/{receipt['extra']['paymentId']}").json()
     assert status["status"] == "accepted" and status["amount"] == str(amount) and status["payee"] == PAYEE
-    return receipt["paymentId"]
+    return receipt["extra"]["paymentId"]
 
 
 def test_sync_client(gateway_server, make_payer, deployment):

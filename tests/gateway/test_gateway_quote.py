@@ -23,7 +23,8 @@ def test_unpaid_priced_route_answers_402_with_v2_header(gateway_server, deployme
     assert raw["error"].startswith("payment_required")
     assert raw["resource"]["url"] == f"{gateway_server.url}/v1/forecast/paris?days=3"
     by_scheme = {entry["scheme"]: entry for entry in raw["accepts"]}
-    assert list(by_scheme) == ["aep2", "exact"]
+    # `exact` first: a client that takes accepts[0] gets the scheme every x402 client knows.
+    assert list(by_scheme) == ["exact", "aep2"]
     for entry in raw["accepts"]:
         assert entry["network"] == "eip155:31337"
         assert entry["amount"] == str(FORECAST_PRICE) and isinstance(entry["amount"], str)
@@ -39,8 +40,8 @@ def test_unpaid_priced_route_answers_402_with_v2_header(gateway_server, deployme
     model = PaymentRequired.model_validate(raw)
     assert model.x402_version == 2
     assert [(a.scheme, a.network, a.amount, a.pay_to, a.asset) for a in model.accepts] == [
-        ("aep2", "eip155:31337", "1000", PAYEE, deployment.token),
         ("exact", "eip155:31337", "1000", PAYEE, deployment.token),
+        ("aep2", "eip155:31337", "1000", PAYEE, deployment.token),
     ]
     assert model.resource is not None and model.resource.url.endswith("/v1/forecast/paris?days=3")
     # The headers are readable from a browser (CORS exposes them).
@@ -55,11 +56,14 @@ def test_402_body_is_the_v1_form(gateway_server, deployment):
     model = PaymentRequiredV1.model_validate(body)
     assert model.x402_version == 1 and body["error"] == "payment_required"
     assert [(a.scheme, a.max_amount_required, a.pay_to, a.asset, a.resource) for a in model.accepts] == [
-        ("aep2", str(SENTIMENT_PRICE), PAYEE, deployment.token, f"{gateway_server.url}/v1/sentiment"),
         ("exact", str(SENTIMENT_PRICE), PAYEE, deployment.token, f"{gateway_server.url}/v1/sentiment"),
+        ("aep2", str(SENTIMENT_PRICE), PAYEE, deployment.token, f"{gateway_server.url}/v1/sentiment"),
     ]
     assert all(a.network == "eip155:31337" and a.max_timeout_seconds > 0 for a in model.accepts)
-    assert model.accepts[1].extra == {"name": "USD Coin", "version": "2"}
+    assert model.accepts[0].extra == {"name": "USD Coin", "version": "2"}
+    # Chain 31337 has no v1 name: its CAIP-2 id stands in (a named chain: test_gateway_x402_v1).
+    assert response.headers["cache-control"] == "no-store"
+    assert "PAYMENT-SIGNATURE" in response.headers["vary"]
 
 
 def test_computed_price_is_quoted_per_request(gateway_server):
@@ -88,7 +92,7 @@ def test_skill_json_lists_routes_and_prices(gateway_server, deployment):
     doc = httpx.get(f"{gateway_server.url}/skill.json").json()
     assert doc["x402Version"] == 2 and doc["network"] == "eip155:31337"
     assert doc["payTo"] == PAYEE and doc["asset"] == deployment.token
-    assert doc["schemes"] == ["aep2", "exact"]
+    assert doc["schemes"] == ["exact", "aep2"]
     assert doc["aep2"]["settlement"] == deployment.settlement and doc["aep2"]["chainId"] == 31337
     # The processor an intent must name, and the grace the contract gives served mandates.
     assert doc["aep2"]["processor"] == PROCESSOR
