@@ -4,7 +4,9 @@ Each line is ``{"metric", "value", "unit"}`` plus ``"baseline"`` and ``"ratio"``
 baseline measured in the same run applies. Usage: ``python -m bench [name ...]`` with names
 from ``SUITES`` (default: all of them, in order). ``prover`` and ``gas`` share one proof per
 batch size (``bench.settle`` runs the pipeline once per process); ``AEP2_BENCH_SIZES=16,64``
-restricts the batch sizes (default ``16,64,256``).
+restricts the batch sizes (default ``16,64,256``). ``latency`` times paid ``exact`` (settled on
+chain before the answer) and ``aep2`` calls one at a time against an unpriced call;
+``AEP2_BENCH_LATENCY_CALLS`` sets its calls per kind (default 50).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import sys
 import time
 
-SUITES = ("verify", "throughput", "prover", "gas")
+SUITES = ("verify", "throughput", "latency", "prover", "gas")
 
 
 def main(argv: list[str]) -> int:

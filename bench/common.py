@@ -27,6 +27,7 @@ BATCH_SIZES = tuple(int(n) for n in os.environ.get("AEP2_BENCH_SIZES", "16,64,25
 DEPLOYER_INDEX = 0
 PROCESSOR_INDEX = 1
 PAYEE_INDICES = (2, 3)
+FACILITATOR_INDEX = 4  # sends x402 ``exact`` transfers (``AEP2_FACILITATOR_KEY``)
 PRICE = 1_000  # base units per mandate (the payee service's forecast price)
 
 

@@ -34,7 +34,7 @@ from web3 import Web3
 from aep2.deployment import Deployment, contract_artifact
 from aep2.mandate import Mandate, request_hash
 from aep2.store import MandateRecord
-from gateway.schemes.exact import TRANSFER_WITH_AUTHORIZATION_TYPES
+from aep2.eip3009 import TRANSFER_WITH_AUTHORIZATION_TYPES
 from settlement.artifacts import PROJECT_ROOT, build_artifacts
 from settlement.chain import SettlementClient
 from settlement.deploy import deploy

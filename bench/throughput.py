@@ -47,7 +47,7 @@ PRESIGNED = 7_000  # mandates signed up front (the priced window stops early if 
 CITIES = 64
 
 
-def _presign(payer: FundedPayer, requirement: dict[str, Any], base_url: str, count: int) -> list[tuple[str, dict[str, str]]]:
+def presign(payer: FundedPayer, requirement: dict[str, Any], base_url: str, count: int) -> list[tuple[str, dict[str, str]]]:
     """``count`` (path, headers) pairs, nonces 0.., the first one carrying the signed intent."""
     intent_id = payer.signed_intent.intent.intent_id
     deadline = int(time.time()) + 3600
@@ -145,7 +145,7 @@ def run() -> list[dict[str, Any]]:
 
             log(f"throughput: pre-signing {PRESIGNED} mandates")
             started = time.perf_counter()
-            presigned = _presign(payer, requirement, base_url, PRESIGNED)
+            presigned = presign(payer, requirement, base_url, PRESIGNED)
             log(f"throughput: signed in {time.perf_counter() - started:.1f} s")
             first_path, first_headers = presigned[0]
             first = httpx.get(base_url + first_path, headers=first_headers)  # first use: carries the intent
