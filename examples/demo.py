@@ -2,7 +2,8 @@
 
 1. Builds the batch circuit artifacts (cached after the first run) and starts Anvil.
 2. Deploys the verifier, MockUSDC and Settlement; funds payers' escrow.
-3. Starts the example payee service behind the gateway under uvicorn (a subprocess).
+3. Starts our x402 facilitator and the example payee service behind the gateway, each under
+   uvicorn (subprocesses); the gateway settles ``exact`` through the facilitator's URL.
 4. Runs payer agents (our SDK, ``aep2`` mandates) making paid calls across three routes,
    and a few calls by the official ``x402`` client over ``exact`` (EIP-3009).
 5. Runs the settlement processor (batches proven with Groth16, settled on chain) until
@@ -32,7 +33,8 @@ from eth_account import Account
 from web3 import Web3
 
 from aep2.sqlite_store import SQLiteStore
-from examples.payee_service import start_process, stop_process
+from examples.payee_service import start_process
+from examples.processes import start_uvicorn, stop_process
 from payer import AEP2Auth, Escrow, PayerState, create_intent, create_session_key
 from settlement.artifacts import build_artifacts
 from settlement.chain import SettlementClient
@@ -132,14 +134,20 @@ async def main(args: argparse.Namespace) -> dict:
         token = payers[0].token
         payee_before = token.functions.balanceOf(payee).call()
 
-        step("starting the example payee service behind the gateway (uvicorn)")
-        store_path = workdir / "payments.sqlite"
-        gateway, url = start_process(
-            free_port(), deployment=deployment_path, payee=payee, store=store_path, processor=processor,
-            facilitator_key=facilitator_key,
+        step("starting the x402 facilitator for `exact` (uvicorn --factory facilitator.app:from_env)")
+        facilitator, facilitator_url = start_uvicorn(
+            "facilitator.app:from_env", free_port(), uvicorn_args=("--factory",), ready_path="/supported",
+            name="facilitator", env={"FACILITATOR_RPC_URL": node.rpc_url, "FACILITATOR_PRIVATE_KEY": facilitator_key},
         )
-        processes.append(gateway)
+        processes.append(facilitator)
         try:
+            step("starting the example payee service behind the gateway (uvicorn), settling `exact` through it")
+            store_path = workdir / "payments.sqlite"
+            gateway, url = start_process(
+                free_port(), deployment=deployment_path, payee=payee, store=store_path, processor=processor,
+                facilitator_url=facilitator_url,
+            )
+            processes.append(gateway)
             step(f"loading the proving key ({artifacts.constraints:,} constraints; tens of seconds at N=64)")
             store = SQLiteStore(str(store_path))
             await store.open()

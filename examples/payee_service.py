@@ -21,13 +21,7 @@ import hashlib
 import math
 import os
 import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 from typing import AsyncIterator
-
-import httpx
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -44,6 +38,8 @@ from facilitator import ExactEvmFacilitator
 from gateway.facilitator_client import HTTPFacilitatorClient
 from gateway.middleware import PaymentMiddleware
 from gateway.pricing import PricedRoute
+
+from .processes import start_uvicorn, stop_process
 
 __all__ = ["create_app", "start_process", "stop_process", "ROUTES"]
 
@@ -206,61 +202,33 @@ def start_process(
     store: str | os.PathLike[str],
     processor: str,
     facilitator_key: str | None = None,
+    facilitator_url: str | None = None,
     uvicorn_args: tuple[str, ...] = (),
     timeout: float = 60.0,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Run this service under ``uvicorn`` in a child process on ``127.0.0.1:port``, configured
     through the environment as in production (``processor``: the settlement processor's
-    address, as ``AEP2_PROCESSOR``); returns the process and its base URL once
-    ``GET /health`` answers 200. Its log goes to a temporary file (a pipe nobody reads would
-    fill up and freeze the service). Raises ``RuntimeError`` (with the log) if it exits or
-    does not answer within ``timeout`` seconds.
+    address, as ``AEP2_PROCESSOR``; ``facilitator_url`` / ``facilitator_key`` as
+    ``AEP2_FACILITATOR_URL`` / ``AEP2_FACILITATOR_KEY``); returns the process and its base URL
+    once ``GET /health`` answers 200. Raises ``RuntimeError`` as ``start_uvicorn``.
     """
     env = {
-        **os.environ,
         "AEP2_DEPLOYMENT": str(deployment),
         "AEP2_PAYEE": payee,
         "AEP2_STORE": str(store),
         "AEP2_PROCESSOR": processor,
+        "AEP2_FACILITATOR_KEY": facilitator_key or "",
+        "AEP2_FACILITATOR_URL": facilitator_url or "",
     }
-    env.pop("AEP2_FACILITATOR_KEY", None)
-    env.pop("AEP2_FACILITATOR_URL", None)
-    if facilitator_key:
-        env["AEP2_FACILITATOR_KEY"] = facilitator_key
-    with tempfile.NamedTemporaryFile(prefix="aep2-payee-service-", suffix=".log", delete=False) as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "examples.payee_service:app", "--host", "127.0.0.1", "--port",
-             str(port), "--log-level", "warning", *uvicorn_args],
-            cwd=Path(__file__).resolve().parent.parent,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            error = Path(log.name).read_text(errors="replace")
-            raise RuntimeError(f"the payee service exited during start-up ({log.name}): {error.strip()}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    stop_process(process)
-    raise RuntimeError(f"the payee service did not answer within {timeout} s (log: {log.name})")
-
-
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    """Stop a process started by ``start_process`` (terminate, then kill after 15 s)."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    return start_uvicorn(
+        "examples.payee_service:app",
+        port,
+        env=env,
+        ready_path="/health",
+        name="payee service",
+        uvicorn_args=uvicorn_args,
+        timeout=timeout,
+    )
 
 
 def _from_environment() -> Starlette:
@@ -276,8 +244,8 @@ def _from_environment() -> Starlette:
         payee,
         os.environ.get("AEP2_STORE", "payments.sqlite"),
         processor=processor,
-        facilitator_key=os.environ.get("AEP2_FACILITATOR_KEY"),
-        facilitator_url=os.environ.get("AEP2_FACILITATOR_URL"),
+        facilitator_key=os.environ.get("AEP2_FACILITATOR_KEY") or None,
+        facilitator_url=os.environ.get("AEP2_FACILITATOR_URL") or None,
     )
 
 
