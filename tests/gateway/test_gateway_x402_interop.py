@@ -8,6 +8,7 @@ requests that reached a handler) with our facilitator in-process on the real nod
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import secrets
@@ -355,3 +356,33 @@ async def test_retry_after_a_lost_settlement_answer_is_served_and_charged_once(d
     async with open_store(store_path) as store:
         (record,) = await store.exact_payments()
     assert (record.status, record.tx_hash) == ("settled", settled["transaction"])
+
+
+async def test_the_same_authorization_raced_is_served_and_charged_once(gateway, make_payer, deployment):
+    """A hostile payer sends one authorization on several requests at once: the facilitator
+    says each is valid (none is settled yet), but only one request may be served."""
+    payer = make_payer(escrow=0, wallet=10_000)
+    async with gateway.client() as http:
+        header = signed_header(await http.get(PATH), payer.account)
+        responses = await asyncio.gather(*(http.get(PATH, headers={"PAYMENT-SIGNATURE": header}) for _ in range(4)))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200, 402, 402, 402], statuses
+    assert {error_code(r) for r in responses if r.status_code != 200} == {ErrorCode.AUTHORIZATION_USED}
+    assert gateway.handled[PATH] == 1
+    assert token_balance(deployment, payer.address) == 10_000 - FORECAST_PRICE
+
+
+async def test_payment_identifier_raced_is_charged_once(gateway, make_payer, deployment):
+    payer = make_payer(escrow=0, wallet=10_000)
+    identifier = {"payment-identifier": {"info": {"required": False, "id": "pay_" + secrets.token_hex(16)}}}
+    async with gateway.client() as http:
+        header = signed_header(await http.get(PATH), payer.account, extensions=identifier)
+        responses = await asyncio.gather(*(http.get(PATH, headers={"PAYMENT-SIGNATURE": header}) for _ in range(3)))
+        # However the race went, a retry now gets the one paid response.
+        again = await http.get(PATH, headers={"PAYMENT-SIGNATURE": header})
+    served = [r for r in responses if r.status_code == 200]
+    assert served and all(r.status_code in (200, 409) for r in responses)
+    assert again.status_code == 200 and again.content == served[0].content
+    assert {r.headers["payment-response"] for r in [*served, again]} == {served[0].headers["payment-response"]}
+    assert gateway.handled[PATH] == 1
+    assert token_balance(deployment, payer.address) == 10_000 - FORECAST_PRICE
