@@ -586,17 +586,24 @@ class _HeldResponse:
 
 
 def _paid_headers(start: Message, receipt: SettleResponse, version: int) -> list[tuple[bytes, bytes]]:
-    """The app's headers plus the receipt, caching limited to the payer (``private`` unless
-    the app chose ``private`` or ``no-store``) and ``Vary`` on the payment headers."""
+    """The app's headers plus the receipt, caching limited to the payer (``_private``) and
+    ``Vary`` on the payment headers."""
     headers = MutableHeaders(raw=list(start.get("headers", [])))
     name = PAYMENT_RESPONSE_HEADER if version == 2 else X_PAYMENT_RESPONSE_HEADER
     headers[name] = encode_header(receipt.to_wire())
     headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
-    cache_control = headers.get("cache-control", "").lower()
-    if "private" not in cache_control and "no-store" not in cache_control:
-        headers["Cache-Control"] = "private"
+    headers["Cache-Control"] = _private(headers.get("cache-control", ""))
     headers.add_vary_header(VARY)
     return headers.raw
+
+
+def _private(cache_control: str) -> str:
+    """The app's ``Cache-Control`` made private: its directives kept (``max-age``, …) but
+    ``public``, plus ``private`` unless it already says ``private`` or ``no-store``."""
+    directives = [d.strip() for d in cache_control.split(",") if d.strip() and d.strip().lower() != "public"]
+    if not {d.lower() for d in directives} & {"private", "no-store"}:
+        directives.append("private")
+    return ", ".join(directives)
 
 
 def _is_identifier(value: str) -> bool:

@@ -386,3 +386,40 @@ async def test_payment_identifier_raced_is_charged_once(gateway, make_payer, dep
     assert {r.headers["payment-response"] for r in [*served, again]} == {served[0].headers["payment-response"]}
     assert gateway.handled[PATH] == 1
     assert token_balance(deployment, payer.address) == 10_000 - FORECAST_PRICE
+
+
+async def test_a_paid_answer_the_app_marks_public_is_made_private(deployment, make_payer, store_path):
+    """A shared cache must never hand one payer's paid content to an unpaid client."""
+    payer = make_payer(escrow=0, wallet=10_000)
+
+    async def cacheable(request: Request) -> JSONResponse:
+        return JSONResponse({"report": "paid"}, headers={"Cache-Control": "public, max-age=600", "Vary": "Accept"})
+
+    config = GatewayConfig.from_deployment(deployment, PAYEE, processor=PROCESSOR)
+    store = SQLiteStore(store_path)
+    chain = ChainCache(Web3ChainReader(deployment.rpc_url, deployment.settlement))
+    facilitator = ExactEvmFacilitator(deployment.rpc_url, FACILITATOR_KEY)
+    app = Starlette(
+        routes=[Route(PATH, cacheable)],
+        middleware=[
+            Middleware(
+                PaymentMiddleware,
+                config=config,
+                routes=[PricedRoute("GET", PATH, FORECAST_PRICE)],
+                store=store,
+                chain=chain,
+                facilitator=facilitator,
+            )
+        ],
+    )
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway.test") as http:
+            header = signed_header(await http.get(PATH), payer.account)
+            response = await http.get(PATH, headers={"PAYMENT-SIGNATURE": header})
+    finally:
+        await facilitator.aclose()
+        await chain.aclose()
+        await store.close()
+    assert response.status_code == 200
+    assert response.headers["cache-control"] == "max-age=600, private"
+    assert response.headers["vary"] == "Accept, PAYMENT-SIGNATURE, X-PAYMENT"
