@@ -27,11 +27,14 @@ without local state: for an authorization already used on chain it finds the tra
 used it (the token's ``AuthorizationUsed(from, nonce)`` log) and, when that transaction moved
 exactly ``value`` from ``from`` to ``to``, answers success with that transaction's hash.
 
-Round trips: ``verify`` reads checks 6–8 in one JSON-RPC batch (the token's domain is read once
-per token); ``settle`` re-reads them, with the gas price and the sender's pending nonce, in
-another, then sends the signed transaction and polls its receipt. The simulation in ``settle``
-runs within the exact gas limit the transaction will carry (a cached multiple of one estimate
-per token), so what was simulated is what is sent.
+Chain access is web3.py's ``AsyncWeb3`` without middleware (the default validation middleware
+re-reads ``eth_chainId`` on every call) over one keep-alive ``aiohttp`` session per event loop
+(web3.py's default session opens a connection per request). Round trips: ``verify`` reads
+checks 6–8 in one JSON-RPC batch (the token's domain is read once per token); ``settle``
+re-reads them, with the gas price and the sender's pending nonce, in another, then sends the
+signed transaction and polls its receipt. The simulation in ``settle`` runs within the exact gas
+limit the transaction will carry (a cached multiple of one estimate per token), so what was
+simulated is what is sent.
 
 Neither method raises: a refused payment is a response, and an RPC failure is
 ``unexpected_verify_error`` / ``unexpected_settle_error``.
@@ -42,15 +45,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import itertools
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import ClientConnectionError, ClientSession, ClientTimeout
-from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
 from eth_abi.exceptions import DecodingError
 from eth_account import Account
@@ -59,8 +61,10 @@ from eth_keys.datatypes import Signature
 from eth_utils import keccak
 from eth_utils import to_checksum_address
 from pydantic import ValidationError
-from web3._utils.error_formatters_utils import raise_contract_logic_error_on_revert
-from web3.exceptions import BadFunctionCallOutput, ContractLogicError, Web3RPCError
+from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3.exceptions import BadFunctionCallOutput, ContractLogicError, TransactionNotFound
+from web3.providers.rpc.utils import REQUEST_RETRY_ALLOWLIST, ExceptionRetryConfiguration
+from web3.types import TxParams, TxReceipt
 
 from aep2.eip3009 import TRANSFER_WITH_AUTHORIZATION_TYPES, TokenDomain, transfer_with_authorization_typed_data
 from aep2.errors import ErrorCode
@@ -159,10 +163,11 @@ TOKEN_ABI: list[dict[str, Any]] = [
         "view",
     ),
 ]
+#: What the facilitator calls on a payer that is a contract wallet.
+_ERC1271_ABI = [_fn("isValidSignature", [("hash", "bytes32"), ("signature", "bytes")], [("", "bytes4")], "view")]
 _AUTH_TYPES = tuple(t for _, t in _AUTH_ARGS)
 _TRANSFER_VRS_TYPES = (*_AUTH_TYPES, "uint8", "bytes32", "bytes32")
 _TRANSFER_BYTES_TYPES = (*_AUTH_TYPES, "bytes")
-_EIP712_DOMAIN_OUTPUTS = tuple(o["type"] for f in TOKEN_ABI if f["name"] == "eip712Domain" for o in f["outputs"])
 
 #: Revert selectors of common EIP-3009 tokens, named in simulation failure messages.
 _REVERTS = {
@@ -229,8 +234,9 @@ def _hex(data: bytes) -> str:
 
 
 def _calldata(name: str, types: tuple[str, ...], *args: Any) -> str:
-    """ABI call data of ``name(types…)(args…)``, hex (the contract-function path of web3.py
-    costs more than the node does for these calls)."""
+    """ABI call data of ``name(types…)(args…)``, hex. For the calls of every payment: web3.py's
+    contract-function path spends about a millisecond of CPU per call finding and checking the
+    ABI entry, more than the node takes to answer."""
     return _hex(_selector(f"{name}({','.join(types)})") + abi_encode(types, args))
 
 
@@ -246,30 +252,8 @@ def _selector(signature: str) -> bytes:
     return keccak(text=signature)[:4]
 
 
-def _word(result: str) -> int:
-    """The first 32-byte word of an ``eth_call`` result; ``BadFunctionCallOutput`` when the
-    result is shorter (no contract, or no such function)."""
-    data = bytes.fromhex(result[2:])
-    if len(data) < 32:
-        raise BadFunctionCallOutput(f"call returned {len(data)} bytes, not a 32-byte word")
-    return int.from_bytes(data[:32], "big")
-
-
-def _rpc_result(method: str, response: Any) -> Any:
-    """The ``result`` of a JSON-RPC response; a revert of ``eth_call``/``eth_estimateGas``
-    raises ``ContractLogicError`` (as web3.py's do), any other error ``Web3RPCError``."""
-    if not isinstance(response, dict):
-        raise Web3RPCError(f"{method}: malformed JSON-RPC response {response!r}")
-    if "error" in response:
-        if method in ("eth_call", "eth_estimateGas"):
-            raise_contract_logic_error_on_revert(response)
-        error = response["error"]
-        raise Web3RPCError(str(error.get("message", error) if isinstance(error, dict) else error), response)
-    return response["result"]
-
-
 def _unwrap(result: Any) -> Any:
-    """A result of ``_JsonRpc.batch``: the value, or its error raised."""
+    """A result of ``ExactEvmFacilitator._read_all``: the value, or its error raised."""
     if isinstance(result, Exception):
         raise result
     return result
@@ -296,73 +280,6 @@ def _recover(digest: bytes, signature: bytes) -> str | None:
     except Exception:  # eth_keys raises several types for unrecoverable points
         return None
     return _checksum(_hex(key.to_canonical_address()))
-
-
-class _JsonRpc:
-    """JSON-RPC over HTTP, one keep-alive ``aiohttp`` session per event loop.
-
-    The facilitator's calls are a few plain requests per payment, so it skips web3.py's stack:
-    its middleware re-reads ``eth_chainId`` to validate every call, and its provider opens a
-    new connection per request and takes a lock through a thread pool. A batch (one round
-    trip) carries independent reads."""
-
-    def __init__(self, url: str, timeout: float) -> None:
-        self.url = url
-        self._timeout = ClientTimeout(total=timeout)
-        self._session: ClientSession | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None  # the session's
-        self._ids = itertools.count(1)
-
-    async def request(self, method: str, params: list[Any]) -> Any:
-        """``method``'s result (``_rpc_result``)."""
-        body = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
-        return _rpc_result(method, await self._post(body, resend=method != "eth_sendRawTransaction"))
-
-    async def batch(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
-        """``calls`` (reads) in one batch: each result, or the exception it raises, in order
-        (consumed with ``_unwrap``)."""
-        ids = [next(self._ids) for _ in calls]
-        body = [
-            {"jsonrpc": "2.0", "id": i, "method": method, "params": params} for i, (method, params) in zip(ids, calls)
-        ]
-        responses = await self._post(body, resend=True)
-        by_id = {response.get("id"): response for response in responses} if isinstance(responses, list) else {}
-        if set(by_id) != set(ids):
-            raise Web3RPCError(f"JSON-RPC batch of {len(calls)} calls answered {responses!r}")
-        results: list[Any] = []
-        for i, (method, _) in zip(ids, calls):
-            try:
-                results.append(_rpc_result(method, by_id[i]))
-            except Exception as exc:
-                results.append(exc)
-        return results
-
-    async def _post(self, body: Any, *, resend: bool) -> Any:
-        """POST ``body``; once more after a dropped connection when ``resend`` (reads only: a
-        transaction may have reached the node)."""
-        try:
-            return await self._post_once(body)
-        except ClientConnectionError:
-            if not resend:
-                raise
-            return await self._post_once(body)
-
-    async def _post_once(self, body: Any) -> Any:
-        async with (await self._connect()).post(self.url, json=body) as response:
-            response.raise_for_status()
-            return await response.json(content_type=None)
-
-    async def _connect(self) -> ClientSession:
-        loop = asyncio.get_running_loop()
-        if self._session is None or self._session.closed or self._loop is not loop:
-            await self.aclose()
-            self._session, self._loop = ClientSession(timeout=self._timeout), loop
-        return self._session
-
-    async def aclose(self) -> None:
-        session, loop, self._session, self._loop = self._session, self._loop, None, None
-        if session is not None and not session.closed and loop is not None and not loop.is_closed():
-            await session.close()
 
 
 def _payer_hint(payload: Payload) -> str | None:
@@ -399,7 +316,20 @@ class ExactEvmFacilitator:
         lookback_blocks: int = 100_000,
         log_chunk_blocks: int = 10_000,
     ) -> None:
-        self._rpc = _JsonRpc(rpc_url, rpc_timeout)
+        retry = ExceptionRetryConfiguration(
+            # Once more after a dropped connection, for reads only: a transaction may have
+            # reached the node.
+            errors=(ClientConnectionError,),
+            retries=2,
+            backoff_factor=0,
+            method_allowlist=[method for method in REQUEST_RETRY_ALLOWLIST if method != "eth_sendRawTransaction"],
+        )
+        provider = AsyncHTTPProvider(
+            rpc_url, request_kwargs={"timeout": ClientTimeout(total=rpc_timeout)}, exception_retry_configuration=retry
+        )
+        self._w3 = AsyncWeb3(provider, middleware=[])
+        # The event loop whose keep-alive session the provider holds (``_connect``).
+        self._session_loop: asyncio.AbstractEventLoop | None = None
         self._account = Account.from_key(private_key)
         self.receipt_timeout = receipt_timeout
         self.valid_before_margin = valid_before_margin
@@ -428,12 +358,36 @@ class ExactEvmFacilitator:
     async def chain_id(self) -> int:
         """The node's chain id (read once)."""
         if self._chain_id is None:
-            self._chain_id = int(await self._rpc.request("eth_chainId", []), 16)
+            await self._connect()
+            self._chain_id = await self._w3.eth.chain_id
         return self._chain_id
 
     async def aclose(self) -> None:
-        """Close the RPC session."""
-        await self._rpc.aclose()
+        """Close the RPC sessions."""
+        self._session_loop = None
+        await self._w3.provider.disconnect()
+
+    async def _connect(self) -> None:
+        """Give the provider a keep-alive session in the running event loop (web3.py keeps one
+        per loop; its default one opens a connection per request)."""
+        loop = asyncio.get_running_loop()
+        if self._session_loop is not loop:
+            session = ClientSession(raise_for_status=True)
+            if await self._w3.provider.cache_async_session(session) is not session:
+                await session.close()  # the loop has one already
+            self._session_loop = loop
+
+    async def _read_all(self, *reads: Callable[[], Awaitable[Any]]) -> list[Any]:
+        """Each read's result, or the exception it raised, in order: one JSON-RPC batch.
+        web3.py raises a batch's first error for the whole batch, so a failed batch (mostly a
+        refusal) is sent again as single requests to tell which read failed."""
+        try:
+            async with self._w3.batch_requests() as batch:
+                for read in reads:
+                    batch.add(read())
+                return list(await batch.async_execute())
+        except Exception:
+            return list(await asyncio.gather(*(read() for read in reads), return_exceptions=True))
 
     # ------------------------------------------------------------------ x402 §7
 
@@ -454,11 +408,12 @@ class ExactEvmFacilitator:
         """Checks 1–8 of the module docstring; moves no funds."""
         payer = _payer_hint(payload)
         try:
+            await self._connect()
             payment = await self._parse(payload, requirements)
             payer = payment.payer
             self._check_window(payment)
             payment = await self._authenticate(payment)
-            used, funds, simulation = await self._rpc.batch(self._state_reads(payment, self._simulation(payment)))
+            used, funds, simulation = await self._read_all(*self._state_reads(payment, self._simulation(payment)))
             if self._used(payment, used):
                 raise _Refused(ErrorCode.AUTHORIZATION_USED, "payload.authorization.nonce: already used or cancelled")
             self._check_funds(payment, funds)
@@ -487,6 +442,7 @@ class ExactEvmFacilitator:
         network = requirements.network
         payer = _payer_hint(payload)
         try:
+            await self._connect()
             payment = await self._parse(payload, requirements)
             payer = payment.payer
             payment = await self._authenticate(payment)
@@ -647,8 +603,7 @@ class ExactEvmFacilitator:
         if _recover(digest, payment.signature) == payment.payer:
             return dataclasses.replace(payment, ecdsa=True)
         # The token's SignatureChecker falls back to ERC-1271 when `from` is a contract.
-        code = await self._rpc.request("eth_getCode", [payment.payer, "latest"])
-        if len(code) > 2 and await self._erc1271_accepts(payment, digest):
+        if await self._w3.eth.get_code(payment.payer) and await self._erc1271_accepts(payment, digest):
             return payment
         raise _Refused(
             ErrorCode.INVALID_EXACT_SIGNATURE,
@@ -682,61 +637,62 @@ class ExactEvmFacilitator:
     async def _token_domain(self, token: str) -> tuple[str, str] | None:
         """The token's EIP-5267 (name, version), cached; ``None`` when it has no ``eip712Domain()``."""
         if token not in self._domains:
-            call = {"to": token, "data": _calldata("eip712Domain", ())}
+            contract = self._w3.eth.contract(address=token, abi=TOKEN_ABI)
             try:
-                result = await self._rpc.request("eth_call", [call, "latest"])
-                _, name, version, *_ = abi_decode(_EIP712_DOMAIN_OUTPUTS, bytes.fromhex(result[2:]))
+                _, name, version, *_ = await contract.functions.eip712Domain().call()
                 self._domains[token] = (str(name), str(version))
-            except (ContractLogicError, DecodingError):
+            except (ContractLogicError, BadFunctionCallOutput):
                 self._domains[token] = None
         return self._domains[token]
 
     async def _erc1271_accepts(self, payment: _Payment, digest: bytes) -> bool:
-        data = _calldata("isValidSignature", ("bytes32", "bytes"), digest, payment.signature)
+        wallet = self._w3.eth.contract(address=payment.payer, abi=_ERC1271_ABI)
         try:
-            result = await self._rpc.request("eth_call", [{"to": payment.payer, "data": data}, "latest"])
-        except ContractLogicError:
+            magic = await wallet.functions.isValidSignature(digest, payment.signature).call()
+        except (ContractLogicError, BadFunctionCallOutput):
             return False
-        return bytes.fromhex(result[2:])[:4] == ERC1271_MAGIC_VALUE
+        return bytes(magic) == ERC1271_MAGIC_VALUE
 
-    def _state_reads(self, payment: _Payment, simulation: tuple[str, list[Any]]) -> list[tuple[str, list[Any]]]:
-        """The reads of checks 6–8, for one JSON-RPC batch: ``authorizationState(from, nonce)``,
-        ``balanceOf(from)`` and ``simulation`` (``_simulation``)."""
+    def _state_reads(
+        self, payment: _Payment, simulation: Callable[[], Awaitable[Any]]
+    ) -> list[Callable[[], Awaitable[Any]]]:
+        """The reads of checks 6–8, for one JSON-RPC batch (``_read_all``):
+        ``authorizationState(from, nonce)``, ``balanceOf(from)`` and ``simulation``
+        (``_simulation``)."""
         state = _calldata("authorizationState", ("address", "bytes32"), payment.payer, payment.nonce)
         funds = _calldata("balanceOf", ("address",), payment.payer)
         return [
-            ("eth_call", [{"to": payment.token, "data": state}, "latest"]),
-            ("eth_call", [{"to": payment.token, "data": funds}, "latest"]),
+            lambda: self._w3.eth.call({"to": payment.token, "data": state}, "latest"),
+            lambda: self._w3.eth.call({"to": payment.token, "data": funds}, "latest"),
             simulation,
         ]
 
     def _simulation(
         self, payment: _Payment, *, gas: int | None = None, estimate: bool = False
-    ) -> tuple[str, list[Any]]:
-        """Check 8's request: ``transferWithAuthorization`` from the facilitator's address as
-        an ``eth_call`` (within ``gas`` when given) or, with ``estimate``, an ``eth_estimateGas``."""
-        transfer: dict[str, Any] = {"from": self.address, "to": payment.token, "data": self._transfer_data(payment)}
+    ) -> Callable[[], Awaitable[Any]]:
+        """Check 8's read: ``transferWithAuthorization`` from the facilitator's address as an
+        ``eth_call`` (within ``gas`` when given) or, with ``estimate``, an ``eth_estimateGas``."""
+        transfer: TxParams = {"from": self.address, "to": payment.token, "data": self._transfer_data(payment)}
         if estimate:
-            return ("eth_estimateGas", [transfer])
+            return lambda: self._w3.eth.estimate_gas(transfer)
         if gas is not None:
-            transfer["gas"] = hex(gas)
-        return ("eth_call", [transfer, "latest"])
+            transfer["gas"] = gas
+        return lambda: self._w3.eth.call(transfer, "latest")
 
-    @staticmethod
-    def _used(payment: _Payment, state: Any) -> bool:
+    def _used(self, payment: _Payment, state: Any) -> bool:
         """Check 6 on an ``authorizationState(from, nonce)`` result (true once used or cancelled)."""
         try:
-            return bool(_word(_unwrap(state)))
-        except (ContractLogicError, BadFunctionCallOutput) as exc:
+            (used,) = self._w3.codec.decode(["bool"], _unwrap(state))
+            return bool(used)
+        except (ContractLogicError, DecodingError) as exc:
             raise _Refused(
                 ErrorCode.INVALID_PAYMENT_REQUIREMENTS,
                 f"paymentRequirements.asset: {payment.token} has no EIP-3009 authorizationState()",
             ) from exc
 
-    @staticmethod
-    def _check_funds(payment: _Payment, funds: Any) -> None:
+    def _check_funds(self, payment: _Payment, funds: Any) -> None:
         """Check 7 on a fresh ``balanceOf(from)`` result."""
-        balance = _word(_unwrap(funds))
+        (balance,) = self._w3.codec.decode(["uint256"], _unwrap(funds))
         if balance < payment.value:
             raise _Refused(
                 ErrorCode.INSUFFICIENT_FUNDS,
@@ -763,14 +719,12 @@ class ExactEvmFacilitator:
         the gas estimate, or for an ECDSA payment on a token settled before, an ``eth_call``
         within the token's cached gas limit (an estimate costs the node several executions)."""
         limit = self._gas_limits.get(payment.token) if payment.ecdsa else None
-        simulation = self._simulation(payment, gas=limit, estimate=limit is None)
-        fees = [
-            ("eth_gasPrice", []),
-            ("eth_maxPriorityFeePerGas", []),
-            ("eth_getTransactionCount", [self.address, "pending"]),
-        ]
-        used, funds, simulated, gas_price, tip, pending = await self._rpc.batch(
-            self._state_reads(payment, simulation) + fees
+        eth = self._w3.eth
+        used, funds, simulated, gas_price, tip, pending = await self._read_all(
+            *self._state_reads(payment, self._simulation(payment, gas=limit, estimate=limit is None)),
+            lambda: eth.gas_price,
+            lambda: eth.max_priority_fee,
+            lambda: eth.get_transaction_count(self.address, "pending"),
         )
         if self._used(payment, used):
             settled = await self._find_settlement(payment)
@@ -787,24 +741,24 @@ class ExactEvmFacilitator:
             # check starved of gas reverting): the estimate tells a real revert.
             self._gas_limits.pop(payment.token, None)
             limit = None
-            (simulated,) = await self._rpc.batch([self._simulation(payment, estimate=True)])
+            (simulated,) = await asyncio.gather(self._simulation(payment, estimate=True)(), return_exceptions=True)
         simulated = self._check_simulation(simulated)
         if limit is None:
-            estimate = int(simulated, 16)
+            estimate = int(simulated)
             if payment.ecdsa:
                 limit = self._gas_limits[payment.token] = _GAS_HEADROOM * estimate
             else:  # an ERC-1271 wallet's cost is its own: estimated every time
                 limit = estimate + estimate // 4
-        price = int(_unwrap(gas_price), 16)
+        price = int(_unwrap(gas_price))
         fee: dict[str, int]
-        if isinstance(tip, Exception):  # no EIP-1559 on this chain
+        if isinstance(tip, Exception):  # no EIP-1559 on this chain (web3.py's fee-history fallback failed too)
             fee = {"gasPrice": price}
         else:
-            priority = int(tip, 16)
+            priority = int(tip)
             # Twice the current price covers a base fee that doubles before inclusion; only
             # base fee + tip is paid.
             fee = {"maxFeePerGas": max(2 * price, priority), "maxPriorityFeePerGas": priority}
-        tx_hash = await self._send(payment, limit, fee, int(_unwrap(pending), 16))
+        tx_hash = await self._send(payment, limit, fee, int(_unwrap(pending)))
         receipt = await self._wait_for_receipt(tx_hash)
         if receipt is None:
             return SettleResponse(
@@ -817,7 +771,7 @@ class ExactEvmFacilitator:
                 transaction=tx_hash,
                 network=payment.network,
             )
-        succeeded = int(receipt["status"], 16) == 1
+        succeeded = receipt["status"] == 1
         if succeeded and self._pays(receipt, payment):
             return self._settled(payment, tx_hash)
         if not succeeded:
@@ -843,7 +797,7 @@ class ExactEvmFacilitator:
         chain_id = await self.chain_id()
         async with self._send_lock:
             if self._next_nonce is None:
-                pending = int(await self._rpc.request("eth_getTransactionCount", [self.address, "pending"]), 16)
+                pending = await self._w3.eth.get_transaction_count(self.address, "pending")
             nonce = max(pending, self._next_nonce or 0)
             tx = {
                 "chainId": chain_id,
@@ -856,24 +810,25 @@ class ExactEvmFacilitator:
             }
             signed = self._account.sign_transaction(tx)
             try:
-                tx_hash = str(await self._rpc.request("eth_sendRawTransaction", [_hex(signed.raw_transaction)]))
+                tx_hash = (await self._w3.eth.send_raw_transaction(signed.raw_transaction)).to_0x_hex()
             except Exception:
                 self._next_nonce = None  # the node's pending count is the truth again
                 raise
             self._next_nonce = nonce + 1
         return tx_hash
 
-    async def _wait_for_receipt(self, tx_hash: str) -> dict[str, Any] | None:
-        """The receipt of ``tx_hash``, polled until ``receipt_timeout``; ``None`` when not mined."""
+    async def _wait_for_receipt(self, tx_hash: str) -> TxReceipt | None:
+        """The receipt of ``tx_hash``, polled until ``receipt_timeout``; ``None`` when not mined.
+        (web3.py's ``wait_for_transaction_receipt`` polls at one fixed interval.)"""
 
-        async def poll() -> dict[str, Any]:
+        async def poll() -> TxReceipt:
             delay = _RECEIPT_FIRST_POLL
             while True:
-                receipt = await self._rpc.request("eth_getTransactionReceipt", [tx_hash])
-                if receipt is not None:
-                    return dict(receipt)
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, _RECEIPT_POLL)
+                try:
+                    return await self._w3.eth.get_transaction_receipt(tx_hash)
+                except TransactionNotFound:
+                    await asyncio.sleep(delay)
+                    delay = min(2 * delay, _RECEIPT_POLL)
 
         try:
             return await asyncio.wait_for(poll(), self.receipt_timeout)
@@ -883,35 +838,35 @@ class ExactEvmFacilitator:
     async def _find_settlement(self, payment: _Payment) -> str | None:
         """The mined transaction that used ``(from, nonce)`` and moved exactly ``value`` from
         ``from`` to ``to``, searched back ``lookback_blocks``; ``None`` when there is none."""
-        topics = [_hex(AUTHORIZATION_USED_TOPIC), _hex(_topic(payment.payer)), _hex(payment.nonce)]
-        latest = int(await self._rpc.request("eth_blockNumber", []), 16)
+        eth = self._w3.eth
+        topics = [AUTHORIZATION_USED_TOPIC, _topic(payment.payer), payment.nonce]
+        latest = await eth.block_number
         floor = max(0, latest - self.lookback_blocks)
         end = latest
         while end >= floor:
             start = max(floor, end - self.log_chunk_blocks + 1)
-            query = {"address": payment.token, "topics": topics, "fromBlock": hex(start), "toBlock": hex(end)}
-            logs = await self._rpc.request("eth_getLogs", [query])
+            logs = await eth.get_logs({"address": payment.token, "topics": topics, "fromBlock": start, "toBlock": end})
             # A nonce is used once, so the first log is the only candidate.
             for log in logs:
-                tx_hash = str(log["transactionHash"])
-                receipt = await self._rpc.request("eth_getTransactionReceipt", [tx_hash])
-                paid = receipt is not None and int(receipt["status"], 16) == 1 and self._pays(receipt, payment)
-                return tx_hash if paid else None
+                tx_hash = log["transactionHash"].to_0x_hex()
+                try:
+                    receipt = await eth.get_transaction_receipt(log["transactionHash"])
+                except TransactionNotFound:
+                    return None
+                return tx_hash if receipt["status"] == 1 and self._pays(receipt, payment) else None
             end = start - 1
         return None
 
     @staticmethod
-    def _pays(receipt: dict[str, Any], payment: _Payment) -> bool:
-        """Whether the (JSON-RPC) ``receipt`` has the token's ``Transfer(from, to, value)``."""
-        expected = [_hex(TRANSFER_TOPIC), _hex(_topic(payment.payer)), _hex(_topic(payment.to))]
-        for log in receipt["logs"]:
-            if (
-                str(log["address"]).lower() == payment.token.lower()
-                and [str(topic).lower() for topic in log["topics"][:3]] == expected
-                and int.from_bytes(bytes.fromhex(str(log["data"])[2:]), "big") == payment.value
-            ):
-                return True
-        return False
+    def _pays(receipt: TxReceipt, payment: _Payment) -> bool:
+        """Whether ``receipt`` has the token's ``Transfer(from, to, value)``."""
+        expected = [TRANSFER_TOPIC, _topic(payment.payer), _topic(payment.to)]
+        return any(
+            log["address"] == payment.token
+            and [bytes(topic) for topic in log["topics"][:3]] == expected
+            and int.from_bytes(log["data"], "big") == payment.value
+            for log in receipt["logs"]
+        )
 
     @staticmethod
     def _settled(payment: _Payment, tx_hash: str) -> SettleResponse:
