@@ -1,0 +1,1 @@
+"""The co-wallet: the control plane between an owner and its agents (issue 10)."""
