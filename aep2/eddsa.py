@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from . import babyjubjub as bjj
@@ -49,9 +49,9 @@ def key_hash(public_key: bjj.Point) -> int:
 
 @dataclass(frozen=True)
 class SessionKey:
-    """The agent's BabyJubJub signing key (``secret`` in ``[1, l)``)."""
+    """The agent's BabyJubJub signing key (``secret`` in ``[1, l)``; never in its ``repr``)."""
 
-    secret: int
+    secret: int = field(repr=False)
 
     def __post_init__(self) -> None:
         if not 1 <= self.secret < L:
