@@ -271,7 +271,8 @@ class Database:
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous: expected OFF, NORMAL, FULL or EXTRA, got {synchronous!r}")
         self.url = url
-        self.engine: AsyncEngine = create_async_engine(url, echo=echo)
+        # hide_parameters: a failed statement's message must not carry its values (secrets).
+        self.engine: AsyncEngine = create_async_engine(url, echo=echo, hide_parameters=True)
         self.metadata = metadata
         self.dialect = self.engine.dialect.name
         if self.dialect == "sqlite":
