@@ -1,5 +1,7 @@
 """The co-wallet: the control plane between an owner and its agents (issue 10)."""
 
-# The webhook outbox registers its tables on ``wallet.db.metadata``: import it with the
+# The webhook outbox registers its tables on ``wallet.db.metadata``: imported with the
 # package so ``Database.create()`` always creates them.
-from . import webhooks as _webhooks  # noqa: E402,F401
+from . import webhooks
+
+__all__ = ["webhooks"]
