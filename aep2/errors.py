@@ -60,7 +60,6 @@ class ErrorCode:
     PER_PAYMENT_CAP_EXCEEDED = "per_payment_cap_exceeded"
     BUDGET_EXCEEDED = "budget_exceeded"
     INSUFFICIENT_ESCROW = "insufficient_escrow"
-    FACILITATOR_UNAVAILABLE = "facilitator_unavailable"
     PAYMENT_IDENTIFIER_CONFLICT = "payment_identifier_conflict"
     PAYMENT_IN_PROGRESS = "payment_in_progress"
     CHAIN_UNAVAILABLE = "chain_unavailable"
