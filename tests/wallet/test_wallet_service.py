@@ -1,0 +1,421 @@
+"""The wallet service end to end on a real database: an agent holding only an API key gets a
+header our real gateway accepts; the policy, the kill switch and idempotency hold; 300
+concurrent spends against a cap of 100 sign exactly 100; the audit trail verifies and carries
+no secret.
+
+The gateway is the in-process harness of the gateway tests (``InProcessGateway`` on a
+``StaticChainReader``: the real middleware and verification, no node), so no Anvil is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eth_account import Account
+from sqlalchemy import func, select
+
+from aep2.x402 import PAYMENT_REQUIRED_HEADER, PAYMENT_RESPONSE_HEADER, decode_header
+from wallet import audit, ledger, webhooks
+from wallet.keys import OwnerKeystore, Sealer, parse_api_key, session_key_aad
+from wallet.policy import Rules
+from wallet.service import (
+    IdempotencyConflict,
+    IntentStatus,
+    InvalidState,
+    NoMatchingIntent,
+    PaymentStatus,
+    ReviewStatus,
+    Unauthenticated,
+    WalletService,
+    wallet_intents,
+    wallet_payments,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
+from gateway_fixtures import (  # noqa: E402  (the gateway tests' harness lives next to them)
+    FORECAST_PRICE,
+    OFFLINE_DEPLOYMENT,
+    PAYEE,
+    PROCESSOR,
+    InProcessGateway,
+    StaticChainReader,
+)
+
+FAST_KDF: dict[str, Any] = {"kdf": "scrypt", "iterations": 2**10}  # tests only
+PASSWORD = "correct horse battery staple"
+URL = "http://gateway.test/v1/forecast/paris"
+
+
+class Clock:
+    """Real time plus an offset the test can move."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+class FakeRegistry:
+    """Records the chain calls (``payer.Escrow``'s two methods)."""
+
+    def __init__(self) -> None:
+        self.registered: list[bytes] = []
+        self.revoked: list[bytes] = []
+
+    def register_intent(self, signed_intent: Any) -> bytes:
+        self.registered.append(signed_intent.intent.intent_id)
+        return signed_intent.intent.intent_id
+
+    def revoke_intent(self, intent_id: bytes) -> None:
+        self.revoked.append(intent_id)
+
+
+def requirement(amount: int = FORECAST_PRICE, **overrides: Any) -> dict[str, Any]:
+    """The ``aep2`` accepts entry the in-process gateway offers for the forecast route."""
+    entry = {
+        "scheme": "aep2",
+        "network": OFFLINE_DEPLOYMENT.network,
+        "asset": OFFLINE_DEPLOYMENT.token,
+        "amount": str(amount),
+        "payTo": PAYEE,
+        "maxTimeoutSeconds": 300,
+        "extra": {"settlement": OFFLINE_DEPLOYMENT.settlement, "processor": PROCESSOR, "minDeadlineSeconds": 300},
+    }
+    entry.update(overrides)
+    return entry
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def registry() -> FakeRegistry:
+    return FakeRegistry()
+
+
+@pytest.fixture
+async def wallet(wallet_db, tmp_path, clock, registry):
+    owner = OwnerKeystore.create(tmp_path / "owner.json", PASSWORD, **FAST_KDF)
+    hooks = webhooks.Webhooks(wallet_db)
+    service = WalletService(
+        wallet_db,
+        owner=owner,
+        sealer=Sealer(os.urandom(32)),
+        deployment=OFFLINE_DEPLOYMENT,
+        processor=PROCESSOR,
+        webhooks=hooks,
+        chain=registry,
+        clock=clock,
+    )
+    async with wallet_db.transaction() as conn:
+        await webhooks.add_endpoint(conn, "https://owner.example/hooks", [e.value for e in webhooks.EventType])
+    await service.record_deposit(10**9)
+    yield service
+    await hooks.aclose()
+
+
+async def agent_with_intent(wallet: WalletService, name: str = "agent", **draft: Any) -> tuple[str, str, str]:
+    """``(agent_id, api_key, intent_id)``: a new agent and its approved intent."""
+    agent_id, api_key = await wallet.add_agent(name)
+    options = {"budget": 100_000, "purpose": "forecasts", "duration_seconds": 3600, "per_payment_cap": 5_000}
+    intent = await wallet.draft_intent(agent_id, **(options | draft))
+    assert intent.status is IntentStatus.PENDING_APPROVAL
+    approved = await wallet.approve_intent(intent.id)
+    assert approved.status is IntentStatus.ACTIVE and approved.remaining == approved.budget
+    return agent_id, api_key, intent.id
+
+
+async def event_types(wallet: WalletService) -> list[str]:
+    async with wallet.db.snapshot() as conn:
+        return [d.event_type.value for d in await webhooks.deliveries(conn)]
+
+
+async def reservations(wallet: WalletService) -> int:
+    async with wallet.db.snapshot() as conn:
+        return (
+            await conn.execute(
+                select(func.count()).select_from(ledger.transactions).where(ledger.transactions.c.kind == "reserve")
+            )
+        ).scalar_one()
+
+
+# ---------------------------------------------------------------------------------------------
+# The signing path, checked by the real gateway
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_an_agent_with_only_an_api_key_pays_the_gateway(wallet, registry):
+    agent_id, api_key, intent_id = await agent_with_intent(wallet)
+    assert registry.registered == [bytes.fromhex((await wallet.intent(intent_id)).chain_intent_id[2:])]
+    gateway = InProcessGateway(OFFLINE_DEPLOYMENT, ":memory:", reader=StaticChainReader())
+    try:
+        async with gateway.client() as client:
+            challenge = await client.get("/v1/forecast/paris")
+            assert challenge.status_code == 402
+            offered = decode_header(challenge.headers[PAYMENT_REQUIRED_HEADER], header=PAYMENT_REQUIRED_HEADER)
+            entry = next(e for e in offered["accepts"] if e["scheme"] == "aep2")
+
+            # The agent process: an API key, the 402's entry and its request; no key material.
+            authorization = await wallet.authorize_payment(await wallet.authenticate(api_key), entry, URL, "GET")
+            assert authorization.allowed and authorization.rule == "default"
+
+            paid = await client.get("/v1/forecast/paris", headers={"PAYMENT-SIGNATURE": authorization.header})
+            assert paid.status_code == 200, paid.text
+            receipt = decode_header(paid.headers[PAYMENT_RESPONSE_HEADER], header=PAYMENT_RESPONSE_HEADER)
+            assert receipt["extra"]["paymentId"] == authorization.payment_id
+            assert [m.payment_id for m in await gateway.store.mandates()] == [authorization.payment_id]
+
+            # A second call signs the next nonce; it too is accepted.
+            second = await wallet.authorize_payment(agent_id, entry, "http://gateway.test/v1/forecast/rome")
+            again = await client.get("/v1/forecast/rome", headers={"PAYMENT-SIGNATURE": second.header})
+            assert again.status_code == 200, again.text
+    finally:
+        await gateway.aclose()
+
+    settled = await wallet.confirm(authorization.payment_id, receipt)
+    assert settled.status is PaymentStatus.SETTLED
+    assert (await wallet.confirm(authorization.payment_id, receipt)).status is PaymentStatus.SETTLED  # a retry
+    async with wallet.db.snapshot() as conn:
+        assert await ledger.settled(conn, intent_id) == FORECAST_PRICE
+        assert await ledger.reserved(conn, second.payment_id) == FORECAST_PRICE
+        assert await ledger.escrow(conn, wallet.owner_ref) == 10**9 - FORECAST_PRICE
+    assert {"intent.requested", "intent.approved", "payment.authorized", "payment.settled"} <= set(
+        await event_types(wallet)
+    )
+
+
+async def test_authenticate_refuses_anything_but_the_issued_key(wallet):
+    agent_id, api_key = await wallet.add_agent("a")
+    assert await wallet.authenticate(api_key) == agent_id
+    prefix, key_id, secret = parse_api_key(api_key)
+    for presented in (None, "", api_key + "x", f"{prefix}{key_id}.{secret[:-1]}A", f"{prefix}{'0' * 16}.{secret}"):
+        with pytest.raises(Unauthenticated):
+            await wallet.authenticate(presented)
+
+
+# ---------------------------------------------------------------------------------------------
+# Policy, kill switch, idempotency, review
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_a_policy_denial_signs_nothing_and_is_stored(wallet):
+    agent_id, _key, _intent = await agent_with_intent(wallet)
+    await wallet.set_rules(Rules(per_transaction_cap=999))
+    denied = await wallet.authorize_payment(agent_id, requirement(1_000), URL)
+    assert (denied.outcome, denied.rule, denied.header, denied.payment_id) == ("deny", "per_transaction_cap", None, None)
+    assert await reservations(wallet) == 0 and await wallet.payments() == []
+    [stored] = await wallet.decisions(agent_id=agent_id)
+    assert stored["id"] == denied.decision_id and stored["rule"] == "per_transaction_cap"
+    assert stored["record"]["inputs"]["request"]["amount"] == 1_000
+    assert stored["record"]["inputs"]["rules"]["per_transaction_cap"] == 999
+    assert "payment.denied" in await event_types(wallet)
+    allowed = await wallet.authorize_payment(agent_id, requirement(999), URL)  # at the boundary
+    assert allowed.allowed
+
+
+async def test_intent_limits_decide_through_the_policy(wallet, clock):
+    agent_id, _key, intent_id = await agent_with_intent(wallet, budget=2_000, per_payment_cap=1_500, payees=[PAYEE])
+    assert (await wallet.authorize_payment(agent_id, requirement(1_501), URL)).rule == "intent_per_payment_cap"
+    other = Account.create().address
+    assert (await wallet.authorize_payment(agent_id, requirement(1, payTo=other), URL)).rule == "intent_payee"
+    assert (await wallet.authorize_payment(agent_id, requirement(1_500), URL)).allowed
+    assert (await wallet.authorize_payment(agent_id, requirement(501), URL)).rule == "intent_budget"
+    clock.offset = 3601
+    assert (await wallet.authorize_payment(agent_id, requirement(1), URL)).rule == "intent_expired"
+    assert await wallet.expire_intents() == [intent_id]
+    record = await wallet.intent(intent_id)
+    assert record.status is IntentStatus.EXPIRED and record.remaining == 0  # 500 went back to the owner
+    with pytest.raises(NoMatchingIntent):
+        await wallet.authorize_payment(agent_id, requirement(1, asset=Account.create().address), URL)
+
+
+async def test_the_kill_switch_denies_every_later_spend_and_revokes(wallet, registry):
+    first, _k1, first_intent = await agent_with_intent(wallet, "one")
+    second, _k2, second_intent = await agent_with_intent(wallet, "two")
+    assert (await wallet.authorize_payment(first, requirement(), URL)).allowed
+
+    assert await wallet.engage_kill_switch(agent_id=first, reason="runaway loop") == [first_intent]
+    assert (await wallet.authorize_payment(first, requirement(), URL)).rule == "kill_switch_agent"
+    assert (await wallet.authorize_payment(second, requirement(), URL)).allowed
+    assert (await wallet.intent(first_intent)).status is IntentStatus.REVOKED
+
+    await wallet.engage_kill_switch(reason="stop everything")
+    for agent_id in (first, second):
+        assert (await wallet.authorize_payment(agent_id, requirement(), URL)).rule == "kill_switch_global"
+    assert len(registry.revoked) == 2  # both intents revoked on chain
+    assert (await wallet.intent(second_intent)).chain_revoked_at is not None
+    assert (await event_types(wallet)).count("killswitch.engaged") == 2
+    async with wallet.db.snapshot() as conn:
+        actions = [r.action for r in await audit.records(conn, limit=1000)]
+    assert actions.count("killswitch.engaged") == 2 and actions.count("intent.chain_revoked") == 2
+
+    await wallet.disengage_kill_switch()
+    await wallet.disengage_kill_switch(agent_id=first)
+    assert (await wallet.authorize_payment(second, requirement(), URL)).rule == "intent_revoked"
+
+
+async def test_an_idempotency_key_returns_the_same_header_once_reserved(wallet):
+    agent_id, _key, _intent = await agent_with_intent(wallet)
+    first = await wallet.authorize_payment(agent_id, requirement(), URL, idempotency_key="req-1")
+    again = await asyncio.gather(
+        *(wallet.authorize_payment(agent_id, requirement(), URL, idempotency_key="req-1") for _ in range(5))
+    )
+    assert {a.header for a in again} == {first.header} and all(a.replayed for a in again)
+    assert {a.payment_id for a in again} == {first.payment_id}
+    assert await reservations(wallet) == 1 and len(await wallet.payments()) == 1
+    with pytest.raises(IdempotencyConflict):
+        await wallet.authorize_payment(agent_id, requirement(), URL + "?days=7", idempotency_key="req-1")
+    other, _k, _i = await agent_with_intent(wallet, "other")  # keys are per agent
+    assert (await wallet.authorize_payment(other, requirement(), URL, idempotency_key="req-1")).header != first.header
+
+
+async def test_a_review_waits_for_the_owner_and_is_evaluated_again(wallet):
+    agent_id, _key, _intent = await agent_with_intent(wallet)
+    await wallet.set_rules(Rules(review_above=1_000, daily_cap=4_000))
+    pending = await wallet.authorize_payment(agent_id, requirement(2_000), URL, idempotency_key="big")
+    assert (pending.outcome, pending.rule, pending.header) == ("review", "review_above", None)
+    assert [r.id for r in await wallet.reviews()] == [pending.review_id]
+    assert (await wallet.authorize_payment(agent_id, requirement(2_000), URL, idempotency_key="big")).outcome == "review"
+
+    approved = await wallet.approve_review(pending.review_id)
+    assert approved.allowed and approved.review_id == pending.review_id
+    replay = await wallet.authorize_payment(agent_id, requirement(2_000), URL, idempotency_key="big")
+    assert replay.header == approved.header and replay.replayed
+    assert (await wallet.review(pending.review_id)).status is ReviewStatus.APPROVED
+    with pytest.raises(InvalidState):
+        await wallet.approve_review(pending.review_id)
+
+    # A second big spend goes to review; meanwhile the day's cap fills up: approving it denies.
+    late = await wallet.authorize_payment(agent_id, requirement(1_001), URL)
+    assert (await wallet.authorize_payment(agent_id, requirement(1_000), URL)).allowed
+    refused = await wallet.approve_review(late.review_id)
+    assert (refused.outcome, refused.rule) == ("deny", "daily_cap")
+    assert (await wallet.review(late.review_id)).status is ReviewStatus.DENIED
+
+    third = await wallet.authorize_payment(agent_id, requirement(1_500), "/v1/other")
+    assert (third.outcome, third.rule) == ("deny", "daily_cap")  # over the cap: deny beats review
+    await wallet.set_rules(Rules(review_above=0))
+    asked = await wallet.authorize_payment(agent_id, requirement(1), URL)
+    assert (await wallet.deny_review(asked.review_id, reason="no")).status is ReviewStatus.DENIED
+    assert (await wallet.review_authorization(agent_id, asked.review_id)).outcome == "deny"
+
+
+async def test_a_released_payment_stops_counting(wallet):
+    agent_id, _key, intent_id = await agent_with_intent(wallet)
+    await wallet.set_rules(Rules(daily_cap=1_000))
+    paid = await wallet.authorize_payment(agent_id, requirement(), URL)
+    assert (await wallet.authorize_payment(agent_id, requirement(), URL)).rule == "daily_cap"
+    released = await wallet.release_payment(paid.payment_id, reason="gateway answered 500")
+    assert released.status is PaymentStatus.RELEASED
+    assert (await wallet.intent(intent_id)).remaining == 100_000
+    assert (await wallet.authorize_payment(agent_id, requirement(), URL)).allowed
+    with pytest.raises(InvalidState):
+        await wallet.confirm(paid.payment_id)
+
+
+# ---------------------------------------------------------------------------------------------
+# The concurrency guarantee
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_300_concurrent_spends_against_a_cap_of_100_sign_exactly_100(wallet):
+    agents = [(await agent_with_intent(wallet, f"agent-{n}", budget=1_000, per_payment_cap=10))[0] for n in range(3)]
+    await wallet.set_rules(Rules(daily_cap=100, scope="owner"))  # 100 calls of 1 base unit, all agents
+
+    results = await asyncio.gather(
+        *(
+            wallet.authorize_payment(agents[n % 3], requirement(1), f"http://gateway.test/v1/forecast/c{n}")
+            for n in range(300)
+        )
+    )
+    signed = [r for r in results if r.allowed]
+    assert len(signed) == 100 and len({r.header for r in signed}) == 100
+    assert {r.rule for r in results if not r.allowed} == {"daily_cap"}
+    assert await reservations(wallet) == 100
+    async with wallet.db.snapshot() as conn:
+        assert (await conn.execute(select(func.count()).select_from(wallet_payments))).scalar_one() == 100
+        assert sum((await ledger.balances(conn, "reserved")).values()) == 100
+    assert len(await wallet.decisions()) == 300
+
+
+# ---------------------------------------------------------------------------------------------
+# The audit trail and secrets
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_the_audit_verifies_and_nothing_carries_a_secret(wallet):
+    agent_id, api_key, intent_id = await agent_with_intent(wallet)
+    await wallet.set_rules(Rules(per_transaction_cap=2_000))
+    returned: list[Any] = [await wallet.add_agent("second"), await wallet.intent(intent_id), wallet]
+    returned.append(await wallet.authorize_payment(agent_id, requirement(), URL + "?token=abc"))
+    returned.append(await wallet.authorize_payment(agent_id, requirement(5_000), URL))
+    returned += [await wallet.payments(), await wallet.decisions(), await wallet.agents()]
+    await wallet.engage_kill_switch()
+
+    report = await audit.verify(wallet.db)
+    assert report.ok and report.records > 5
+
+    async with wallet.db.snapshot() as conn:
+        records = await audit.records(conn, limit=10_000)
+        row = (await conn.execute(select(wallet_intents).where(wallet_intents.c.id == intent_id))).one()
+    session_key = wallet.sealer.open_session_key(
+        row.sealed_session_key, aad=session_key_aad(intent_id=intent_id, agent_id=agent_id)
+    )
+    secrets = [
+        api_key,
+        api_key.split(".")[1],
+        returned[0].api_key.split(".")[1],
+        wallet.owner.account.key.hex(),
+        str(session_key.secret),
+        session_key.to_hex()[2:],
+    ]
+    payloads = [json.dumps(r.payload) for r in records]
+    for text in [repr(item) for item in returned] + payloads:
+        for secret in secrets:
+            assert secret not in text
+    # The audit log names the resource without its query, which may carry credentials.
+    assert all("token=abc" not in text for text in payloads)
+
+
+# ---------------------------------------------------------------------------------------------
+# On a real chain: registration at approval, revocation
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.chain
+async def test_approval_registers_and_revocation_revokes_on_anvil(wallet_db, tmp_path, deployment, make_payer):
+    payer = make_payer(escrow=100_000)  # a payer.Escrow: the wallet's IntentRegistry
+    owner = OwnerKeystore.create(tmp_path / "owner.json", PASSWORD, private_key=payer.account.key, **FAST_KDF)
+    hooks = webhooks.Webhooks(wallet_db)
+    service = WalletService(
+        wallet_db, owner=owner, sealer=Sealer(os.urandom(32)), deployment=deployment,
+        processor=payer.processor, webhooks=hooks, chain=payer,
+    )
+    try:
+        await service.record_deposit(100_000)
+        agent_id, _api_key = await service.add_agent("on-chain")
+        draft = await service.draft_intent(
+            agent_id, budget=50_000, purpose="chain", duration_seconds=3600, per_payment_cap=1_000
+        )
+        approved = await service.approve_intent(draft.id)
+        assert approved.registered_at is not None
+        chain_id = bytes.fromhex(approved.chain_intent_id[2:])
+        record = payer.settlement.functions.getIntent(chain_id).call()
+        assert (record[0], record[3], record[10]) == (owner.address, 50_000, 0)  # payer, maxAmount, revokedAt
+
+        revoked = await service.revoke_intent(draft.id, reason="done")
+        assert revoked.status is IntentStatus.REVOKED and revoked.chain_revoked_at is not None
+        assert payer.settlement.functions.getIntent(chain_id).call()[10] > 0
+        assert (await audit.verify(wallet_db)).ok
+    finally:
+        await hooks.aclose()
