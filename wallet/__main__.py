@@ -1,0 +1,226 @@
+"""``python -m wallet``: serve the co-wallet's API, or act as its owner from the shell.
+
+    python -m wallet init                          # schema + owner keystore; prints the owner address
+    python -m wallet serve --host 127.0.0.1 --port 8080
+    python -m wallet add-agent NAME                # prints the agent id and its API key, once
+    python -m wallet approve INTENT_ID
+    python -m wallet deny INTENT_ID [--reason TEXT]
+    python -m wallet kill-switch on|off [--agent ID] [--reason TEXT]
+    python -m wallet audit verify                  # exit status 1 on a broken chain
+
+The CLI talks to the same database as the server (SQLite's write lock, or PostgreSQL's, keeps
+the two consistent) and every command goes through ``WalletService``, so a CLI approval is
+the same approval as one over HTTP. Configuration is read once, from the environment:
+
+- ``AEP2_WALLET_DB``: SQLAlchemy URL (default ``sqlite+aiosqlite:///wallet.sqlite``);
+- ``AEP2_WALLET_KEY``: the key sealing session keys at rest (``keys.Sealer.from_env``);
+- ``AEP2_WALLET_OWNER_PASSWORD``: the owner keystore's password;
+- ``AEP2_WALLET_OWNER_KEYSTORE``: its file (default ``wallet-owner.json``);
+- ``AEP2_WALLET_OWNER_TOKEN``: the owner's bearer credential for the API (``serve`` only);
+- ``AEP2_DEPLOYMENT``: the deployment file; ``AEP2_PROCESSOR``: the settlement processor.
+
+``audit verify`` needs only the database: an auditor does not need the owner's keys.
+Exit status: 0 done, 1 refused (or a broken audit chain), 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from aep2.deployment import Deployment
+
+from . import audit
+from .db import DEFAULT_URL, Database
+from .keys import KeyCustodyError, OwnerKeystore, Sealer
+from .ledger import LedgerError
+from .service import WalletError, WalletService
+from .webhooks import Webhooks
+
+DEFAULT_KEYSTORE = "wallet-owner.json"
+_CLI_ACTOR = "owner:cli"
+
+
+class ConfigError(Exception):
+    """A missing or malformed setting; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The environment, read once."""
+
+    db_url: str
+    keystore: Path
+    owner_token: str | None
+    deployment: str | None
+    processor: str | None
+    environ: Mapping[str, str]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
+        env = dict(os.environ if environ is None else environ)
+        return cls(
+            db_url=env.get("AEP2_WALLET_DB") or DEFAULT_URL,
+            keystore=Path(env.get("AEP2_WALLET_OWNER_KEYSTORE") or DEFAULT_KEYSTORE),
+            owner_token=env.get("AEP2_WALLET_OWNER_TOKEN") or None,
+            deployment=env.get("AEP2_DEPLOYMENT") or None,
+            processor=env.get("AEP2_PROCESSOR") or None,
+            environ=env,
+        )
+
+
+@asynccontextmanager
+async def _service(config: Config) -> AsyncIterator[WalletService]:
+    """The wallet service on the configured database, keys, deployment and processor."""
+    if config.deployment is None:
+        raise ConfigError("AEP2_DEPLOYMENT is not set: the deployment file")
+    if config.processor is None:
+        raise ConfigError("AEP2_PROCESSOR is not set: the settlement processor's address")
+    try:
+        deployment = Deployment.load(config.deployment)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"AEP2_DEPLOYMENT: {exc}") from None
+    sealer = Sealer.from_env(config.environ)
+    owner = OwnerKeystore.load(config.keystore, environ=config.environ)
+    from payer import Escrow  # web3: only for the commands that may touch the chain
+
+    chain = Escrow(deployment, owner.account.key, processor=config.processor)
+    db = Database(config.db_url)
+    hooks = Webhooks(db)
+    try:
+        yield WalletService(
+            db, owner=owner, sealer=sealer, deployment=deployment, processor=config.processor,
+            webhooks=hooks, chain=chain,
+        )
+    finally:
+        await hooks.aclose()
+        await db.aclose()
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------
+
+
+async def _init(config: Config, _args: argparse.Namespace) -> int:
+    async with Database(config.db_url) as db:
+        await db.create()
+    if config.keystore.exists():
+        owner = OwnerKeystore.load(config.keystore, environ=config.environ)
+    else:
+        owner = OwnerKeystore.create(config.keystore, environ=config.environ)
+    print(owner.address)
+    return 0
+
+
+async def _serve(config: Config, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    if config.owner_token is None:
+        raise ConfigError("AEP2_WALLET_OWNER_TOKEN is not set: the owner's bearer credential (16+ characters)")
+    async with _service(config) as service:
+        try:
+            app = create_app(service, owner_token=config.owner_token, rate_limit=args.rate_limit)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, lifespan="on", log_level=args.log_level))
+        await server.serve()
+    return 0
+
+
+async def _add_agent(config: Config, args: argparse.Namespace) -> int:
+    async with _service(config) as service:
+        new = await service.add_agent(args.name, actor=_CLI_ACTOR)
+    print(f"agent id: {new.agent_id}\napi key:  {new.api_key}\n(the API key is shown once; store it now)")
+    return 0
+
+
+async def _approve(config: Config, args: argparse.Namespace) -> int:
+    async with _service(config) as service:
+        record = await service.approve_intent(args.intent_id, actor=_CLI_ACTOR)
+    print(f"{record.id} {record.status.value} {record.chain_intent_id}")
+    return 0
+
+
+async def _deny(config: Config, args: argparse.Namespace) -> int:
+    async with _service(config) as service:
+        record = await service.deny_intent(args.intent_id, actor=_CLI_ACTOR, reason=args.reason)
+    print(f"{record.id} {record.status.value}")
+    return 0
+
+
+async def _kill_switch(config: Config, args: argparse.Namespace) -> int:
+    async with _service(config) as service:
+        if args.state == "on":
+            revoked = await service.engage_kill_switch(agent_id=args.agent, actor=_CLI_ACTOR, reason=args.reason)
+            print(f"kill switch engaged ({args.agent or 'all agents'}); revoked: {' '.join(revoked) or 'none'}")
+        else:
+            await service.disengage_kill_switch(agent_id=args.agent, actor=_CLI_ACTOR)
+            print(f"kill switch off ({args.agent or 'all agents'})")
+    return 0
+
+
+async def _audit_verify(config: Config, _args: argparse.Namespace) -> int:
+    async with Database(config.db_url) as db:
+        report = await audit.verify(db)
+    if report.ok:
+        print(f"ok: {report.records} records, head {report.head_seq} {report.head_hash}")
+        return 0
+    print(f"broken at seq {report.seq}: {report.fault.value if report.fault else '?'}: {report.detail}", file=sys.stderr)
+    return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m wallet", description="The AEP2 co-wallet.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, run: Callable[[Config, argparse.Namespace], Awaitable[int]], help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help)
+        sub.set_defaults(run=run)
+        return sub
+
+    command("init", _init, "create the schema and the owner keystore; print the owner address")
+    serve = command("serve", _serve, "serve the HTTP API (uvicorn)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--rate-limit", default="60/second", help="per credential, limits notation")
+    serve.add_argument("--log-level", default="info")
+    command("add-agent", _add_agent, "add an agent; prints its API key once").add_argument("name")
+    command("approve", _approve, "approve a pending intent").add_argument("intent_id")
+    deny = command("deny", _deny, "deny a pending intent")
+    deny.add_argument("intent_id")
+    deny.add_argument("--reason", default="")
+    kill = command("kill-switch", _kill_switch, "engage or release the kill switch")
+    kill.add_argument("state", choices=["on", "off"])
+    kill.add_argument("--agent", default=None, help="one agent's id (default: every agent)")
+    kill.add_argument("--reason", default="")
+    audit_cmd = command("audit", _audit_verify, "audit trail commands")
+    audit_cmd.add_argument("action", choices=["verify"])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    config = Config.from_env(environ)
+    try:
+        return asyncio.run(args.run(config, args))
+    except (ConfigError, KeyCustodyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (WalletError, LedgerError) as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

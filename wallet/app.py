@@ -1,0 +1,725 @@
+"""The co-wallet's HTTP API: a thin Starlette layer over :class:`wallet.service.WalletService`.
+
+Everything that decides, signs or moves money is in the service; this module only
+authenticates, limits, parses and maps outcomes to HTTP, so the API and the CLI behave the same.
+
+Two credentials, never interchangeable:
+
+- **agents** send ``Authorization: Bearer <API key>`` (``WalletService.authenticate``); they
+  draft intents and ask for signed payment headers;
+- **the owner** sends ``Authorization: Bearer <owner token>`` (compared in constant time); it
+  adds agents, approves intents, sets rules, decides reviews and throws the kill switch.
+  An agent key on an owner route is 401, and the owner token on an agent route is 401 too.
+
+Limits. Each credential has its own moving-window rate limit (PyPI ``limits``, in-memory
+storage): 429 with ``Retry-After`` in whole seconds. The limit is counted after authentication,
+per agent or for the owner, so nobody can use up another key's allowance by sending its key id
+with a wrong secret. A request body above ``max_body`` bytes is 413 (checked on
+``Content-Length`` and while reading, for a chunked body).
+
+Errors are RFC 9457 problem details (``application/problem+json``) with a stable ``code``
+(``PROBLEMS``) and, when one argument is at fault, the ``field``. A policy denial is 403 with
+the ``rule`` that decided; a review is 202 with the ``reviewId`` to poll.
+
+Secrets. No response carries key material; the only full API key ever returned is the one in
+the answer to ``POST /v1/agents``. Every log handler of the process gets ``keys.RedactingFilter``
+and the ``aiosqlite`` logger is kept at INFO or above (it logs SQL parameters at DEBUG).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hmac
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from limits import parse as parse_rate_limit
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+from pydantic.json_schema import models_json_schema
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from uvicorn.logging import AccessFormatter
+
+from . import audit
+from .keys import RedactingFilter, redact_secrets
+from .ledger import InsufficientFunds, LedgerError
+from .policy import Rules
+from .service import (
+    Authorization,
+    IdempotencyConflict,
+    IntentRecord,
+    InvalidRequest,
+    InvalidState,
+    NoMatchingIntent,
+    NotFound,
+    Payment,
+    Review,
+    Unauthenticated,
+    WalletError,
+    WalletService,
+)
+
+__all__ = ["create_app", "PROBLEMS", "DEFAULT_MAX_BODY", "install_log_redaction"]
+
+logger = logging.getLogger(__name__)
+
+_M = TypeVar("_M", bound=BaseModel)
+
+#: Largest request body accepted (bytes); a larger one is 413.
+DEFAULT_MAX_BODY = 64 * 1024
+#: Where problem ``type`` URIs live (``<base><code>``).
+PROBLEM_BASE = "urn:aep2:wallet:problem:"
+_OWNER_ACTOR = "owner:api"
+
+#: code -> (status, title): every problem this API answers with.
+PROBLEMS: dict[str, tuple[int, str]] = {
+    "unauthenticated": (401, "Missing or invalid credential"),
+    "not_found": (404, "Not found"),
+    "method_not_allowed": (405, "Method not allowed"),
+    "invalid_state": (409, "Not allowed in the current state"),
+    "no_matching_intent": (409, "No intent can pay this requirement"),
+    "insufficient_funds": (409, "The owner's escrow cannot cover this"),
+    "idempotency_conflict": (422, "Idempotency key reused for another request"),
+    "invalid_request": (422, "Invalid request"),
+    "invalid_body": (422, "Invalid request body"),
+    "policy_denied": (403, "Denied by the owner's policy"),
+    "payload_too_large": (413, "Request body too large"),
+    "rate_limited": (429, "Too many requests"),
+    "internal_error": (500, "Internal error"),
+}
+
+_WALLET_ERRORS: list[tuple[type[WalletError], str]] = [
+    (Unauthenticated, "unauthenticated"),
+    (NotFound, "not_found"),
+    (InvalidState, "invalid_state"),
+    (NoMatchingIntent, "no_matching_intent"),
+    (IdempotencyConflict, "idempotency_conflict"),
+    (InvalidRequest, "invalid_request"),
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Problem details
+# ---------------------------------------------------------------------------------------------
+
+
+class Problem(Exception):
+    """An error answer: ``code`` picks status and title from ``PROBLEMS``."""
+
+    def __init__(
+        self, code: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+        self.headers = headers or {}
+        self.extra = {k: v for k, v in extra.items() if v is not None}
+
+
+class ProblemResponse(JSONResponse):
+    media_type = "application/problem+json"
+
+
+def _problem_response(problem: Problem) -> Response:
+    status, title = PROBLEMS[problem.code]
+    body = {
+        "type": PROBLEM_BASE + problem.code,
+        "title": title,
+        "status": status,
+        "detail": problem.detail,
+        "code": problem.code,
+        **problem.extra,
+    }
+    return ProblemResponse(body, status_code=status, headers=problem.headers)
+
+
+def _wallet_problem(exc: WalletError) -> Problem:
+    code = next((c for kind, c in _WALLET_ERRORS if isinstance(exc, kind)), "invalid_request")
+    headers = {"WWW-Authenticate": "Bearer"} if code == "unauthenticated" else None
+    return Problem(code, exc.reason, headers=headers, field=exc.field)
+
+
+def _validation_problem(exc: ValidationError) -> Problem:
+    error = exc.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(part) for part in error["loc"]) or "body"
+    if error["type"] == "json_invalid":
+        return Problem("invalid_body", f"the body is not valid JSON: {error['msg']}", field="body")
+    return Problem("invalid_body", f"{where}: {error['msg']}", field=where)
+
+
+async def _handle_problem(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Problem)
+    return _problem_response(exc)
+
+
+async def _handle_wallet_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, WalletError)
+    return _problem_response(_wallet_problem(exc))
+
+
+async def _handle_ledger_error(_request: Request, exc: Exception) -> Response:
+    code = "insufficient_funds" if isinstance(exc, InsufficientFunds) else "invalid_state"
+    return _problem_response(Problem(code, str(exc)))
+
+
+async def _handle_http(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
+    response = _problem_response(Problem(code, str(exc.detail)))
+    response.headers.update(exc.headers or {})
+    return response
+
+
+async def _handle_unexpected(_request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error", exc_info=exc)
+    return _problem_response(Problem("internal_error", "the wallet could not answer; see its log"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Request bodies
+# ---------------------------------------------------------------------------------------------
+
+
+class _Body(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are refused."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class AddAgent(_Body):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class DraftIntent(_Body):
+    budget: int = Field(gt=0)
+    purpose: str = Field(max_length=2000)
+    duration_seconds: int = Field(gt=0)
+    per_payment_cap: int = Field(gt=0)
+    payees: list[str] = Field(default_factory=list)
+    hosts: list[str] = Field(default_factory=list)
+
+
+class AuthorizePayment(_Body):
+    requirement: dict[str, Any]
+    url: str = Field(min_length=1, max_length=8192)
+    method: str = "GET"
+    body: str | None = Field(default=None, description="the paid request's body, base64")
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @field_validator("body")
+    @classmethod
+    def _base64(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("not base64") from None
+        return value
+
+    def body_bytes(self) -> bytes:
+        return b"" if self.body is None else base64.b64decode(self.body, validate=True)
+
+
+class Receipt(BaseModel):
+    """The gateway's decoded ``PAYMENT-RESPONSE`` (x402 ``SettleResponse``); extra fields kept."""
+
+    model_config = ConfigDict(extra="allow")
+    success: bool | None = None
+
+
+class Reason(_Body):
+    reason: str = Field(default="", max_length=2000)
+
+
+class KillSwitchBody(_Body):
+    agent_id: str | None = None
+    reason: str = Field(default="", max_length=2000)
+    revoke: bool = True
+
+
+class RulesBody(_Body):
+    """``policy.Rules`` on the wire; ``agentId`` (absent: the owner's default) picks the scope."""
+
+    agent_id: str | None = None
+    per_transaction_cap: int | None = None
+    rolling_24h_cap: int | None = Field(default=None, alias="rolling24hCap")
+    daily_cap: int | None = None
+    per_payee_daily_caps: dict[str, int] = Field(default_factory=dict)
+    payee_allowlist: list[str] | None = None
+    payee_denylist: list[str] | None = None
+    host_allowlist: list[str] | None = None
+    host_denylist: list[str] | None = None
+    max_calls_per_minute: int | None = None
+    active_hours: tuple[str, str] | None = None
+    timezone: str = "UTC"
+    review_above: int | None = None
+    review_new_payee: bool = False
+    scope: Literal["agent", "owner"] = "agent"
+
+    def rules(self) -> Rules:
+        """The ``Rules``; a value ``Rules`` refuses becomes a 422 naming its field."""
+        values = self.model_dump(exclude={"agent_id"})
+        try:
+            return Rules(**values)
+        except ValueError as exc:
+            name = str(exc).split(":", 1)[0].split("[", 1)[0]
+            where = to_camel(name) if name in values else "body"
+            raise Problem("invalid_body", str(exc), field=where) from None
+
+
+_BODY_MODELS: tuple[type[BaseModel], ...] = (AddAgent, DraftIntent, AuthorizePayment, Receipt, Reason, KillSwitchBody, RulesBody)
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses
+# ---------------------------------------------------------------------------------------------
+
+
+def _intent(record: IntentRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "agentId": record.agent_id,
+        "status": record.status.value,
+        "purpose": record.purpose,
+        "budget": record.budget,
+        "perPaymentCap": record.per_payment_cap,
+        "durationSeconds": record.duration_seconds,
+        "payees": list(record.payees),
+        "hosts": list(record.hosts),
+        "createdAt": record.created_at,
+        "chainIntentId": record.chain_intent_id,
+        "validAfter": record.valid_after,
+        "validBefore": record.valid_before,
+        "remaining": record.remaining,
+        "registeredAt": record.registered_at,
+        "revokedAt": record.revoked_at,
+    }
+
+
+def _payment(payment: Payment) -> dict[str, Any]:
+    return {
+        "paymentId": payment.payment_id,
+        "agentId": payment.agent_id,
+        "intentId": payment.intent_id,
+        "payee": payment.payee,
+        "amount": payment.amount,
+        "nonce": payment.nonce,
+        "status": payment.status.value,
+        "createdAt": payment.created_at,
+    }
+
+
+def _review(review: Review) -> dict[str, Any]:
+    return {
+        "id": review.id,
+        "agentId": review.agent_id,
+        "intentId": review.intent_id,
+        "status": review.status.value,
+        "rule": review.rule,
+        "url": review.url,
+        "method": review.method,
+        "amount": review.amount,
+        "payee": review.payee,
+        "createdAt": review.created_at,
+        "paymentId": review.payment_id,
+        "decidedBy": review.decided_by,
+    }
+
+
+def _authorization(auth: Authorization, *, with_header: bool = True) -> Response:
+    """allow → 200 (with the header for the agent), review → 202, deny → 403 problem."""
+    common = {"decisionId": auth.decision_id, "intentId": auth.intent_id, "rule": auth.rule,
+              "reviewId": auth.review_id, "replayed": auth.replayed}
+    if auth.outcome == "deny":
+        raise Problem("policy_denied", auth.reason, **common)
+    if auth.outcome == "review":
+        return JSONResponse({"outcome": "review", "reason": auth.reason, "amount": auth.amount, **common}, status_code=202)
+    body: dict[str, Any] = {"outcome": "allow", "paymentId": auth.payment_id, "amount": auth.amount, **common}
+    if with_header:
+        body["header"] = auth.header
+    return JSONResponse(body)
+
+
+# ---------------------------------------------------------------------------------------------
+# The API
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Caller:
+    kind: Literal["agent", "owner"]
+    id: str  # the agent id, or "owner"
+
+
+class _Api:
+    """The route handlers, sharing the service, the credentials' check and the limiter."""
+
+    def __init__(self, service: WalletService, owner_token: str, rate_limit: str, max_body: int) -> None:
+        if len(owner_token) < 16:
+            raise ValueError("owner_token: use at least 16 random characters")
+        if max_body <= 0:
+            raise ValueError(f"max_body: {max_body} must be positive")
+        self.service = service
+        self._owner_token = owner_token.encode()
+        self._limit = parse_rate_limit(rate_limit)
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self.max_body = max_body
+
+    # -- authentication and limits --------------------------------------------------------------
+
+    @staticmethod
+    def _bearer(request: Request) -> str:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Problem("unauthenticated", "send Authorization: Bearer <credential>",
+                          headers={"WWW-Authenticate": "Bearer"})
+        return token.strip()
+
+    async def agent(self, request: Request) -> str:
+        """The calling agent's id (401 otherwise), after its rate limit."""
+        agent_id = await self.service.authenticate(self._bearer(request))
+        await self._throttle(_Caller("agent", agent_id))
+        return agent_id
+
+    async def owner(self, request: Request) -> None:
+        """Pass for the owner token only (401 otherwise), after the owner's rate limit."""
+        if not hmac.compare_digest(self._bearer(request).encode(), self._owner_token):
+            raise Problem("unauthenticated", "owner credential required", headers={"WWW-Authenticate": "Bearer"})
+        await self._throttle(_Caller("owner", "owner"))
+
+    async def _throttle(self, caller: _Caller) -> None:
+        if await self._limiter.hit(self._limit, caller.kind, caller.id):
+            return
+        stats = await self._limiter.get_window_stats(self._limit, caller.kind, caller.id)
+        retry = max(1, math.ceil(stats.reset_time - time.time()))
+        raise Problem("rate_limited", f"at most {self._limit} per credential", headers={"Retry-After": str(retry)})
+
+    # -- bodies ---------------------------------------------------------------------------------
+
+    async def _raw(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            raise Problem("payload_too_large", f"at most {self.max_body} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body:
+                raise Problem("payload_too_large", f"at most {self.max_body} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def body(self, request: Request, model: type[_M], *, optional: bool = False) -> _M:
+        """Parse the JSON body into ``model``; 422 naming the field, 413 if too large."""
+        raw = await self._raw(request)
+        if optional and not raw.strip():
+            raw = b"{}"
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError as exc:
+            raise _validation_problem(exc) from None
+
+    # -- agent routes ---------------------------------------------------------------------------
+
+    async def draft_intent(self, request: Request) -> Response:
+        agent_id = await self.agent(request)
+        body = await self.body(request, DraftIntent)
+        record = await self.service.draft_intent(agent_id, **body.model_dump())
+        return JSONResponse(_intent(record), status_code=201)
+
+    async def list_intents(self, request: Request) -> Response:
+        agent_id = await self.agent(request)
+        return JSONResponse({"intents": [_intent(r) for r in await self.service.intents(agent_id=agent_id)]})
+
+    async def authorize(self, request: Request) -> Response:
+        agent_id = await self.agent(request)
+        body = await self.body(request, AuthorizePayment)
+        header_key = request.headers.get("idempotency-key")
+        if header_key is not None and body.idempotency_key is not None and header_key != body.idempotency_key:
+            raise InvalidRequest("idempotencyKey", "the Idempotency-Key header and the body's idempotencyKey differ")
+        auth = await self.service.authorize_payment(
+            agent_id, body.requirement, body.url, body.method, body.body_bytes(),
+            idempotency_key=body.idempotency_key or header_key,
+        )
+        return _authorization(auth)
+
+    async def _own_payment(self, agent_id: str, payment_id: str) -> None:
+        if (await self.service.payment(payment_id)).agent_id != agent_id:
+            raise NotFound("payment_id", f"no payment {payment_id!r} for this agent")
+
+    async def confirm(self, request: Request) -> Response:
+        agent_id = await self.agent(request)
+        payment_id = request.path_params["payment_id"]
+        receipt = await self.body(request, Receipt, optional=True)
+        await self._own_payment(agent_id, payment_id)
+        payment = await self.service.confirm(
+            payment_id, receipt.model_dump(exclude_none=True), actor=f"agent:{agent_id}"
+        )
+        return JSONResponse(_payment(payment))
+
+    async def release(self, request: Request) -> Response:
+        agent_id = await self.agent(request)
+        payment_id = request.path_params["payment_id"]
+        body = await self.body(request, Reason, optional=True)
+        await self._own_payment(agent_id, payment_id)
+        payment = await self.service.release_payment(payment_id, actor=f"agent:{agent_id}", reason=body.reason)
+        return JSONResponse(_payment(payment))
+
+    async def poll_review(self, request: Request) -> Response:
+        agent_id = await self.agent(request)
+        return _authorization(await self.service.review_authorization(agent_id, request.path_params["review_id"]))
+
+    # -- owner routes ---------------------------------------------------------------------------
+
+    async def add_agent(self, request: Request) -> Response:
+        await self.owner(request)
+        body = await self.body(request, AddAgent)
+        new = await self.service.add_agent(body.name, actor=_OWNER_ACTOR)
+        return JSONResponse(
+            {"agentId": new.agent_id, "name": new.name, "keyId": new.key_id, "apiKey": new.api_key},
+            status_code=201, headers={"Cache-Control": "no-store"},
+        )
+
+    async def approve_intent(self, request: Request) -> Response:
+        await self.owner(request)
+        await self.body(request, _Body, optional=True)
+        return JSONResponse(_intent(await self.service.approve_intent(request.path_params["intent_id"], actor=_OWNER_ACTOR)))
+
+    async def deny_intent(self, request: Request) -> Response:
+        await self.owner(request)
+        body = await self.body(request, Reason, optional=True)
+        record = await self.service.deny_intent(request.path_params["intent_id"], actor=_OWNER_ACTOR, reason=body.reason)
+        return JSONResponse(_intent(record))
+
+    async def revoke_intent(self, request: Request) -> Response:
+        await self.owner(request)
+        body = await self.body(request, Reason, optional=True)
+        record = await self.service.revoke_intent(request.path_params["intent_id"], actor=_OWNER_ACTOR, reason=body.reason)
+        return JSONResponse(_intent(record))
+
+    async def kill_switch(self, request: Request) -> Response:
+        await self.owner(request)
+        body = await self.body(request, KillSwitchBody, optional=True)
+        agent_id = body.agent_id or request.query_params.get("agentId")
+        if request.method == "POST":
+            revoked = await self.service.engage_kill_switch(
+                agent_id=agent_id, actor=_OWNER_ACTOR, reason=body.reason, revoke=body.revoke
+            )
+            return JSONResponse({"engaged": True, "agentId": agent_id, "revokedIntents": revoked})
+        await self.service.disengage_kill_switch(agent_id=agent_id, actor=_OWNER_ACTOR)
+        return JSONResponse({"engaged": False, "agentId": agent_id})
+
+    async def set_rules(self, request: Request) -> Response:
+        await self.owner(request)
+        body = await self.body(request, RulesBody)
+        rules = body.rules()
+        await self.service.set_rules(rules, agent_id=body.agent_id, actor=_OWNER_ACTOR)
+        stored = RulesBody.model_validate(rules.to_json() | {"agent_id": body.agent_id})
+        return JSONResponse(stored.model_dump(mode="json", by_alias=True))
+
+    async def approve_review(self, request: Request) -> Response:
+        """The owner's answer carries the outcome, never the header: that is for the agent."""
+        await self.owner(request)
+        await self.body(request, _Body, optional=True)
+        auth = await self.service.approve_review(request.path_params["review_id"], actor=_OWNER_ACTOR)
+        return _authorization(auth, with_header=False)
+
+    async def deny_review(self, request: Request) -> Response:
+        await self.owner(request)
+        body = await self.body(request, Reason, optional=True)
+        review = await self.service.deny_review(request.path_params["review_id"], actor=_OWNER_ACTOR, reason=body.reason)
+        return JSONResponse(_review(review))
+
+    async def verify_audit(self, request: Request) -> Response:
+        await self.owner(request)
+        report = await audit.verify(self.service.db)
+        return JSONResponse({
+            "ok": report.ok, "records": report.records, "headSeq": report.head_seq, "headHash": report.head_hash,
+            "seq": report.seq, "fault": None if report.fault is None else report.fault.value, "detail": report.detail,
+        })
+
+    # -- routes and document ---------------------------------------------------------------------
+
+    def routes(self) -> list[tuple[str, str, Callable[[Request], Awaitable[Response]], str, type[BaseModel] | None, str]]:
+        """``(method, path, handler, security, body model, summary)`` of every operation."""
+        return [
+            ("POST", "/v1/intents", self.draft_intent, "agent", DraftIntent, "Draft an intent (pending approval)"),
+            ("GET", "/v1/intents", self.list_intents, "agent", None, "The calling agent's intents"),
+            ("POST", "/v1/payments/authorize", self.authorize, "agent", AuthorizePayment,
+             "Decide a spend; on allow, the signed PAYMENT-SIGNATURE header (202 review, 403 deny)"),
+            ("POST", "/v1/payments/{payment_id}/confirm", self.confirm, "agent", Receipt,
+             "The payment was served: the gateway's decoded PAYMENT-RESPONSE"),
+            ("POST", "/v1/payments/{payment_id}/release", self.release, "agent", Reason,
+             "The payment was never served: release its reservation"),
+            ("GET", "/v1/reviews/{review_id}", self.poll_review, "agent", None,
+             "Poll a review: 202 pending, 200 with the header once approved, 403 denied"),
+            ("POST", "/v1/agents", self.add_agent, "owner", AddAgent, "Add an agent; its API key is returned once"),
+            ("POST", "/v1/intents/{intent_id}/approve", self.approve_intent, "owner", None,
+             "Approve a pending intent: sign it, allocate its budget, register it"),
+            ("POST", "/v1/intents/{intent_id}/deny", self.deny_intent, "owner", Reason, "Deny a pending intent"),
+            ("POST", "/v1/intents/{intent_id}/revoke", self.revoke_intent, "owner", Reason,
+             "Revoke an active intent (here, then on chain)"),
+            ("POST", "/v1/kill-switch", self.kill_switch, "owner", KillSwitchBody,
+             "Engage the kill switch (global, or agentId)"),
+            ("DELETE", "/v1/kill-switch", self.kill_switch, "owner", KillSwitchBody,
+             "Disengage the kill switch (global, or agentId)"),
+            ("PUT", "/v1/rules", self.set_rules, "owner", RulesBody, "Set the owner's default rules or an agent's"),
+            ("POST", "/v1/reviews/{review_id}/approve", self.approve_review, "owner", None,
+             "Allow a spend in review (re-evaluated without the review rules)"),
+            ("POST", "/v1/reviews/{review_id}/deny", self.deny_review, "owner", Reason, "Deny a spend in review"),
+            ("GET", "/v1/audit/verify", self.verify_audit, "owner", None, "Verify the audit trail's hash chain"),
+        ]
+
+    def openapi(self) -> dict[str, Any]:
+        """An OpenAPI 3.1 document built from the route table and the body models' schemas."""
+        refs, defs = models_json_schema(
+            [(m, "validation") for m in _BODY_MODELS], by_alias=True, ref_template="#/components/schemas/{model}"
+        )
+        schemas = dict(defs.get("$defs", {}))
+        schemas["Problem"] = {
+            "type": "object",
+            "required": ["type", "title", "status", "code"],
+            "properties": {"type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+                           "detail": {"type": "string"}, "code": {"type": "string", "enum": sorted(PROBLEMS)},
+                           "field": {"type": "string"}, "rule": {"type": "string"}},
+        }
+        problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        paths: dict[str, dict[str, Any]] = {}
+        for method, path, _handler, security, model, summary in self.routes():
+            parameters = [
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                for name in _path_params(path)
+            ]
+            operation: dict[str, Any] = {
+                "summary": summary,
+                "security": [{"ownerToken": []} if security == "owner" else {"agentKey": []}],
+                "responses": {"200": {"description": "OK"}, "default": {"description": "Problem", "content": problem}},
+            }
+            if parameters:
+                operation["parameters"] = parameters
+            if model is not None:
+                operation["requestBody"] = {
+                    "required": model in (DraftIntent, AuthorizePayment, AddAgent, RulesBody),
+                    "content": {"application/json": {"schema": refs[(model, "validation")]}},
+                }
+            paths.setdefault(path, {})[method.lower()] = operation
+        return {
+            "openapi": "3.1.0",
+            "info": {"title": "AEP2 co-wallet", "version": "1"},
+            "paths": paths,
+            "components": {
+                "schemas": schemas,
+                "securitySchemes": {
+                    "agentKey": {"type": "http", "scheme": "bearer", "description": "an agent's API key"},
+                    "ownerToken": {"type": "http", "scheme": "bearer", "description": "the owner token"},
+                },
+            },
+        }
+
+
+def _path_params(path: str) -> list[str]:
+    return [part[1:-1] for part in path.split("/") if part.startswith("{")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging
+# ---------------------------------------------------------------------------------------------
+
+
+class _ArgsRedactingFilter(logging.Filter):
+    """``redact_secrets`` on the message and on each string argument, keeping ``args`` as they
+    are shaped: uvicorn's ``AccessFormatter`` unpacks five of them, which ``RedactingFilter``
+    (it formats the message and drops the args) would break."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact_secrets(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact_secrets(a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+def install_log_redaction() -> None:
+    """Put a redacting filter on every handler of the process (once each) and keep the
+    ``aiosqlite`` logger at INFO or above: it logs SQL parameters at DEBUG.
+
+    Handlers get ``keys.RedactingFilter``, except uvicorn's access-log handlers, which get
+    ``_ArgsRedactingFilter`` (their formatter needs the record's args)."""
+    sql = logging.getLogger("aiosqlite")
+    if sql.level < logging.INFO:
+        sql.setLevel(logging.INFO)
+    loggers = [logging.getLogger()] + [
+        item for item in logging.Logger.manager.loggerDict.values() if isinstance(item, logging.Logger)
+    ]
+    for item in loggers:
+        for handler in item.handlers:
+            if any(isinstance(f, (RedactingFilter, _ArgsRedactingFilter)) for f in handler.filters):
+                continue
+            access = isinstance(handler.formatter, AccessFormatter)
+            handler.addFilter(_ArgsRedactingFilter() if access else RedactingFilter())
+
+
+# ---------------------------------------------------------------------------------------------
+# The app
+# ---------------------------------------------------------------------------------------------
+
+
+def create_app(
+    service: WalletService,
+    *,
+    owner_token: str,
+    rate_limit: str = "60/second",
+    max_body: int = DEFAULT_MAX_BODY,
+    webhook_interval: float = 1.0,
+) -> Starlette:
+    """The wallet's HTTP API over ``service``.
+
+    ``owner_token``: the owner's bearer credential (16+ characters). ``rate_limit``: per
+    credential, in ``limits`` notation (``"60/second"``, ``"1000/hour"``). ``max_body``: bytes.
+    The lifespan runs the webhook delivery loop every ``webhook_interval`` seconds and stops it
+    on shutdown; the service (database, webhook client) stays the caller's to close.
+    """
+    api = _Api(service, owner_token, rate_limit, max_body)
+    install_log_redaction()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        install_log_redaction()  # uvicorn configures its handlers before the app starts
+        stop = asyncio.Event()
+        delivery = asyncio.create_task(service.webhooks.run(stop, interval=webhook_interval))
+        try:
+            yield
+        finally:
+            stop.set()
+            await delivery
+
+    document = api.openapi()
+
+    async def openapi(_request: Request) -> Response:
+        return JSONResponse(document)
+
+    routes = [Route(path, handler, methods=[method]) for method, path, handler, *_ in api.routes()]
+    routes.append(Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False))
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            Problem: _handle_problem,
+            WalletError: _handle_wallet_error,
+            LedgerError: _handle_ledger_error,
+            HTTPException: _handle_http,
+            Exception: _handle_unexpected,
+        },
+    )
