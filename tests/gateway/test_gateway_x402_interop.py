@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import secrets
-from typing import Any
+from typing import Any, AsyncIterator
 
 import httpx
 import pytest
@@ -84,6 +85,32 @@ def signed_header(challenge: httpx.Response, account: Any, *, extensions: Any = 
     inner = ExactEvmScheme(EthAccountSigner(account)).create_payment_payload(signing)
     envelope = PaymentPayload(accepted=signing, payload=inner, extensions=extensions)
     return encode_header(envelope.model_dump(by_alias=True, exclude_none=True))
+
+
+@contextlib.asynccontextmanager
+async def one_route_gateway(deployment: Any, store_path: str, handler: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of ``handler`` served at ``PATH`` behind the gateway, priced ``FORECAST_PRICE``,
+    ``exact`` settled by our facilitator in-process."""
+    config = GatewayConfig.from_deployment(deployment, PAYEE, processor=PROCESSOR)
+    store = SQLiteStore(store_path)
+    chain = ChainCache(Web3ChainReader(deployment.rpc_url, deployment.settlement))
+    facilitator = ExactEvmFacilitator(deployment.rpc_url, FACILITATOR_KEY)
+    middleware = Middleware(
+        PaymentMiddleware,
+        config=config,
+        routes=[PricedRoute("GET", PATH, FORECAST_PRICE)],
+        store=store,
+        chain=chain,
+        facilitator=facilitator,
+    )
+    app = Starlette(routes=[Route(PATH, handler)], middleware=[middleware])
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway.test") as http:
+            yield http
+    finally:
+        await facilitator.aclose()
+        await chain.aclose()
+        await store.close()
 
 
 @pytest.fixture
@@ -238,32 +265,10 @@ async def test_payer_cancelling_while_served_gets_no_content(deployment, make_pa
         cancel(deployment, payer.account, nonces[0])
         return JSONResponse({"secret": "the paid content"})
 
-    config = GatewayConfig.from_deployment(deployment, PAYEE, processor=PROCESSOR)
-    store = SQLiteStore(store_path)
-    chain = ChainCache(Web3ChainReader(deployment.rpc_url, deployment.settlement))
-    facilitator = ExactEvmFacilitator(deployment.rpc_url, FACILITATOR_KEY)
-    app = Starlette(
-        routes=[Route(PATH, secret)],
-        middleware=[
-            Middleware(
-                PaymentMiddleware,
-                config=config,
-                routes=[PricedRoute("GET", PATH, FORECAST_PRICE)],
-                store=store,
-                chain=chain,
-                facilitator=facilitator,
-            )
-        ],
-    )
-    try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway.test") as http:
-            header = signed_header(await http.get(PATH), payer.account)
-            nonces.append(decode_header(header)["payload"]["authorization"]["nonce"])
-            response = await http.get(PATH, headers={"PAYMENT-SIGNATURE": header})
-    finally:
-        await facilitator.aclose()
-        await chain.aclose()
-        await store.close()
+    async with one_route_gateway(deployment, store_path, secret) as http:
+        header = signed_header(await http.get(PATH), payer.account)
+        nonces.append(decode_header(header)["payload"]["authorization"]["nonce"])
+        response = await http.get(PATH, headers={"PAYMENT-SIGNATURE": header})
     assert response.status_code == 402 and b"paid content" not in response.content
     failure = receipt_of(response)
     assert failure["success"] is False and failure["errorReason"] and failure["transaction"] == ""
@@ -395,31 +400,9 @@ async def test_a_paid_answer_the_app_marks_public_is_made_private(deployment, ma
     async def cacheable(request: Request) -> JSONResponse:
         return JSONResponse({"report": "paid"}, headers={"Cache-Control": "public, max-age=600", "Vary": "Accept"})
 
-    config = GatewayConfig.from_deployment(deployment, PAYEE, processor=PROCESSOR)
-    store = SQLiteStore(store_path)
-    chain = ChainCache(Web3ChainReader(deployment.rpc_url, deployment.settlement))
-    facilitator = ExactEvmFacilitator(deployment.rpc_url, FACILITATOR_KEY)
-    app = Starlette(
-        routes=[Route(PATH, cacheable)],
-        middleware=[
-            Middleware(
-                PaymentMiddleware,
-                config=config,
-                routes=[PricedRoute("GET", PATH, FORECAST_PRICE)],
-                store=store,
-                chain=chain,
-                facilitator=facilitator,
-            )
-        ],
-    )
-    try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway.test") as http:
-            header = signed_header(await http.get(PATH), payer.account)
-            response = await http.get(PATH, headers={"PAYMENT-SIGNATURE": header})
-    finally:
-        await facilitator.aclose()
-        await chain.aclose()
-        await store.close()
+    async with one_route_gateway(deployment, store_path, cacheable) as http:
+        header = signed_header(await http.get(PATH), payer.account)
+        response = await http.get(PATH, headers={"PAYMENT-SIGNATURE": header})
     assert response.status_code == 200
     assert response.headers["cache-control"] == "max-age=600, private"
     assert response.headers["vary"] == "Accept, PAYMENT-SIGNATURE, X-PAYMENT"
