@@ -18,6 +18,7 @@ from typing import Any
 from eth_account.messages import SignableMessage, encode_typed_data
 from eth_utils import keccak, to_checksum_address
 
+from .eip712 import EIP712_DOMAIN_TYPE
 from .x402.models import ExactEvmAuthorization
 
 __all__ = [
@@ -31,13 +32,6 @@ __all__ = [
     "digest_of",
 ]
 
-#: The four EIP-712 domain fields EIP-3009 tokens (USDC's FiatToken) use; no salt.
-EIP712_DOMAIN_TYPE = [
-    {"name": "name", "type": "string"},
-    {"name": "version", "type": "string"},
-    {"name": "chainId", "type": "uint256"},
-    {"name": "verifyingContract", "type": "address"},
-]
 
 TRANSFER_WITH_AUTHORIZATION_TYPES: dict[str, list[dict[str, str]]] = {
     "EIP712Domain": EIP712_DOMAIN_TYPE,

@@ -23,6 +23,7 @@ from eth_account.messages import encode_typed_data
 from eth_utils import keccak, to_checksum_address
 
 from .babyjubjub import Point
+from .eip712 import EIP712_DOMAIN_TYPE
 from .eddsa import key_hash
 from .payees import MAX_PAYEES, payees_root
 from .poseidon import poseidon
@@ -33,14 +34,6 @@ DOMAIN_NAME = "AEP2 Settlement"
 DOMAIN_VERSION = "1"
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 
-#: EIP-712 ``EIP712Domain`` with name, version, chainId and verifyingContract (used by the
-#: intent's domain and by tokens' EIP-2612 / EIP-3009 domains).
-EIP712_DOMAIN_TYPE = [
-    {"name": "name", "type": "string"},
-    {"name": "version", "type": "string"},
-    {"name": "chainId", "type": "uint256"},
-    {"name": "verifyingContract", "type": "address"},
-]
 
 INTENT_TYPES = {
     "Intent": [
