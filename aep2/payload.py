@@ -18,8 +18,9 @@ from .fields import FIELD_MODULUS
 from .intent import Intent, SignedIntent
 from .mandate import Mandate
 from .payees import MAX_PAYEES
+from .x402.models import SettleResponse
 
-__all__ = ["ParsedPayload", "parse_payload", "build_payload"]
+__all__ = ["ParsedPayload", "parse_payload", "build_payload", "accepted_receipt"]
 
 _DECIMAL = re.compile(r"0|[1-9][0-9]{0,77}")
 _HEX32 = re.compile(r"0x[0-9a-fA-F]{64}")
@@ -228,3 +229,18 @@ def parse_intent(data: Any) -> SignedIntent:
     )
     assert parsed.signed_intent is not None
     return parsed.signed_intent
+
+
+def accepted_receipt(payment_id: str, payer: str, amount: int, network: str) -> SettleResponse:
+    """The x402 ``SettleResponse`` of an ``aep2`` mandate accepted for settlement
+    (docs/PROTOCOL.md §4): ``success``, no transaction yet (the processor settles it in a
+    batch, §7), ``amount`` in base units, and ``extra`` = ``{paymentId, scheme: "aep2",
+    status: "accepted"}``."""
+    return SettleResponse(
+        success=True,
+        transaction="",
+        network=network,
+        payer=payer,
+        amount=str(amount),
+        extra={"paymentId": payment_id, "scheme": "aep2", "status": "accepted"},
+    )

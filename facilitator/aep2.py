@@ -59,7 +59,7 @@ from aep2.deployment import Deployment, contract_artifact
 from aep2.errors import ErrorCode, PaymentError
 from aep2.intent import SignedIntent
 from aep2.mandate import nonce_window
-from aep2.payload import ParsedPayload, parse_payload
+from aep2.payload import ParsedPayload, accepted_receipt, parse_payload
 from aep2.store import PaymentStore, Reservation
 from aep2.verification import (
     Terms,
@@ -246,14 +246,7 @@ class AEP2Facilitator:
                 payer=self._payer_hint(payload),
                 network=network,
             )
-        return SettleResponse(
-            success=True,
-            transaction="",
-            network=network,
-            payer=verified.signed.intent.payer,
-            amount=str(verified.amount),
-            extra={"paymentId": payment_id, "scheme": AEP2_SCHEME, "status": "accepted"},
-        )
+        return accepted_receipt(payment_id, verified.signed.intent.payer, verified.amount, network)
 
     # ------------------------------------------------------------------ checks
 

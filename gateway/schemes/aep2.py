@@ -32,7 +32,7 @@ from typing import Any
 from aep2.errors import ErrorCode, PaymentError
 from aep2.intent import Intent, SignedIntent
 from aep2.mandate import nonce_window
-from aep2.payload import ParsedPayload, parse_payload
+from aep2.payload import ParsedPayload, accepted_receipt, parse_payload
 from aep2.store import PaymentStore, Reservation
 from aep2.verification import BoundRequest, Terms, check_consent, check_intent, check_mandate, check_price
 from aep2.x402.models import PaymentRequirements, SettleResponse
@@ -88,14 +88,7 @@ class AEP2Scheme:
 
     async def settle(self, request: PaidRequest, accepted: AcceptedPayment) -> SettleResponse:
         """The receipt of a served mandate: accepted, to be settled by the processor."""
-        return SettleResponse(
-            success=True,
-            transaction="",
-            network=request.network,
-            payer=accepted.payer,
-            amount=str(accepted.amount),
-            extra={"paymentId": accepted.payment_id, "scheme": self.name, "status": "accepted"},
-        )
+        return accepted_receipt(accepted.payment_id, accepted.payer, accepted.amount, request.network)
 
     async def release(self, accepted: AcceptedPayment) -> None:
         """Free the nonce and the reserved amount of a mandate whose request was not served."""
