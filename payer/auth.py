@@ -35,26 +35,22 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import httpx
-from pydantic import ValidationError
 
 from aep2.eddsa import SessionKey
-from aep2.errors import ErrorCode, PaymentError
+from aep2.errors import ErrorCode
 from aep2.intent import SignedIntent
 from aep2.mandate import MAX_DEADLINE, Mandate, request_hash
 from aep2.payload import build_payload
-from aep2.x402.models import PaymentRequirements, PaymentRequirementsV1
 from aep2.x402 import (
-    PAYMENT_REQUIRED_HEADER,
     PAYMENT_RESPONSE_HEADER,
     PAYMENT_SIGNATURE_HEADER,
     X_PAYMENT_HEADER,
-    X_PAYMENT_RESPONSE_HEADER,
     caip2,
     chain_id_of,
-    decode_header,
     encode_header,
 )
 
+from .challenge import check_entry, is_refusal, parse_challenge, read_receipt, refusal
 from .errors import (
     IntentExpired,
     IntentNotYetValid,
@@ -70,20 +66,10 @@ __all__ = ["AEP2Auth", "DEFAULT_DEADLINE_SECONDS", "SCHEME"]
 SCHEME = "aep2"
 #: Mandate lifetime unless the gateway asks for more (``extra.minDeadlineSeconds``).
 DEFAULT_DEADLINE_SECONDS = 3600
-_BODY = "402 body"
 
 
 #: ``{(METHOD, url): requirement}``: the routes paid up front (Intent Mode).
 Prices = dict[tuple[str, str], dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class _Challenge:
-    version: int  # 2: PAYMENT-REQUIRED header; 1: JSON body
-    error: str | None
-    resource: Any
-    accepts: list[dict[str, Any]]
-    source: str  # the header name, or "402 body"
 
 
 @dataclass(frozen=True)
@@ -255,7 +241,7 @@ class AEP2Auth(httpx.Auth):
         response = yield request
         if response.status_code != 402:
             return
-        challenge = self._parse_challenge(response, request)
+        challenge = parse_challenge(response, request)
         requirement = self._select(challenge.accepts, source=challenge.source)
         pending = self._pay(request, requirement, challenge.resource, challenge.version)
         response = yield request
@@ -304,27 +290,18 @@ class AEP2Auth(httpx.Auth):
     def _finish(self, pending: _Pending, response: httpx.Response) -> None:
         """Confirm or release the payment from the gateway's answer to the paid request."""
         mandate = pending.mandate
-        header = response.headers.get(PAYMENT_RESPONSE_HEADER) or response.headers.get(X_PAYMENT_RESPONSE_HEADER)
-        if header is not None and response.status_code != 402:
-            try:
-                receipt = decode_header(header, header=PAYMENT_RESPONSE_HEADER)
-            except PaymentError:
-                receipt = {"paymentId": mandate.payment_id, "amount": str(mandate.amount), "raw": header}
+        receipt = read_receipt(response, payment_id=mandate.payment_id, amount=mandate.amount)
+        if receipt is not None:
             if receipt.get("success") is False:
                 self.state.release(self.intent_id, mandate.nonce)
                 code = str(receipt.get("errorReason") or "payment_failed")
                 self._refuse(code, f"{PAYMENT_RESPONSE_HEADER}: success is false", response)
                 return
-            # The gateway's payment id travels in the SettleResponse's ``extra``; keep it at the
-            # top of the stored receipt, where callers look it up.
-            extra = receipt.get("extra") if isinstance(receipt.get("extra"), dict) else {}
-            receipt.setdefault("paymentId", extra.get("paymentId", mandate.payment_id))
             self.state.confirm(self.intent_id, mandate.nonce, receipt)
             return
-        if response.status_code == 402 or (response.status_code == 400 and PAYMENT_REQUIRED_HEADER in response.headers):
-            # Refused (400: the gateway could not read the payment, x402 HTTP transport).
+        if is_refusal(response):
             self.state.release(self.intent_id, mandate.nonce)
-            code, reason = _refusal(response)
+            code, reason = refusal(response)
             if code == ErrorCode.UNKNOWN_INTENT:
                 self.state.forget(self.intent_id)
             self._refuse(code, reason, response)
@@ -348,36 +325,6 @@ class AEP2Auth(httpx.Auth):
                 return (method, candidate)
         return None
 
-    def _parse_challenge(self, response: httpx.Response, request: httpx.Request) -> _Challenge:
-        header = response.headers.get(PAYMENT_REQUIRED_HEADER)
-        if header is not None:
-            try:
-                data = decode_header(header, header=PAYMENT_REQUIRED_HEADER)
-            except PaymentError as exc:
-                raise MalformedChallenge(exc.reason, header=PAYMENT_REQUIRED_HEADER) from exc
-            source, version = PAYMENT_REQUIRED_HEADER, 2
-        else:
-            try:
-                data = response.json()
-            except ValueError as exc:
-                raise MalformedChallenge("header missing and the 402 body is not JSON", header=PAYMENT_REQUIRED_HEADER) from exc
-            if not isinstance(data, dict):
-                raise MalformedChallenge("header missing and the 402 body is not a JSON object", header=PAYMENT_REQUIRED_HEADER)
-            source = _BODY
-            version = 2 if data.get("x402Version") == 2 else 1
-        accepts = data.get("accepts")
-        if not isinstance(accepts, list) or not all(isinstance(entry, dict) for entry in accepts):
-            raise MalformedChallenge(f"accepts: {accepts!r:.80} is not a list of objects", header=source)
-        error = data.get("error")
-        if error is not None and not isinstance(error, str):
-            raise MalformedChallenge(f"error: {error!r:.80} is not a string", header=source)
-        resource = data.get("resource")
-        if version == 2 and resource is not None and not isinstance(resource, dict):
-            raise MalformedChallenge(f"resource: {resource!r:.80} is not an object", header=source)
-        if version == 2 and resource is None:
-            resource = {"url": str(request.url)}
-        return _Challenge(version, error, resource, accepts, source)
-
     def _select(self, accepts: list[dict[str, Any]], *, source: str) -> dict[str, Any]:
         """The first ``aep2`` entry on our network, asset, settlement and processor (an entry
         whose ``extra`` names no processor is tried) whose payee we may pay."""
@@ -400,7 +347,7 @@ class AEP2Auth(httpx.Auth):
             processor = extra.get("processor")
             if processor is not None and str(processor).lower() != intent.processor.lower():
                 continue
-            _check_entry(index, entry, extra, source)
+            check_entry(index, entry, source)
             matching.append((index, entry))
         if not matching:
             offered = ", ".join(
@@ -417,29 +364,6 @@ class AEP2Auth(httpx.Auth):
         raise PayeeNotAllowed(
             f"payTo: {', '.join(e['payTo'] for _, e in matching)} not in the intent's payees {list(intent.payees)}"
         )
-
-
-def _check_entry(index: int, entry: dict[str, Any], extra: dict[str, Any], source: str) -> None:
-    """Validate an ``aep2`` offer with the x402 wire model (v2 ``amount`` or v1
-    ``maxAmountRequired``), then what ``aep2`` adds: an EVM ``payTo`` and ``minDeadlineSeconds``."""
-    where = f"accepts[{index}]"
-    model = PaymentRequirementsV1 if "maxAmountRequired" in entry else PaymentRequirements
-    try:
-        model.model_validate(entry)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        field = ".".join(str(part) for part in error["loc"])
-        raise MalformedChallenge(f"{where}.{field}: {error.get('input')!r:.80} ({error['msg']})", header=source) from None
-    pay_to = entry["payTo"]
-    if len(pay_to) != 42 or not pay_to.startswith("0x"):
-        raise MalformedChallenge(f"{where}.payTo: {pay_to!r:.80} is not an address", header=source)
-    try:
-        int(pay_to, 16)
-    except ValueError as exc:
-        raise MalformedChallenge(f"{where}.payTo: {pay_to!r:.80} is not an address", header=source) from exc
-    minimum = extra.get("minDeadlineSeconds", 0)
-    if not isinstance(minimum, int) or isinstance(minimum, bool) or minimum < 0:
-        raise MalformedChallenge(f"{where}.extra.minDeadlineSeconds: {minimum!r:.80} is not a non-negative integer", header=source)
 
 
 def _extra(entry: Mapping[str, Any], name: str) -> Any:
@@ -459,24 +383,6 @@ def _chain_id(network: Any) -> int | None:
         return chain_id_of(network)
     except ValueError:
         return None
-
-
-def _refusal(response: httpx.Response) -> tuple[str, str]:
-    """``(code, reason)`` from a refusing 402's ``error`` (header first, then body)."""
-    error: Any = None
-    header = response.headers.get(PAYMENT_REQUIRED_HEADER)
-    try:
-        if header is not None:
-            error = decode_header(header, header=PAYMENT_REQUIRED_HEADER).get("error")
-        else:
-            body = response.json()
-            error = body.get("error") if isinstance(body, dict) else None
-    except (PaymentError, ValueError):
-        return ErrorCode.PAYMENT_REQUIRED, "the refusing 402 carries no readable error"
-    if not isinstance(error, str) or not error:
-        return ErrorCode.PAYMENT_REQUIRED, "the gateway answered the payment with a 402 without an error"
-    code, _, reason = error.partition(": ")
-    return code.strip(), reason
 
 
 def _route_url(url: str) -> str:

@@ -8,10 +8,17 @@ The hierarchy::
     │   ├── PerPaymentCapExceeded    amount above the intent's maxPerPayment (circuit cap)
     │   ├── IntentExpired            now >= validBefore
     │   ├── IntentNotYetValid        now < validAfter
-    │   └── PayeeNotAllowed          payTo is not in the intent's payees
+    │   ├── PayeeNotAllowed          payTo is not in the intent's payees
+    │   └── PolicyDenied             the co-wallet's policy denied the spend (`.rule`, `.reason`)
     ├── NoAcceptableRequirement      the 402 offers no aep2 entry for our network/asset/settlement/processor
     ├── MalformedChallenge           PAYMENT-REQUIRED (or the v1 body) cannot be parsed
-    └── PaymentRefused               the gateway answered our mandate with a 402 (`.code`, `.reason`)
+    ├── PaymentRefused               the gateway answered our mandate with a 402 (`.code`, `.reason`)
+    ├── ReviewPending                the co-wallet sent the spend to review, still undecided (`.review_id`)
+    └── WalletRequestError           the co-wallet refused the call itself (`.status`, `.code`)
+        └── WalletUnavailable        the co-wallet did not answer, after the retries
+
+``WalletAuth`` (the co-wallet signs) raises the same errors as ``AEP2Auth`` (the agent signs)
+where the cause is the same, plus the last three, which only a co-wallet can cause.
 
 Every message names the offending field and value. ``MalformedChallenge`` names the header
 and is raised ``from`` the underlying parse error.
@@ -35,6 +42,10 @@ __all__ = [
     "NoAcceptableRequirement",
     "MalformedChallenge",
     "PaymentRefused",
+    "PolicyDenied",
+    "ReviewPending",
+    "WalletRequestError",
+    "WalletUnavailable",
 ]
 
 
@@ -90,3 +101,44 @@ class PaymentRefused(PayerError):
         self.code = code
         self.reason = reason
         self.response = response
+
+
+class PolicyDenied(SpendingLimitError):
+    """The co-wallet's policy engine denied the spend; nothing was signed or sent to the payee.
+
+    ``rule`` is the deciding rule (``wallet.policy.Rule`` value, e.g. ``daily_cap``),
+    ``reason`` the policy's explanation, ``decision_id`` the wallet's stored decision.
+    """
+
+    def __init__(self, rule: str, reason: str = "", *, decision_id: int | None = None) -> None:
+        super().__init__(f"{rule}: {reason}" if reason else rule)
+        self.rule = rule
+        self.reason = reason
+        self.decision_id = decision_id
+
+
+class ReviewPending(PayerError):
+    """The co-wallet sent the spend to review and no reviewer decided within the wait; nothing
+    was signed. Poll ``review_id`` later, or raise ``review_timeout``."""
+
+    def __init__(self, review_id: str, rule: str = "", reason: str = "") -> None:
+        super().__init__(f"review {review_id} pending ({rule}: {reason})" if rule else f"review {review_id} pending")
+        self.review_id = review_id
+        self.rule = rule
+        self.reason = reason
+
+
+class WalletRequestError(PayerError):
+    """The co-wallet refused the call: ``status`` (HTTP), ``code`` (its problem-details code,
+    e.g. ``unauthenticated``, ``idempotency_conflict``), ``detail``."""
+
+    def __init__(self, status: int, code: str, detail: str = "") -> None:
+        super().__init__(f"wallet {status} {code}: {detail}" if detail else f"wallet {status} {code}")
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+class WalletUnavailable(WalletRequestError):
+    """The co-wallet did not answer (a network error, a 5xx or a 429) after the retries. A
+    spend retried with the same idempotency key is never signed twice."""

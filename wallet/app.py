@@ -40,6 +40,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+import httpx
 from limits import parse as parse_rate_limit
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
@@ -53,7 +54,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from uvicorn.logging import AccessFormatter
 
+from payer.errors import MalformedChallenge, NoAcceptableRequirement, PolicyDenied, ReviewPending, WalletRequestError
+
 from . import audit
+from .execute import Executor, HostNotAllowed, ResponseTooLarge, paid_call_json
 from .keys import RedactingFilter, redact_secrets
 from .ledger import InsufficientFunds, LedgerError
 from .policy import Rules
@@ -98,10 +102,16 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "policy_denied": (403, "Denied by the owner's policy"),
     "payload_too_large": (413, "Request body too large"),
     "rate_limited": (429, "Too many requests"),
+    "host_not_allowed": (403, "The owner named no such host for this agent"),
+    "payee_unreachable": (502, "The payee could not be reached"),
+    "payee_bad_challenge": (502, "The payee's 402 challenge is malformed"),
+    "response_too_large": (502, "The payee's answer is too large to relay"),
     "internal_error": (500, "Internal error"),
 }
 
 _WALLET_ERRORS: list[tuple[type[WalletError], str]] = [
+    (HostNotAllowed, "host_not_allowed"),
+    (ResponseTooLarge, "response_too_large"),
     (Unauthenticated, "unauthenticated"),
     (NotFound, "not_found"),
     (InvalidState, "invalid_state"),
@@ -212,12 +222,10 @@ class DraftIntent(_Body):
     hosts: list[str] = Field(default_factory=list)
 
 
-class AuthorizePayment(_Body):
-    requirement: dict[str, Any]
-    url: str = Field(min_length=1, max_length=8192)
-    method: str = "GET"
+class _WithBody(_Body):
+    """A request to pay for, with its body in base64."""
+
     body: str | None = Field(default=None, description="the paid request's body, base64")
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
 
     @field_validator("body")
     @classmethod
@@ -231,6 +239,21 @@ class AuthorizePayment(_Body):
 
     def body_bytes(self) -> bytes:
         return b"" if self.body is None else base64.b64decode(self.body, validate=True)
+
+
+class AuthorizePayment(_WithBody):
+    requirement: dict[str, Any]
+    url: str = Field(min_length=1, max_length=8192)
+    method: str = "GET"
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class ExecutePayment(_WithBody):
+    url: str = Field(min_length=1, max_length=8192, description="the payee's absolute http(s) URL")
+    method: str = "GET"
+    headers: dict[str, str] = Field(default_factory=dict, description="sent to the payee (no payment headers)")
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    review_timeout_seconds: float = Field(default=0.0, ge=0, le=30)
 
 
 class Receipt(BaseModel):
@@ -280,7 +303,7 @@ class RulesBody(_Body):
             raise Problem("invalid_body", str(exc), field=where) from None
 
 
-_BODY_MODELS: tuple[type[BaseModel], ...] = (AddAgent, DraftIntent, AuthorizePayment, Receipt, Reason, KillSwitchBody, RulesBody)
+_BODY_MODELS: tuple[type[BaseModel], ...] = (AddAgent, DraftIntent, AuthorizePayment, ExecutePayment, Receipt, Reason, KillSwitchBody, RulesBody)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,12 +390,15 @@ class _Caller:
 class _Api:
     """The route handlers, sharing the service, the credentials' check and the limiter."""
 
-    def __init__(self, service: WalletService, owner_token: str, rate_limit: str, max_body: int) -> None:
+    def __init__(
+        self, service: WalletService, owner_token: str, rate_limit: str, max_body: int, executor: Executor
+    ) -> None:
         if len(owner_token) < 16:
             raise ValueError("owner_token: use at least 16 random characters")
         if max_body <= 0:
             raise ValueError(f"max_body: {max_body} must be positive")
         self.service = service
+        self.executor = executor
         self._owner_token = owner_token.encode()
         self._limit = parse_rate_limit(rate_limit)
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
@@ -446,14 +472,35 @@ class _Api:
     async def authorize(self, request: Request) -> Response:
         agent_id = await self.agent(request)
         body = await self.body(request, AuthorizePayment)
-        header_key = request.headers.get("idempotency-key")
-        if header_key is not None and body.idempotency_key is not None and header_key != body.idempotency_key:
-            raise InvalidRequest("idempotencyKey", "the Idempotency-Key header and the body's idempotencyKey differ")
         auth = await self.service.authorize_payment(
             agent_id, body.requirement, body.url, body.method, body.body_bytes(),
-            idempotency_key=body.idempotency_key or header_key,
+            idempotency_key=_idempotency_key(request, body.idempotency_key),
         )
         return _authorization(auth)
+
+    async def execute(self, request: Request) -> Response:
+        agent_id = await self.agent(request)
+        body = await self.body(request, ExecutePayment)
+        key = _idempotency_key(request, body.idempotency_key)
+        try:
+            call = await self.executor.execute(
+                agent_id, body.url, body.method, headers=body.headers, body=body.body_bytes(),
+                idempotency_key=key, review_timeout=body.review_timeout_seconds,
+            )
+        except PolicyDenied as exc:
+            raise Problem("policy_denied", exc.reason, rule=exc.rule, decisionId=exc.decision_id) from None
+        except ReviewPending as exc:
+            return JSONResponse({"outcome": "review", "reviewId": exc.review_id, "rule": exc.rule,
+                                 "reason": exc.reason}, status_code=202)
+        except NoAcceptableRequirement as exc:
+            raise Problem("no_matching_intent", str(exc)) from None
+        except MalformedChallenge as exc:
+            raise Problem("payee_bad_challenge", str(exc)) from None
+        except WalletRequestError as exc:
+            raise Problem("invalid_state", exc.detail) from None
+        except httpx.HTTPError as exc:
+            raise Problem("payee_unreachable", f"{type(exc).__name__}: {exc}") from None
+        return JSONResponse(paid_call_json(call))
 
     async def _own_payment(self, agent_id: str, payment_id: str) -> None:
         if (await self.service.payment(payment_id)).agent_id != agent_id:
@@ -559,6 +606,8 @@ class _Api:
             ("GET", "/v1/intents", self.list_intents, "agent", None, "The calling agent's intents"),
             ("POST", "/v1/payments/authorize", self.authorize, "agent", AuthorizePayment,
              "Decide a spend; on allow, the signed PAYMENT-SIGNATURE header (202 review, 403 deny)"),
+            ("POST", "/v1/payments/execute", self.execute, "agent", ExecutePayment,
+             "The wallet calls the payee and pays its 402: the payee's status, headers and base64 body"),
             ("POST", "/v1/payments/{payment_id}/confirm", self.confirm, "agent", Receipt,
              "The payment was served: the gateway's decoded PAYMENT-RESPONSE"),
             ("POST", "/v1/payments/{payment_id}/release", self.release, "agent", Reason,
@@ -611,7 +660,7 @@ class _Api:
                 operation["parameters"] = parameters
             if model is not None:
                 operation["requestBody"] = {
-                    "required": model in (DraftIntent, AuthorizePayment, AddAgent, RulesBody),
+                    "required": model in (DraftIntent, AuthorizePayment, ExecutePayment, AddAgent, RulesBody),
                     "content": {"application/json": {"schema": refs[(model, "validation")]}},
                 }
             paths.setdefault(path, {})[method.lower()] = operation
@@ -627,6 +676,14 @@ class _Api:
                 },
             },
         }
+
+
+def _idempotency_key(request: Request, in_body: str | None) -> str | None:
+    """The ``Idempotency-Key`` header or the body's ``idempotencyKey``; both must agree."""
+    header = request.headers.get("idempotency-key")
+    if header is not None and in_body is not None and header != in_body:
+        raise InvalidRequest("idempotencyKey", "the Idempotency-Key header and the body's idempotencyKey differ")
+    return in_body or header
 
 
 def _path_params(path: str) -> list[str]:
@@ -683,6 +740,7 @@ def create_app(
     rate_limit: str = "60/second",
     max_body: int = DEFAULT_MAX_BODY,
     webhook_interval: float = 1.0,
+    executor: Executor | None = None,
 ) -> Starlette:
     """The wallet's HTTP API over ``service``.
 
@@ -690,8 +748,10 @@ def create_app(
     credential, in ``limits`` notation (``"60/second"``, ``"1000/hour"``). ``max_body``: bytes.
     The lifespan runs the webhook delivery loop every ``webhook_interval`` seconds and stops it
     on shutdown; the service (database, webhook client) stays the caller's to close.
+    ``executor``: makes the paid calls of ``POST /v1/payments/execute`` (default: an
+    ``Executor`` on ``service``, closed with the lifespan).
     """
-    api = _Api(service, owner_token, rate_limit, max_body)
+    api = _Api(service, owner_token, rate_limit, max_body, executor or Executor(service))
     install_log_redaction()
 
     @contextlib.asynccontextmanager
@@ -704,6 +764,8 @@ def create_app(
         finally:
             stop.set()
             await delivery
+            if executor is None:
+                await api.executor.aclose()
 
     document = api.openapi()
 

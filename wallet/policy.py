@@ -629,3 +629,9 @@ def evaluate(
         "kill_switch": kill_switch.to_json(),
     }
     return Decision(outcome=outcome, rule=rule, reason=reason, inputs=inputs)
+
+
+def host_matches(host: str, patterns: frozenset[str]) -> bool:
+    """Whether ``host`` (lower-case) matches one of ``patterns``, as ``Rules.host_allowlist``
+    matches: exact names, and ``*.example.com`` for any subdomain."""
+    return _host_matches(host, patterns)

@@ -91,8 +91,8 @@ from aep2.mandate import MAX_AMOUNT as MAX_MANDATE_AMOUNT
 from aep2.mandate import MAX_DEADLINE, Mandate, request_hash
 from aep2.payees import MAX_PAYEES
 from aep2.payload import build_payload, intent_json, parse_intent
-from aep2.x402 import encode_header
-from aep2.x402.models import PaymentRequirements
+from aep2.x402 import caip2, chain_id_of, encode_header
+from aep2.x402.models import PaymentRequirements, PaymentRequirementsV1
 from payer import create_intent, create_session_key
 from payer.auth import DEFAULT_DEADLINE_SECONDS, SCHEME
 
@@ -473,6 +473,7 @@ class _Offer:
     payee: str  # lower-case hex
     amount: int
     min_deadline_seconds: int
+    version: int  # 1: a v1 entry (``maxAmountRequired``), signed into an ``X-PAYMENT`` envelope
 
 
 @dataclass(frozen=True)
@@ -1092,21 +1093,29 @@ class WalletService:
         if not isinstance(requirement, Mapping):
             raise InvalidRequest("requirement", "expected an x402 accepts entry (an object)")
         entry = json.loads(json.dumps(dict(requirement)))  # a plain JSON copy, stored as given
+        version = 1 if "maxAmountRequired" in entry else 2
         try:
-            model = PaymentRequirements.model_validate(entry)
+            model: PaymentRequirements | PaymentRequirementsV1 = (
+                PaymentRequirementsV1 if version == 1 else PaymentRequirements
+            ).model_validate(entry)
         except ValidationError as exc:
             error = exc.errors()[0]
             where = ".".join(str(part) for part in ("requirement", *error["loc"]))
             raise InvalidRequest(where, error["msg"]) from None
         if model.scheme != SCHEME:
             raise InvalidRequest("requirement.scheme", f"{model.scheme!r}: the wallet signs {SCHEME!r} only")
+        extra = model.extra or {}
+        try:
+            network = caip2(chain_id_of(model.network))  # a v1 name or a CAIP-2 id
+        except ValueError:
+            network = model.network
         wanted = {
-            "network": (model.network, self.deployment.network),
+            "network": (network, self.deployment.network),
             "asset": (model.asset, self.deployment.token),
-            "extra.settlement": (model.extra.get("settlement"), self.deployment.settlement),
+            "extra.settlement": (extra.get("settlement"), self.deployment.settlement),
         }
-        if model.extra.get("processor") is not None:
-            wanted["extra.processor"] = (model.extra["processor"], self.processor)
+        if extra.get("processor") is not None:
+            wanted["extra.processor"] = (extra["processor"], self.processor)
         for name, (offered, ours) in wanted.items():
             if str(offered).lower() != ours.lower():
                 raise NoMatchingIntent(f"requirement.{name}", f"{offered!r}: this wallet's intents use {ours}")
@@ -1114,12 +1123,12 @@ class WalletService:
             payee = to_checksum_address(model.pay_to).lower()
         except (ValueError, TypeError):
             raise InvalidRequest("requirement.payTo", f"{model.pay_to!r} is not an address") from None
-        amount = int(model.amount)
+        amount = int(model.max_amount_required if isinstance(model, PaymentRequirementsV1) else model.amount)
         _positive("requirement.amount", amount, MAX_MANDATE_AMOUNT)
-        minimum = model.extra.get("minDeadlineSeconds", 0)
+        minimum = extra.get("minDeadlineSeconds", 0)
         if isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < 0:
             raise InvalidRequest("requirement.extra.minDeadlineSeconds", f"{minimum!r} is not a non-negative integer")
-        return _Offer(entry, payee, amount, minimum)
+        return _Offer(entry, payee, amount, minimum, version)
 
     async def _pick_intent(self, conn: AsyncConnection, agent_id: str, offer: _Offer, now: float) -> _Candidate:
         """The agent's intent to spend from: a usable one (active, in its window, this payee
@@ -1230,7 +1239,11 @@ class WalletService:
         signature = mandate.sign(key)
         del key
         payload = build_payload(mandate, signature, signed)
-        header = encode_header({"x402Version": 2, "accepted": offer.entry, "resource": {"url": url}, "payload": payload})
+        if offer.version == 1:
+            envelope = {"x402Version": 1, "scheme": SCHEME, "network": offer.entry["network"], "payload": payload}
+        else:
+            envelope = {"x402Version": 2, "accepted": offer.entry, "resource": {"url": url}, "payload": payload}
+        header = encode_header(envelope)
         payment_id = mandate.payment_id
         await ledger.reserve(conn, intent=row.id, payment_id=payment_id, amount=offer.amount, memo=f"nonce {nonce}")
         decision_id = await self._store_decision(

@@ -306,7 +306,7 @@ async def test_openapi_lists_every_path_with_its_security(client):
     document = (await client.get("/openapi.json")).json()
     assert document["openapi"].startswith("3.1")
     assert {
-        "/v1/intents", "/v1/payments/authorize", "/v1/payments/{payment_id}/confirm",
+        "/v1/intents", "/v1/payments/authorize", "/v1/payments/execute", "/v1/payments/{payment_id}/confirm",
         "/v1/payments/{payment_id}/release", "/v1/reviews/{review_id}", "/v1/agents",
         "/v1/intents/{intent_id}/approve", "/v1/intents/{intent_id}/deny", "/v1/intents/{intent_id}/revoke",
         "/v1/kill-switch", "/v1/rules", "/v1/reviews/{review_id}/approve", "/v1/reviews/{review_id}/deny",
