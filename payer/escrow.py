@@ -128,3 +128,17 @@ class Escrow:
         """Revoke a registered intent of this payer: gateways refuse its mandates from then on;
         those already served settle for the contract's settlement window more."""
         self._send(self.settlement.functions.revokeIntent(intent_id))
+
+    def intent(self, intent_id: bytes) -> dict[str, int | str]:
+        """The contract's record of an intent (``getIntent``): ``payer`` (the zero address when
+        unregistered), ``spent`` and ``maxAmount`` (base units), ``revokedAt`` (unix s, 0 if not
+        revoked)."""
+        record = self.settlement.functions.getIntent(intent_id).call()
+        names = ("payer", "asset", "sessionKeyHash", "maxAmount", "maxPerPayment", "validAfter", "validBefore",
+                 "payeesRoot", "processor", "spent", "revokedAt", "commitment")
+        return dict(zip(names, record))
+
+    def settled_nonces(self, intent_id: bytes, window: int) -> int:
+        """The bitmap of the intent's settled nonces ``128 * window … 128 * window + 127``
+        (bit ``nonce % 128``), as the contract records them (``settledNonces``)."""
+        return int(self.settlement.functions.settledNonces(intent_id, window).call())

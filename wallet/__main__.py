@@ -7,6 +7,7 @@
     python -m wallet deny INTENT_ID [--reason TEXT]
     python -m wallet kill-switch on|off [--agent ID] [--reason TEXT]
     python -m wallet audit verify                  # exit status 1 on a broken chain
+    python -m wallet reconcile [--settle-from-chain] [--json]   # exit status 1 on a difference
 
 The CLI talks to the same database as the server (SQLite's write lock, or PostgreSQL's, keeps
 the two consistent) and every command goes through ``WalletService``, so a CLI approval is
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -168,6 +170,23 @@ async def _kill_switch(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _reconcile(config: Config, args: argparse.Namespace) -> int:
+    from .reconcile import reconcile
+
+    async with _service(config) as service:
+        report = await reconcile(service, service.chain, settle_from_chain=args.settle_from_chain)  # type: ignore[arg-type]
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        for payment_id in report.booked_from_chain:
+            print(f"booked from the chain: {payment_id}")
+        for d in report.differences:
+            print(f"{d.check} {d.subject}: ledger {d.ledger}, chain {d.chain}" + (f" ({d.detail})" if d.detail else ""))
+        print(f"{'ok' if report.ok else 'DIFFERENCES'}: {len(report.differences)} differences; escrow ledger "
+              f"{report.ledger_escrow}, chain {report.chain_escrow}; {report.intents} intents, {report.payments} payments")
+    return 0 if report.ok else 1
+
+
 async def _audit_verify(config: Config, _args: argparse.Namespace) -> int:
     async with Database(config.db_url) as db:
         report = await audit.verify(db)
@@ -202,6 +221,10 @@ def _parser() -> argparse.ArgumentParser:
     kill.add_argument("state", choices=["on", "off"])
     kill.add_argument("--agent", default=None, help="one agent's id (default: every agent)")
     kill.add_argument("--reason", default="")
+    check = command("reconcile", _reconcile, "compare the ledger with the chain; exit 1 on any difference")
+    check.add_argument("--settle-from-chain", action="store_true",
+                       help="book payments the chain settled but the wallet never heard of")
+    check.add_argument("--json", action="store_true")
     audit_cmd = command("audit", _audit_verify, "audit trail commands")
     audit_cmd.add_argument("action", choices=["verify"])
     return parser
