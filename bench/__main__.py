@@ -16,7 +16,7 @@ import json
 import sys
 import time
 
-SUITES = ("verify", "throughput", "latency", "prover", "gas")
+SUITES = ("verify", "throughput", "latency", "wallet", "prover", "gas")
 
 
 def main(argv: list[str]) -> int:

@@ -3,6 +3,7 @@
     python -m wallet init                          # schema + owner keystore; prints the owner address
     python -m wallet serve --host 127.0.0.1 --port 8080
     python -m wallet add-agent NAME                # prints the agent id and its API key, once
+    python -m wallet deposit AMOUNT [--record-only]  # fund the escrow (base units) and book it
     python -m wallet approve INTENT_ID
     python -m wallet deny INTENT_ID [--reason TEXT]
     python -m wallet kill-switch on|off [--agent ID] [--reason TEXT]
@@ -145,6 +146,18 @@ async def _add_agent(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _deposit(config: Config, args: argparse.Namespace) -> int:
+    async with _service(config) as service:
+        if not args.record_only:
+            escrow = service.chain
+            await asyncio.to_thread(escrow.deposit, args.amount)  # type: ignore[union-attr]
+            if await asyncio.to_thread(escrow.processor_consent_until, service.processor) == 0:  # type: ignore[union-attr]
+                await asyncio.to_thread(escrow.authorize_processor, service.processor)  # type: ignore[union-attr]
+        await service.record_deposit(args.amount, actor=_CLI_ACTOR)
+    print(f"deposited {args.amount} ({'recorded only' if args.record_only else 'on chain and recorded'})")
+    return 0
+
+
 async def _approve(config: Config, args: argparse.Namespace) -> int:
     async with _service(config) as service:
         record = await service.approve_intent(args.intent_id, actor=_CLI_ACTOR)
@@ -213,6 +226,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--rate-limit", default="60/second", help="per credential, limits notation")
     serve.add_argument("--log-level", default="info")
     command("add-agent", _add_agent, "add an agent; prints its API key once").add_argument("name")
+    deposit = command("deposit", _deposit, "deposit into the escrow with the processor (base units) and book it")
+    deposit.add_argument("amount", type=int)
+    deposit.add_argument("--record-only", action="store_true", help="book a deposit already made on chain")
     command("approve", _approve, "approve a pending intent").add_argument("intent_id")
     deny = command("deny", _deny, "deny a pending intent")
     deny.add_argument("intent_id")
