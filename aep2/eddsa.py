@@ -13,24 +13,33 @@ import secrets
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from . import _native
 from . import babyjubjub as bjj
-from .fields import FIELD_MODULUS, to_field_bytes
+from .fields import to_field_bytes
 from .poseidon import poseidon
 
 __all__ = ["Signature", "SessionKey", "key_hash", "verify"]
 
-class _LazyTable:
-    # The B8 table takes a fraction of a second to build: do it on first use, not at import.
-    _table: bjj.FixedBaseTable | None = None
-
-    def __getattr__(self, name: str) -> object:
-        if _LazyTable._table is None:
-            _LazyTable._table = bjj.FixedBaseTable(bjj.B8, window=12, bits=253)
-        return getattr(_LazyTable._table, name)
-
-
-_B8_TABLE = _LazyTable()
+#: Table windows: B8's table is built once per process (26 rows of 512 points, about 1.7 MB);
+#: a key's (37 rows of 64 points, about 300 KB) once per session key, in about a millisecond.
+B8_WINDOW = 10
+KEY_WINDOW = 7
 L = bjj.SUBGROUP_ORDER
+
+
+def _encode_point(point: bjj.Point) -> bytes:
+    return point[0].to_bytes(32, "big") + point[1].to_bytes(32, "big")
+
+
+@lru_cache(maxsize=1)
+def _b8_table() -> _native.FixedBase:
+    # Built on first use, not at import: a few milliseconds that a CLI importing aep2 need not pay.
+    return _native.FixedBase(_encode_point(bjj.B8), B8_WINDOW)
+
+
+def _multiply_b8(scalar: int) -> bjj.Point:
+    encoded = _b8_table().multiply(scalar.to_bytes(32, "big"))
+    return (int.from_bytes(encoded[:32], "big"), int.from_bytes(encoded[32:], "big"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +94,7 @@ class SessionKey:
         """Sign the field element ``message``; deterministic (RFC 8032-style nonce)."""
         digest = hashlib.sha512(self.secret.to_bytes(32, "big") + to_field_bytes(message)).digest()
         r = int.from_bytes(digest, "big") % L
-        r8 = _B8_TABLE.multiply(r)
+        r8 = _multiply_b8(r)
         ax, ay = self.public_key
         hm = poseidon(r8[0], r8[1], ax, ay, message)
         s = (r + 8 * hm * self.secret) % L
@@ -94,40 +103,43 @@ class SessionKey:
 
 @lru_cache(maxsize=4096)
 def _public_key(secret: int) -> bjj.Point:
-    return _B8_TABLE.multiply(secret)
+    return _multiply_b8(secret)
 
 
 @lru_cache(maxsize=512)
-def _key_table(public_key: bjj.Point) -> bjj.FixedBaseTable | None:
-    # Per-key signed-window table of 8·A: built once per session key (tens of ms, ~2 MB),
-    # it turns hm·(8·A) into about 29 additions on every later mandate of that intent.
+def _key_table(public_key: bjj.Point) -> tuple[_native.FixedBase, bytes] | None:
+    # The signed-window table of 8·A and A's encoding, or None for a key circomlib's verifier
+    # cannot accept (off the curve, or of small order). A pure function of the public key:
+    # caching it spares the table build, never a check of R8, S or the equation.
     if not bjj.is_on_curve(public_key):
         return None
     eight_a = bjj.multiply(public_key, 8)
     if eight_a == bjj.IDENTITY:
         return None
-    return bjj.FixedBaseTable(eight_a, window=9, bits=254)
+    return _native.FixedBase(_encode_point(eight_a), KEY_WINDOW), _encode_point(public_key)
 
 
 def verify(public_key: bjj.Point, message: int, signature: Signature) -> bool:
     """Whether ``signature`` is a valid EdDSA-Poseidon signature of ``message`` under ``public_key``.
 
     Accepts exactly what circomlib's ``EdDSAPoseidonVerifier`` accepts for a key that is not
-    of small order. Never raises for malformed values: they verify as ``False``.
+    of small order: ``message`` and ``R8``'s coordinates below the field modulus, ``S < l``,
+    ``R8`` on the curve, and ``S·B8 == R8 + 8·hm·A`` with ``hm = Poseidon(R8x, R8y, Ax, Ay, M)``,
+    all checked in ``aep2._native.eddsa_verify`` on every call. Never raises for malformed
+    values: they verify as ``False``.
     """
-    if not (0 <= message < FIELD_MODULUS and 0 <= signature.S < L):
+    key = _key_table(public_key)
+    if key is None:
         return False
-    r8 = (signature.R8x, signature.R8y)
-    if not bjj.is_on_curve(r8):
+    table, encoded_key = key
+    try:
+        challenge = (
+            signature.R8x.to_bytes(32, "big")
+            + signature.R8y.to_bytes(32, "big")
+            + encoded_key
+            + message.to_bytes(32, "big")
+        )
+        encoded_s = signature.S.to_bytes(32, "big")
+    except OverflowError:  # negative, or 2^256 or more: no field element, no valid S
         return False
-    table = _key_table(public_key)
-    if table is None:
-        return False
-    hm = poseidon(r8[0], r8[1], public_key[0], public_key[1], message)
-    right = bjj.ext_add(bjj.ext_from_affine(r8), table.multiply_ext(hm))
-    left = _B8_TABLE.multiply_ext(signature.S)
-    # Compare projectively: X1·Z2 == X2·Z1 and Y1·Z2 == Y2·Z1.
-    p = FIELD_MODULUS
-    return (left[0] * right[2] - right[0] * left[2]) % p == 0 and (
-        left[1] * right[2] - right[1] * left[2]
-    ) % p == 0
+    return _native.eddsa_verify(_b8_table(), table, challenge, encoded_s)
