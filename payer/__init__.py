@@ -19,12 +19,19 @@ Then the agent pays::
     with httpx.Client(auth=auth) as client:
         client.get("https://api.example/weather")
     auth.receipts, auth.spent
+
+Or the agent holds no key at all: a co-wallet (``python -m wallet serve``) keeps the keys,
+checks every spend against the owner's policy and signs; the agent has an API key::
+
+    with WalletAuth("http://127.0.0.1:8080", api_key) as auth, httpx.Client(auth=auth) as client:
+        client.get("https://api.example/weather")    # PolicyDenied if the policy says no
 """
 
 from aep2.eddsa import SessionKey
 from aep2.intent import SignedIntent
 
 from .auth import AEP2Auth
+from .remote import WalletAuth
 from .errors import (
     BudgetExceeded,
     IntentExpired,
@@ -35,7 +42,11 @@ from .errors import (
     PayerError,
     PaymentRefused,
     PerPaymentCapExceeded,
+    PolicyDenied,
+    ReviewPending,
     SpendingLimitError,
+    WalletRequestError,
+    WalletUnavailable,
 )
 from .escrow import Escrow, EscrowError
 from .state import PayerState
@@ -43,6 +54,7 @@ from .wallet import create_intent, create_session_key
 
 __all__ = [
     "AEP2Auth",
+    "WalletAuth",
     "Escrow",
     "EscrowError",
     "PayerState",
@@ -60,4 +72,8 @@ __all__ = [
     "NoAcceptableRequirement",
     "MalformedChallenge",
     "PaymentRefused",
+    "PolicyDenied",
+    "ReviewPending",
+    "WalletRequestError",
+    "WalletUnavailable",
 ]
