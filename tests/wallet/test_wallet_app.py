@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from aep2.x402 import decode_header
-from wallet import webhooks
+from wallet import audit, webhooks
 from uvicorn.logging import AccessFormatter
 
 from wallet.app import create_app, install_log_redaction
@@ -374,6 +374,107 @@ def test_uvicorn_access_lines_are_redacted_and_still_format():
         access.removeHandler(handler)
     line = stream.getvalue()
     assert '"GET /v1/x?k=aep2_0123456789abcdef.[redacted] HTTP/1.1" 200' in line and "s" * 43 not in line
+
+
+# ---------------------------------------------------------------------------------------------
+# The kill switch thrown mid-run, over HTTP
+# ---------------------------------------------------------------------------------------------
+
+
+async def kill_mid_run(http: httpx.AsyncClient, agents: list[tuple[str, str]], *, one_agent: bool) -> set[str]:
+    """Each agent (``(id, key)``) asks for payments in a loop over ``http``; once 20 are signed
+    the owner engages the switch (global, or for the first agent; no revocation: the switch
+    alone must stop them). Every call begun after that answer must be a 403 naming the
+    switch. Returns the stopped agents' ids."""
+    stopped = {agents[0][0]} if one_agent else {a for a, _k in agents}
+    engaged = asyncio.Event()
+    signed: list[str] = []
+    late: list[tuple[str, httpx.Response]] = []
+
+    async def spend(agent_id: str, key: str) -> None:
+        for n in range(10_000):
+            begun_after = engaged.is_set()
+            answer = await http.post("/v1/payments/authorize", headers=bearer(key),
+                                     json={"requirement": requirement(1), "url": f"{URL}/{agent_id}/{n}"})
+            assert answer.status_code in (200, 403), answer.text
+            if answer.status_code == 200:
+                signed.append(answer.json()["paymentId"])
+            if begun_after:
+                late.append((agent_id, answer))
+                if agent_id in stopped or len(late) > 20:
+                    return
+        raise AssertionError("the spend loop never saw the switch")
+
+    tasks = [asyncio.create_task(spend(agent_id, key)) for agent_id, key in agents]
+    while len(signed) < 20:
+        await asyncio.sleep(0.001)
+    body = {"reason": "mid-run", "revoke": False} | ({"agentId": agents[0][0]} if one_agent else {})
+    assert (await http.post("/v1/kill-switch", json=body, headers=owner())).status_code == 200
+    engaged.set()
+    await asyncio.gather(*tasks)
+    rule = "kill_switch_agent" if one_agent else "kill_switch_global"
+    for agent_id, answer in late:
+        if agent_id in stopped:
+            assert problem(answer, 403, "policy_denied")["rule"] == rule
+    return stopped
+
+
+async def assert_signed_before_the_switch(db: Database, stopped: set[str], one_agent: bool) -> None:
+    """The audit chain's order: every signature of a stopped agent precedes the switch."""
+    async with db.snapshot() as conn:
+        records = await audit.records(conn, limit=100_000)
+    [switch_at] = [r.seq for r in records if r.action == "killswitch.engaged"]
+    signed = [(r.seq, r.payload["agent_id"]) for r in records if r.action == "payment.authorized"]
+    assert any(agent in stopped for _seq, agent in signed)
+    assert all(seq < switch_at for seq, agent in signed if agent in stopped)
+    if one_agent:
+        assert any(seq > switch_at for seq, agent in signed if agent not in stopped)
+
+
+@pytest.mark.parametrize("one_agent", [False, True])
+async def test_kill_switch_mid_run_over_asgi_stops_every_later_signature(wallet, one_agent):
+    app = create_app(wallet, owner_token=OWNER_TOKEN, rate_limit="100000/second")
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://wallet.test") as http:
+            agents = [(await agent_with_intent(http, f"a{n}"))[:2] for n in range(4)]
+            stopped = await kill_mid_run(http, agents, one_agent=one_agent)
+    await assert_signed_before_the_switch(wallet.db, stopped, one_agent)
+
+
+def test_kill_switch_mid_run_over_uvicorn_stops_every_later_signature(serve, tmp_path):
+    url = f"sqlite+aiosqlite:///{tmp_path / 'live.sqlite'}"
+    keystore = OwnerKeystore.create(tmp_path / "owner.json", PASSWORD, **FAST_KDF)
+    sealer = Sealer(os.urandom(32))
+
+    def service(db: Database) -> WalletService:
+        return WalletService(db, owner=keystore, sealer=sealer, deployment=OFFLINE_DEPLOYMENT, processor=PROCESSOR,
+                             webhooks=webhooks.Webhooks(db))
+
+    async def fund() -> None:
+        async with Database(url) as db:
+            await db.create()
+            await service(db).record_deposit(10**9)
+
+    asyncio.run(fund())
+    db = Database(url)  # first used on uvicorn's event loop
+    live = service(db)
+    server = serve(create_app(live, owner_token=OWNER_TOKEN, rate_limit="100000/second"))
+
+    async def run() -> set[str]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            agents = [(await agent_with_intent(http, f"a{n}"))[:2] for n in range(4)]
+            return await kill_mid_run(http, agents, one_agent=False)
+
+    stopped = asyncio.run(run())
+    server.stop()
+
+    async def check() -> None:
+        await live.webhooks.aclose()
+        await db.aclose()
+        async with Database(url) as fresh:
+            await assert_signed_before_the_switch(fresh, stopped, one_agent=False)
+
+    asyncio.run(check())
 
 
 # ---------------------------------------------------------------------------------------------

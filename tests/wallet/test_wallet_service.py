@@ -419,3 +419,84 @@ async def test_approval_registers_and_revocation_revokes_on_anvil(wallet_db, tmp
         assert (await audit.verify(wallet_db)).ok
     finally:
         await hooks.aclose()
+
+
+# ---------------------------------------------------------------------------------------------
+# The kill switch thrown mid-run
+# ---------------------------------------------------------------------------------------------
+
+
+async def audit_positions(wallet: WalletService) -> dict[str, list[tuple[int, dict[str, Any]]]]:
+    """action -> ``[(seq, payload)]``, in chain order: the witness of what happened when."""
+    async with wallet.db.snapshot() as conn:
+        records = await audit.records(conn, limit=100_000)
+    positions: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    for record in records:
+        positions.setdefault(record.action, []).append((record.seq, record.payload))
+    return positions
+
+
+@pytest.mark.parametrize(("scope", "revoke"), [("global", False), ("agent", True)])
+async def test_no_mandate_is_signed_after_the_kill_switch_returns(wallet, scope, revoke):
+    """Five agents spend in a loop and a reviewer approves queued reviews while the owner
+    throws the switch. Every signature (from either path) sits before the switch in the audit
+    chain, and every call begun after ``engage_kill_switch`` returned is denied."""
+    agents = [(await agent_with_intent(wallet, f"a{n}", budget=10**6, per_payment_cap=10))[0] for n in range(5)]
+    stopped = agents if scope == "global" else agents[:1]
+    await wallet.set_rules(Rules(review_above=5))
+    queued = [(a, await wallet.authorize_payment(a, requirement(6), f"{URL}/review/{a}/{i}"))
+              for a in agents for i in range(4)]
+    assert {q.outcome for _a, q in queued} == {"review"}
+
+    engaged = asyncio.Event()
+    late: list[tuple[str, Any]] = []  # (agent, answer) of the calls begun after engage returned
+    allowed: list[Any] = []
+    straddling = 0  # calls begun before engage returned that answered after it: in flight
+
+
+    async def spend(agent_id: str) -> None:
+        nonlocal straddling
+        for n in range(10_000):
+            begun_after = engaged.is_set()
+            answer = await wallet.authorize_payment(agent_id, requirement(1), f"{URL}/{agent_id}/{n}")
+            straddling += engaged.is_set() and not begun_after
+            if answer.allowed:
+                allowed.append(answer)
+            if begun_after:
+                late.append((agent_id, answer))
+                if agent_id in stopped or len(late) > 20:
+                    return
+        raise AssertionError("the spend loop never saw the switch")
+
+    async def review() -> None:
+        for agent_id, item in queued:
+            begun_after = engaged.is_set()
+            answer = await wallet.approve_review(item.review_id)
+            if answer.allowed:
+                allowed.append(answer)
+            if begun_after:
+                late.append((agent_id, answer))
+            await asyncio.sleep(0)
+
+    tasks = [asyncio.create_task(spend(a)) for a in agents] + [asyncio.create_task(review())]
+    while len(allowed) < 20:
+        await asyncio.sleep(0.001)
+    await wallet.engage_kill_switch(agent_id=None if scope == "global" else stopped[0], reason="mid-run", revoke=revoke)
+    engaged.set()
+    await asyncio.gather(*tasks)
+
+    assert straddling > 0
+    rule = "kill_switch_global" if scope == "global" else "kill_switch_agent"
+    for agent_id, answer in late:
+        if agent_id in stopped:
+            assert (answer.outcome, answer.rule) == ("deny", rule), answer
+    positions = await audit_positions(wallet)
+    [(switch_at, _payload)] = positions["killswitch.engaged"]
+    signed = positions["payment.authorized"]
+    assert len(signed) == len(allowed) == len(await wallet.payments())  # one record per signature
+    stopped_signatures = [seq for seq, payload in signed if payload["agent_id"] in stopped]
+    assert stopped_signatures and max(stopped_signatures) < switch_at
+    if scope == "agent":  # the others went on spending after the switch
+        assert any(seq > switch_at for seq, payload in signed if payload["agent_id"] not in stopped)
+    assert (await audit.verify(wallet.db)).ok
+
