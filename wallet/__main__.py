@@ -17,7 +17,9 @@ the same approval as one over HTTP. Configuration is read once, from the environ
 - ``AEP2_WALLET_OWNER_PASSWORD``: the owner keystore's password;
 - ``AEP2_WALLET_OWNER_KEYSTORE``: its file (default ``wallet-owner.json``);
 - ``AEP2_WALLET_OWNER_TOKEN``: the owner's bearer credential for the API (``serve`` only);
-- ``AEP2_DEPLOYMENT``: the deployment file; ``AEP2_PROCESSOR``: the settlement processor.
+- ``AEP2_DEPLOYMENT``: the deployment file; ``AEP2_PROCESSOR``: the settlement processor;
+- ``AEP2_WALLET_WEBHOOKS_ALLOW_PRIVATE``: ``1`` lets webhook endpoints be on loopback or
+  private addresses (a receiver on the same host); off by default (``webhooks``, "Targets").
 
 ``audit verify`` needs only the database: an auditor does not need the owner's keys.
 Exit status: 0 done, 1 refused (or a broken audit chain), 2 bad usage or configuration.
@@ -60,6 +62,7 @@ class Config:
     owner_token: str | None
     deployment: str | None
     processor: str | None
+    allow_private_webhooks: bool
     environ: Mapping[str, str]
 
     @classmethod
@@ -71,6 +74,7 @@ class Config:
             owner_token=env.get("AEP2_WALLET_OWNER_TOKEN") or None,
             deployment=env.get("AEP2_DEPLOYMENT") or None,
             processor=env.get("AEP2_PROCESSOR") or None,
+            allow_private_webhooks=env.get("AEP2_WALLET_WEBHOOKS_ALLOW_PRIVATE", "") == "1",
             environ=env,
         )
 
@@ -92,7 +96,7 @@ async def _service(config: Config) -> AsyncIterator[WalletService]:
 
     chain = Escrow(deployment, owner.account.key, processor=config.processor)
     db = Database(config.db_url)
-    hooks = Webhooks(db)
+    hooks = Webhooks(db, sealer=sealer, allow_private_targets=config.allow_private_webhooks)
     try:
         yield WalletService(
             db, owner=owner, sealer=sealer, deployment=deployment, processor=config.processor,

@@ -82,6 +82,7 @@ __all__ = [
     "OwnerKeystore",
     "Sealer",
     "session_key_aad",
+    "webhook_secret_aad",
     "ApiKeyRecord",
     "issue_api_key",
     "parse_api_key",
@@ -356,6 +357,7 @@ _MIN_BLOB = _HEADER_LEN + _NONCE_LEN + _TAG_LEN
 _SEAL_INFO = b"aep2/wallet/seal/v1"
 _KEY_ID_LABEL = b"aep2/wallet/key-id/v1"
 _SESSION_KEY_AAD = b"aep2/wallet/session-key/v1"
+_WEBHOOK_SECRET_AAD = b"aep2/wallet/webhook-secret/v1"
 
 
 def _decode_key(text: str, variable: str) -> bytes:
@@ -385,19 +387,30 @@ def _aad_fingerprint(aad: bytes) -> bytes:
     return hashlib.sha256(aad).digest()[:_FP_LEN]
 
 
+def _aad(label: bytes, parts: Iterable[tuple[str, str | int]]) -> bytes:
+    """``label`` then each part as a 2-byte big-endian length and its UTF-8 text."""
+    out = bytearray(label)
+    for name, part in parts:
+        data = str(part).encode()
+        if len(data) > 0xFFFF:
+            raise KeyConfigError(f"{name}: longer than 65535 bytes")
+        out += len(data).to_bytes(2, "big") + data
+    return bytes(out)
+
+
 def session_key_aad(*, intent_id: str | int, agent_id: str | int) -> bytes:
     """The associated data binding a sealed session key to its intent and its agent.
 
     ``label ‖ len(intent) ‖ intent ‖ len(agent) ‖ agent`` with 2-byte big-endian lengths of
     the UTF-8 texts, so no two (intent, agent) pairs share an encoding.
     """
-    out = bytearray(_SESSION_KEY_AAD)
-    for name, part in (("intent_id", intent_id), ("agent_id", agent_id)):
-        data = str(part).encode()
-        if len(data) > 0xFFFF:
-            raise KeyConfigError(f"{name}: longer than 65535 bytes")
-        out += len(data).to_bytes(2, "big") + data
-    return bytes(out)
+    return _aad(_SESSION_KEY_AAD, (("intent_id", intent_id), ("agent_id", agent_id)))
+
+
+def webhook_secret_aad(endpoint_id: str) -> bytes:
+    """The associated data binding a sealed webhook signing secret to its endpoint, so a
+    secret copied onto another endpoint's row does not open (another label than session keys)."""
+    return _aad(_WEBHOOK_SECRET_AAD, (("endpoint_id", endpoint_id),))
 
 
 class Sealer:

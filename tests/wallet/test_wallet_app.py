@@ -82,11 +82,12 @@ class Recorder:
 
 @pytest.fixture
 async def wallet(wallet_db, tmp_path) -> AsyncIterator[WalletService]:
-    hooks = webhooks.Webhooks(wallet_db)
+    sealer = Sealer(os.urandom(32))
+    hooks = webhooks.Webhooks(wallet_db, sealer=sealer, allow_private_targets=True)
     service = WalletService(
         wallet_db,
         owner=OwnerKeystore.create(tmp_path / "owner.json", PASSWORD, **FAST_KDF),
-        sealer=Sealer(os.urandom(32)),
+        sealer=sealer,
         deployment=OFFLINE_DEPLOYMENT,
         processor=PROCESSOR,
         webhooks=hooks,
@@ -448,7 +449,7 @@ def test_kill_switch_mid_run_over_uvicorn_stops_every_later_signature(serve, tmp
 
     def service(db: Database) -> WalletService:
         return WalletService(db, owner=keystore, sealer=sealer, deployment=OFFLINE_DEPLOYMENT, processor=PROCESSOR,
-                             webhooks=webhooks.Webhooks(db))
+                             webhooks=webhooks.Webhooks(db, sealer=sealer))
 
     async def fund() -> None:
         async with Database(url) as db:
@@ -491,9 +492,10 @@ def test_the_api_over_uvicorn_on_loopback(serve, tmp_path):
 
     asyncio.run(create())
     db = Database(url)  # no I/O yet: it is first used on uvicorn's event loop
+    sealer = Sealer(os.urandom(32))
     service = WalletService(
-        db, owner=OwnerKeystore.create(tmp_path / "owner.json", PASSWORD, **FAST_KDF), sealer=Sealer(os.urandom(32)),
-        deployment=OFFLINE_DEPLOYMENT, processor=PROCESSOR, webhooks=webhooks.Webhooks(db),
+        db, owner=OwnerKeystore.create(tmp_path / "owner.json", PASSWORD, **FAST_KDF), sealer=sealer,
+        deployment=OFFLINE_DEPLOYMENT, processor=PROCESSOR, webhooks=webhooks.Webhooks(db, sealer=sealer),
     )
     server = serve(create_app(service, owner_token=OWNER_TOKEN, webhook_interval=0.05))
     with httpx.Client(base_url=server.url, timeout=10) as http:

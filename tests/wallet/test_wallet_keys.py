@@ -89,7 +89,7 @@ def test_exported_members() -> None:
             "OWNER_PASSWORD_ENV", "WALLET_KEY_ENV", "PREVIOUS_KEYS_ENV",
             "KeyCustodyError", "KeyConfigError", "KeystoreError", "WrongPassword",
             "UnsealError", "MalformedBlob", "UnknownKeyId", "AadMismatch", "BlobTampered",
-            "OwnerKeystore", "Sealer", "session_key_aad", "ApiKeyRecord", "issue_api_key",
+            "OwnerKeystore", "Sealer", "session_key_aad", "webhook_secret_aad", "ApiKeyRecord", "issue_api_key",
             "parse_api_key", "verify_api_key", "averify_api_key", "redact_api_key",
             "redact_secrets", "RedactingFilter",
         ]
@@ -630,3 +630,4 @@ def test_logging_filter_removes_secrets_from_captured_log(caplog: pytest.LogCapt
             assert secret not in record.getMessage()
             assert secret not in (record.exc_text or "")
     assert "Traceback" in text and "ValueError: could not use [redacted:hex]" in text
+

@@ -106,19 +106,19 @@ def registry() -> FakeRegistry:
 @pytest.fixture
 async def wallet(wallet_db, tmp_path, clock, registry):
     owner = OwnerKeystore.create(tmp_path / "owner.json", PASSWORD, **FAST_KDF)
-    hooks = webhooks.Webhooks(wallet_db)
+    sealer = Sealer(os.urandom(32))
+    hooks = webhooks.Webhooks(wallet_db, sealer=sealer, allow_private_targets=True)  # owner.example: no DNS
     service = WalletService(
         wallet_db,
         owner=owner,
-        sealer=Sealer(os.urandom(32)),
+        sealer=sealer,
         deployment=OFFLINE_DEPLOYMENT,
         processor=PROCESSOR,
         webhooks=hooks,
         chain=registry,
         clock=clock,
     )
-    async with wallet_db.transaction() as conn:
-        await webhooks.add_endpoint(conn, "https://owner.example/hooks", [e.value for e in webhooks.EventType])
+    await hooks.add_endpoint("https://owner.example/hooks", [e.value for e in webhooks.EventType])
     await service.record_deposit(10**9)
     yield service
     await hooks.aclose()
@@ -396,9 +396,10 @@ async def test_the_audit_verifies_and_nothing_carries_a_secret(wallet):
 async def test_approval_registers_and_revocation_revokes_on_anvil(wallet_db, tmp_path, deployment, make_payer):
     payer = make_payer(escrow=100_000)  # a payer.Escrow: the wallet's IntentRegistry
     owner = OwnerKeystore.create(tmp_path / "owner.json", PASSWORD, private_key=payer.account.key, **FAST_KDF)
-    hooks = webhooks.Webhooks(wallet_db)
+    sealer = Sealer(os.urandom(32))
+    hooks = webhooks.Webhooks(wallet_db, sealer=sealer)
     service = WalletService(
-        wallet_db, owner=owner, sealer=Sealer(os.urandom(32)), deployment=deployment,
+        wallet_db, owner=owner, sealer=sealer, deployment=deployment,
         processor=payer.processor, webhooks=hooks, chain=payer,
     )
     try:
