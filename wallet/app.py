@@ -51,10 +51,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from uvicorn.logging import AccessFormatter
 
 from . import audit
-from .keys import RedactingFilter, redact_secrets
+from .keys import RedactingFilter
 from .ledger import InsufficientFunds, LedgerError
 from .policy import Rules
 from .service import (
@@ -638,25 +637,10 @@ def _path_params(path: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-class _ArgsRedactingFilter(logging.Filter):
-    """``redact_secrets`` on the message and on each string argument, keeping ``args`` as they
-    are shaped: uvicorn's ``AccessFormatter`` unpacks five of them, which ``RedactingFilter``
-    (it formats the message and drops the args) would break."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str):
-            record.msg = redact_secrets(record.msg)
-        if isinstance(record.args, tuple):
-            record.args = tuple(redact_secrets(a) if isinstance(a, str) else a for a in record.args)
-        return True
-
-
 def install_log_redaction() -> None:
-    """Put a redacting filter on every handler of the process (once each) and keep the
-    ``aiosqlite`` logger at INFO or above: it logs SQL parameters at DEBUG.
-
-    Handlers get ``keys.RedactingFilter``, except uvicorn's access-log handlers, which get
-    ``_ArgsRedactingFilter`` (their formatter needs the record's args)."""
+    """Put ``keys.RedactingFilter`` on every handler of the process (once each; it keeps the
+    args uvicorn's access formatter unpacks) and keep the ``aiosqlite`` logger at INFO or
+    above: it logs SQL parameters at DEBUG."""
     sql = logging.getLogger("aiosqlite")
     if sql.level < logging.INFO:
         sql.setLevel(logging.INFO)
@@ -665,10 +649,8 @@ def install_log_redaction() -> None:
     ]
     for item in loggers:
         for handler in item.handlers:
-            if any(isinstance(f, (RedactingFilter, _ArgsRedactingFilter)) for f in handler.filters):
-                continue
-            access = isinstance(handler.formatter, AccessFormatter)
-            handler.addFilter(_ArgsRedactingFilter() if access else RedactingFilter())
+            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+                handler.addFilter(RedactingFilter())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -708,9 +708,15 @@ def redact_secrets(text: str) -> str:
 class RedactingFilter(logging.Filter):
     """A logging filter that applies ``redact_secrets`` to each record it sees; drops none.
 
-    It formats the message (``msg % args``) and stores the redacted text with no args, and
-    redacts the formatted traceback (``exc_text``) and ``stack_info``. Install it on handlers,
-    not loggers: a logger's filters do not see records propagated from its children::
+    It keeps a record's shape wherever it can, because formatters may read ``args`` themselves
+    (uvicorn's ``AccessFormatter`` unpacks five of them): when the formatted message carries
+    nothing secret the record is left as it is; otherwise ``msg`` and each string argument (or
+    string value of a mapping argument) are redacted in place, and the record keeps its
+    ``args``. Only when that is not enough (a secret in the ``repr`` of a bytes or other
+    object argument) or the arguments do not format is the message formatted, redacted and
+    stored with no args. The formatted traceback (``exc_text``) and ``stack_info`` are
+    redacted too. Install it on handlers, not loggers: a logger's filters do not see records
+    propagated from its children::
 
         for handler in logging.getLogger().handlers:
             handler.addFilter(RedactingFilter())
@@ -722,8 +728,17 @@ class RedactingFilter(logging.Filter):
         try:
             message = record.getMessage()
         except Exception:
-            message = f"{record.msg} [unformattable arguments dropped]"
-        record.msg, record.args = redact_secrets(message), ()
+            record.msg, record.args = f"{redact_secrets(str(record.msg))} [unformattable arguments dropped]", ()
+            message = None
+        if message is not None and redact_secrets(message) != message:
+            record.msg = redact_secrets(record.msg) if isinstance(record.msg, str) else record.msg
+            record.args = _redact_args(record.args)
+            try:
+                still = record.getMessage()
+            except Exception:
+                still = message
+            if redact_secrets(still) != still:
+                record.msg, record.args = redact_secrets(message), ()
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
@@ -731,3 +746,15 @@ class RedactingFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = redact_secrets(record.stack_info)
         return True
+
+
+def _redact_args(args: Any) -> Any:
+    """``args`` of the same shape (tuple or mapping) with every string redacted."""
+    def one(value: Any) -> Any:
+        return redact_secrets(value) if isinstance(value, str) else value
+
+    if isinstance(args, Mapping):
+        return {key: one(value) for key, value in args.items()}
+    if isinstance(args, tuple):
+        return tuple(one(value) for value in args)
+    return args
