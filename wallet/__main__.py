@@ -132,7 +132,8 @@ async def _serve(config: Config, args: argparse.Namespace) -> int:
         raise ConfigError("AEP2_WALLET_OWNER_TOKEN is not set: the owner's bearer credential (16+ characters)")
     async with _service(config) as service:
         try:
-            app = create_app(service, owner_token=config.owner_token, rate_limit=args.rate_limit)
+            app = create_app(service, owner_token=config.owner_token, rate_limit=args.rate_limit,
+                             auth_failures=args.auth_failures)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, lifespan="on", log_level=args.log_level))
@@ -196,6 +197,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--rate-limit", default="60/second", help="per credential, limits notation")
+    serve.add_argument("--auth-failures", default="10/minute",
+                       help="failed authentications per client and per key id before 429, limits notation")
     serve.add_argument("--log-level", default="info")
     command("add-agent", _add_agent, "add an agent; prints its API key once").add_argument("name")
     command("approve", _approve, "approve a pending intent").add_argument("intent_id")

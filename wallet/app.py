@@ -17,6 +17,13 @@ per agent or for the owner, so nobody can use up another key's allowance by send
 with a wrong secret. A request body above ``max_body`` bytes is 413 (checked on
 ``Content-Length`` and while reading, for a chunked body).
 
+Brute-force brake. Failed authentications are counted per client address and, for an agent
+key, per key id (``auth_failures``, a moving window). Once either count is full, every request
+from that client, or with that key id, is 429 with ``Retry-After`` until the window has room
+again, correct credentials included: a guesser learns nothing from the answer. The owner token
+has no key id, so its failures count per client only (one client cannot lock the owner out
+everywhere).
+
 Errors are RFC 9457 problem details (``application/problem+json``) with a stable ``code``
 (``PROBLEMS``) and, when one argument is at fault, the ``field``. A policy denial is 403 with
 the ``rule`` that decided; a review is 202 with the ``reviewId`` to poll.
@@ -53,7 +60,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import audit
-from .keys import RedactingFilter
+from .keys import RedactingFilter, parse_api_key
 from .ledger import InsufficientFunds, LedgerError
 from .policy import Rules
 from .service import (
@@ -366,7 +373,9 @@ class _Caller:
 class _Api:
     """The route handlers, sharing the service, the credentials' check and the limiter."""
 
-    def __init__(self, service: WalletService, owner_token: str, rate_limit: str, max_body: int) -> None:
+    def __init__(
+        self, service: WalletService, owner_token: str, rate_limit: str, max_body: int, auth_failures: str
+    ) -> None:
         if len(owner_token) < 16:
             raise ValueError("owner_token: use at least 16 random characters")
         if max_body <= 0:
@@ -374,6 +383,7 @@ class _Api:
         self.service = service
         self._owner_token = owner_token.encode()
         self._limit = parse_rate_limit(rate_limit)
+        self._brake = parse_rate_limit(auth_failures)
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
         self.max_body = max_body
 
@@ -388,23 +398,48 @@ class _Api:
         return token.strip()
 
     async def agent(self, request: Request) -> str:
-        """The calling agent's id (401 otherwise), after its rate limit."""
-        agent_id = await self.service.authenticate(self._bearer(request))
+        """The calling agent's id (401 otherwise), after the brake and its rate limit."""
+        token = self._bearer(request)
+        parsed = parse_api_key(token)
+        scopes = _brake_scopes(request, None if parsed is None else parsed[1])
+        await self._check_brake(scopes)
+        try:
+            agent_id = await self.service.authenticate(token)
+        except Unauthenticated:
+            await self._failed(scopes)
+            raise
         await self._throttle(_Caller("agent", agent_id))
         return agent_id
 
     async def owner(self, request: Request) -> None:
-        """Pass for the owner token only (401 otherwise), after the owner's rate limit."""
-        if not hmac.compare_digest(self._bearer(request).encode(), self._owner_token):
+        """Pass for the owner token only (401 otherwise), after the brake and the owner's rate limit."""
+        token = self._bearer(request)
+        scopes = _brake_scopes(request, None)
+        await self._check_brake(scopes)
+        if not hmac.compare_digest(token.encode(), self._owner_token):
+            await self._failed(scopes)
             raise Problem("unauthenticated", "owner credential required", headers={"WWW-Authenticate": "Bearer"})
         await self._throttle(_Caller("owner", "owner"))
 
     async def _throttle(self, caller: _Caller) -> None:
-        if await self._limiter.hit(self._limit, caller.kind, caller.id):
-            return
-        stats = await self._limiter.get_window_stats(self._limit, caller.kind, caller.id)
-        retry = max(1, math.ceil(stats.reset_time - time.time()))
-        raise Problem("rate_limited", f"at most {self._limit} per credential", headers={"Retry-After": str(retry)})
+        if not await self._limiter.hit(self._limit, caller.kind, caller.id):
+            raise Problem("rate_limited", f"at most {self._limit} per credential",
+                          headers=await self._retry_after(self._limit, caller.kind, caller.id))
+
+    async def _check_brake(self, scopes: list[str]) -> None:
+        for scope in scopes:
+            if not await self._limiter.test(self._brake, "auth-failures", scope):
+                raise Problem("rate_limited", f"too many failed authentications (at most {self._brake})",
+                              headers=await self._retry_after(self._brake, "auth-failures", scope))
+
+    async def _failed(self, scopes: list[str]) -> None:
+        for scope in scopes:
+            await self._limiter.hit(self._brake, "auth-failures", scope)
+
+    async def _retry_after(self, limit: Any, *identifiers: str) -> dict[str, str]:
+        """``Retry-After`` in whole seconds (at least 1) until ``limit`` has room again."""
+        stats = await self._limiter.get_window_stats(limit, *identifiers)
+        return {"Retry-After": str(max(1, math.ceil(stats.reset_time - time.time())))}
 
     # -- bodies ---------------------------------------------------------------------------------
 
@@ -628,6 +663,14 @@ class _Api:
         }
 
 
+def _brake_scopes(request: Request, key_id: str | None) -> list[str]:
+    """What a failed authentication counts against: the client's address, and the key id."""
+    scopes = [f"client:{request.client.host if request.client else '?'}"]
+    if key_id is not None:
+        scopes.append(f"key:{key_id}")
+    return scopes
+
+
 def _path_params(path: str) -> list[str]:
     return [part[1:-1] for part in path.split("/") if part.startswith("{")]
 
@@ -663,17 +706,20 @@ def create_app(
     *,
     owner_token: str,
     rate_limit: str = "60/second",
+    auth_failures: str = "10/minute",
     max_body: int = DEFAULT_MAX_BODY,
     webhook_interval: float = 1.0,
 ) -> Starlette:
     """The wallet's HTTP API over ``service``.
 
     ``owner_token``: the owner's bearer credential (16+ characters). ``rate_limit``: per
-    credential, in ``limits`` notation (``"60/second"``, ``"1000/hour"``). ``max_body``: bytes.
+    credential, in ``limits`` notation (``"60/second"``, ``"1000/hour"``). ``auth_failures``:
+    failed authentications allowed per client and per key id before the brake answers 429
+    (same notation). ``max_body``: bytes.
     The lifespan runs the webhook delivery loop every ``webhook_interval`` seconds and stops it
     on shutdown; the service (database, webhook client) stays the caller's to close.
     """
-    api = _Api(service, owner_token, rate_limit, max_body)
+    api = _Api(service, owner_token, rate_limit, max_body, auth_failures)
     install_log_redaction()
 
     @contextlib.asynccontextmanager

@@ -303,6 +303,37 @@ async def test_each_credential_has_its_own_rate_limit_with_retry_after(wallet):
         problem(await client.get("/v1/audit/verify", headers=owner()), 429, "rate_limited")
 
 
+async def test_failed_authentications_brake_even_correct_credentials_until_the_window_passes(wallet):
+    app = create_app(wallet, owner_token=OWNER_TOKEN, auth_failures="3/2 seconds")
+
+    def from_client(host: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=app, client=(host, 4000))
+        return httpx.AsyncClient(transport=transport, base_url="http://wallet.test")
+
+    async with from_client("203.0.113.1") as guesser, from_client("203.0.113.2") as bystander:
+        (_a, key_a), (_b, key_b) = await new_agent(bystander, "a"), await new_agent(bystander, "b")
+        prefix_and_id, secret = key_a.split(".")
+        for n in range(3):  # guesses at agent a's secret
+            problem(await guesser.get("/v1/intents", headers=bearer(f"{prefix_and_id}.{secret[:-1]}{n}")),
+                    401, "unauthenticated")
+        braked = await guesser.get("/v1/intents", headers=bearer(key_a))  # the right key, too late
+        problem(braked, 429, "rate_limited")
+        assert 1 <= int(braked.headers["retry-after"]) <= 2
+        problem(await guesser.get("/v1/intents", headers=bearer(key_b)), 429, "rate_limited")  # the client
+        problem(await bystander.get("/v1/intents", headers=bearer(key_a)), 429, "rate_limited")  # the key id
+        assert (await bystander.get("/v1/intents", headers=bearer(key_b))).status_code == 200
+
+        for _ in range(3):  # the owner token: counted per client only
+            problem(await bystander.get("/v1/audit/verify", headers=bearer(OWNER_TOKEN + "?")), 401, "unauthenticated")
+        problem(await bystander.get("/v1/audit/verify", headers=owner()), 429, "rate_limited")
+        async with from_client("203.0.113.3") as other:
+            assert (await other.get("/v1/audit/verify", headers=owner())).status_code == 200
+
+        await asyncio.sleep(2.1)  # the window passes
+        assert (await guesser.get("/v1/intents", headers=bearer(key_a))).status_code == 200
+        assert (await bystander.get("/v1/audit/verify", headers=owner())).status_code == 200
+
+
 async def test_openapi_lists_every_path_with_its_security(client):
     document = (await client.get("/openapi.json")).json()
     assert document["openapi"].startswith("3.1")
