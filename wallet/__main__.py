@@ -3,6 +3,7 @@
     python -m wallet init                          # schema + owner keystore; prints the owner address
     python -m wallet serve --host 127.0.0.1 --port 8080
     python -m wallet add-agent NAME                # prints the agent id and its API key, once
+    python -m wallet rotate-key AGENT_ID [--grace SECONDS]   # prints the new API key, once
     python -m wallet approve INTENT_ID
     python -m wallet deny INTENT_ID [--reason TEXT]
     python -m wallet kill-switch on|off [--agent ID] [--reason TEXT]
@@ -148,6 +149,14 @@ async def _add_agent(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _rotate_key(config: Config, args: argparse.Namespace) -> int:
+    async with _service(config) as service:
+        new = await service.rotate_api_key(args.agent_id, grace_seconds=args.grace, actor=_CLI_ACTOR)
+    until = f"in {args.grace} s" if args.grace else "now"
+    print(f"agent id: {new.agent_id}\napi key:  {new.api_key}\n(shown once; the old key stops working {until})")
+    return 0
+
+
 async def _approve(config: Config, args: argparse.Namespace) -> int:
     async with _service(config) as service:
         record = await service.approve_intent(args.intent_id, actor=_CLI_ACTOR)
@@ -201,6 +210,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="failed authentications per client and per key id before 429, limits notation")
     serve.add_argument("--log-level", default="info")
     command("add-agent", _add_agent, "add an agent; prints its API key once").add_argument("name")
+    rotate = command("rotate-key", _rotate_key, "issue an agent a new API key; prints it once")
+    rotate.add_argument("agent_id")
+    rotate.add_argument("--grace", type=int, default=0, help="seconds the old key keeps working (default 0)")
     command("approve", _approve, "approve a pending intent").add_argument("intent_id")
     deny = command("deny", _deny, "deny a pending intent")
     deny.add_argument("intent_id")

@@ -209,6 +209,10 @@ class AddAgent(_Body):
     name: str = Field(min_length=1, max_length=200)
 
 
+class RotateKey(_Body):
+    grace_seconds: int = Field(default=0, ge=0, le=604_800)
+
+
 class DraftIntent(_Body):
     budget: int = Field(gt=0)
     purpose: str = Field(max_length=2000)
@@ -286,7 +290,7 @@ class RulesBody(_Body):
             raise Problem("invalid_body", str(exc), field=where) from None
 
 
-_BODY_MODELS: tuple[type[BaseModel], ...] = (AddAgent, DraftIntent, AuthorizePayment, Receipt, Reason, KillSwitchBody, RulesBody)
+_BODY_MODELS: tuple[type[BaseModel], ...] = (AddAgent, RotateKey, DraftIntent, AuthorizePayment, Receipt, Reason, KillSwitchBody, RulesBody)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -526,6 +530,17 @@ class _Api:
             status_code=201, headers={"Cache-Control": "no-store"},
         )
 
+    async def rotate_key(self, request: Request) -> Response:
+        await self.owner(request)
+        body = await self.body(request, RotateKey, optional=True)
+        new = await self.service.rotate_api_key(
+            request.path_params["agent_id"], grace_seconds=body.grace_seconds, actor=_OWNER_ACTOR
+        )
+        return JSONResponse(
+            {"agentId": new.agent_id, "keyId": new.key_id, "apiKey": new.api_key, "graceSeconds": body.grace_seconds},
+            headers={"Cache-Control": "no-store"},
+        )
+
     async def approve_intent(self, request: Request) -> Response:
         await self.owner(request)
         await self.body(request, _Body, optional=True)
@@ -600,6 +615,8 @@ class _Api:
             ("GET", "/v1/reviews/{review_id}", self.poll_review, "agent", None,
              "Poll a review: 202 pending, 200 with the header once approved, 403 denied"),
             ("POST", "/v1/agents", self.add_agent, "owner", AddAgent, "Add an agent; its API key is returned once"),
+            ("POST", "/v1/agents/{agent_id}/rotate-key", self.rotate_key, "owner", RotateKey,
+             "Issue an agent a new API key (returned once); the old one stops now or after graceSeconds"),
             ("POST", "/v1/intents/{intent_id}/approve", self.approve_intent, "owner", None,
              "Approve a pending intent: sign it, allocate its budget, register it"),
             ("POST", "/v1/intents/{intent_id}/deny", self.deny_intent, "owner", Reason, "Deny a pending intent"),

@@ -227,6 +227,11 @@ wallet_agents = Table(
     Column("api_key_digest", String(64), nullable=False),  # keys.ApiKeyRecord.digest
     Column("api_key_prefix", String(16), nullable=False),
     Column("created_at", String(32), nullable=False),
+    # The key replaced by the latest rotation, accepted until previous_key_valid_until (unix s):
+    Column("previous_key_id", String(16), nullable=True, unique=True),
+    Column("previous_key_digest", String(64), nullable=True),
+    Column("previous_key_prefix", String(16), nullable=True),
+    Column("previous_key_valid_until", Float, nullable=True),
     CheckConstraint("name <> ''", name="wallet_agents_name_nonempty"),
 )
 
@@ -554,21 +559,53 @@ class WalletService:
         return NewAgent(agent_id, name, record.key_id, api_key)
 
     async def authenticate(self, api_key: object) -> str:
-        """The id of the agent holding ``api_key``; ``Unauthenticated`` otherwise."""
+        """The id of the agent holding ``api_key`` (its current key, or the key its latest
+        rotation replaced while the grace period lasts); ``Unauthenticated`` otherwise."""
+        found: dict[str, str] = {}
 
         async def lookup(key_id: str) -> ApiKeyRecord | None:
+            a = wallet_agents
             async with self.db.snapshot() as conn:
-                row = (await conn.execute(select(wallet_agents).where(wallet_agents.c.api_key_id == key_id))).first()
-            return None if row is None else ApiKeyRecord(row.api_key_id, row.api_key_digest, row.api_key_prefix)
+                row = (
+                    await conn.execute(select(a).where((a.c.api_key_id == key_id) | (a.c.previous_key_id == key_id)))
+                ).first()
+            if row is None:
+                return None
+            found["agent_id"] = row.id
+            if row.api_key_id == key_id:
+                return ApiKeyRecord(row.api_key_id, row.api_key_digest, row.api_key_prefix)
+            if row.previous_key_valid_until is None or row.previous_key_valid_until <= self._clock():
+                return None
+            return ApiKeyRecord(row.previous_key_id, row.previous_key_digest, row.previous_key_prefix)
 
-        key_id = await averify_api_key(api_key, lookup)
-        if key_id is None:
+        if await averify_api_key(api_key, lookup) is None:
             raise Unauthenticated("api_key", "not a valid API key")
-        async with self.db.snapshot() as conn:
-            agent_id = (
-                await conn.execute(select(wallet_agents.c.id).where(wallet_agents.c.api_key_id == key_id))
-            ).scalar_one()
-        return str(agent_id)
+        return found["agent_id"]
+
+    async def rotate_api_key(self, agent_id: str, *, grace_seconds: int = 0, actor: str = _OWNER_ACTOR) -> NewAgent:
+        """Issue the agent a new API key (in the result, once). The old key stops working at
+        once, or after ``grace_seconds`` (0 to 604800) so a running agent can switch over; a
+        key replaced by an earlier rotation stops at once. Raises ``NotFound``, ``InvalidRequest``."""
+        if isinstance(grace_seconds, bool) or not isinstance(grace_seconds, int) or not 0 <= grace_seconds <= 604_800:
+            raise InvalidRequest("grace_seconds", f"expected an integer in 0..604800, got {grace_seconds!r}")
+        api_key, record = issue_api_key()
+        async with self.db.transaction() as conn:
+            row = await self._agent_row(conn, agent_id)
+            valid_until = self._clock() + grace_seconds if grace_seconds else None
+            await conn.execute(
+                update(wallet_agents).where(wallet_agents.c.id == agent_id).values(
+                    api_key_id=record.key_id, api_key_digest=record.digest, api_key_prefix=record.prefix,
+                    previous_key_id=row.api_key_id if grace_seconds else None,
+                    previous_key_digest=row.api_key_digest if grace_seconds else None,
+                    previous_key_prefix=row.api_key_prefix if grace_seconds else None,
+                    previous_key_valid_until=valid_until,
+                )
+            )
+            await audit.append(conn, actor, "agent.key_rotated", {
+                "agent_id": agent_id, "key_id": record.key_id, "previous_key_id": row.api_key_id,
+                "grace_seconds": grace_seconds,
+            })
+        return NewAgent(agent_id, row.name, record.key_id, api_key)
 
     async def agents(self) -> list[Agent]:
         async with self.db.snapshot() as conn:

@@ -152,6 +152,22 @@ async def test_agent_keys_and_the_owner_token_never_open_each_others_routes(clie
     problem(await client.post("/v1/agents", json={"name": "x"}, headers=bearer(OWNER_TOKEN + "y")), 401, "unauthenticated")
 
 
+async def test_the_owner_rotates_an_agent_key_over_http(client):
+    agent_id, old = await new_agent(client)
+    problem(await client.post(f"/v1/agents/{agent_id}/rotate-key", headers=bearer(old)), 401, "unauthenticated")
+    rotated = await client.post(f"/v1/agents/{agent_id}/rotate-key", json={"graceSeconds": 30}, headers=owner())
+    assert rotated.status_code == 200 and rotated.headers["cache-control"] == "no-store", rotated.text
+    new = rotated.json()["apiKey"]
+    for key in (old, new):  # the old one during its grace period
+        assert (await client.get("/v1/intents", headers=bearer(key))).status_code == 200
+    now = await client.post(f"/v1/agents/{agent_id}/rotate-key", headers=owner())
+    problem(await client.get("/v1/intents", headers=bearer(new)), 401, "unauthenticated")
+    assert (await client.get("/v1/intents", headers=bearer(now.json()["apiKey"]))).status_code == 200
+    bad = await client.post(f"/v1/agents/{agent_id}/rotate-key", json={"graceSeconds": -1}, headers=owner())
+    assert problem(bad, 422, "invalid_body")["field"] == "graceSeconds"
+    problem(await client.post("/v1/agents/agt_nope/rotate-key", headers=owner()), 404, "not_found")
+
+
 # ---------------------------------------------------------------------------------------------
 # Intent-Pay over HTTP
 # ---------------------------------------------------------------------------------------------
@@ -342,7 +358,7 @@ async def test_openapi_lists_every_path_with_its_security(client):
         "/v1/payments/{payment_id}/release", "/v1/reviews/{review_id}", "/v1/agents",
         "/v1/intents/{intent_id}/approve", "/v1/intents/{intent_id}/deny", "/v1/intents/{intent_id}/revoke",
         "/v1/kill-switch", "/v1/rules", "/v1/reviews/{review_id}/approve", "/v1/reviews/{review_id}/deny",
-        "/v1/audit/verify",
+        "/v1/audit/verify", "/v1/agents/{agent_id}/rotate-key",
     } == set(document["paths"])
     assert document["paths"]["/v1/agents"]["post"]["security"] == [{"ownerToken": []}]
     assert document["paths"]["/v1/intents"]["get"]["security"] == [{"agentKey": []}]
@@ -570,10 +586,14 @@ def test_cli_init_add_agent_and_audit_verify_exit_codes(tmp_path):
     assert init.returncode == 0 and init.stdout.strip().startswith("0x"), init.stderr
     added = run_cli("add-agent", "cli-agent", env=env)
     assert added.returncode == 0 and "api key:" in added.stdout, added.stderr
+    agent_id = added.stdout.split()[2]
+    rotated = run_cli("rotate-key", agent_id, "--grace", "60", env=env)
+    assert rotated.returncode == 0 and "api key:" in rotated.stdout and "in 60 s" in rotated.stdout, rotated.stderr
+    assert run_cli("rotate-key", "agt_missing", env=env).returncode == 1
     assert run_cli("kill-switch", "on", env=env).returncode == 0
     assert run_cli("approve", "int_missing", env=env).returncode == 1
     verified = run_cli("audit", "verify", env=env)
-    assert verified.returncode == 0 and verified.stdout.startswith("ok: 2 records"), verified.stderr
+    assert verified.returncode == 0 and verified.stdout.startswith("ok: 3 records"), verified.stderr
 
     with sqlite3.connect(database) as conn:  # tamper: drop the append-only trigger, edit a record
         conn.execute("DROP TRIGGER audit_log_no_update")

@@ -28,6 +28,7 @@ from wallet.policy import Rules
 from wallet.service import (
     IdempotencyConflict,
     IntentStatus,
+    InvalidRequest,
     InvalidState,
     NoMatchingIntent,
     PaymentStatus,
@@ -201,6 +202,38 @@ async def test_authenticate_refuses_anything_but_the_issued_key(wallet):
     for presented in (None, "", api_key + "x", f"{prefix}{key_id}.{secret[:-1]}A", f"{prefix}{'0' * 16}.{secret}"):
         with pytest.raises(Unauthenticated):
             await wallet.authenticate(presented)
+
+
+async def test_a_rotated_key_stops_at_once_or_after_its_grace_period(wallet, clock):
+    agent_id, first = await wallet.add_agent("a")
+    other_id, other_key = await wallet.add_agent("b")
+    second = await wallet.rotate_api_key(agent_id)
+    assert second.agent_id == agent_id and second.api_key != first
+    with pytest.raises(Unauthenticated):
+        await wallet.authenticate(first)
+    assert await wallet.authenticate(second.api_key) == agent_id
+
+    third = await wallet.rotate_api_key(agent_id, grace_seconds=60)
+    assert {await wallet.authenticate(k) for k in (second.api_key, third.api_key)} == {agent_id}
+    clock.offset = 59.9
+    assert await wallet.authenticate(second.api_key) == agent_id
+    clock.offset = 60
+    with pytest.raises(Unauthenticated):  # the grace is over
+        await wallet.authenticate(second.api_key)
+    clock.offset = 0
+    fourth = await wallet.rotate_api_key(agent_id, grace_seconds=60)
+    for stale in (first, second.api_key):  # only the key just replaced gets a grace period
+        with pytest.raises(Unauthenticated):
+            await wallet.authenticate(stale)
+    assert {await wallet.authenticate(k) for k in (third.api_key, fourth.api_key)} == {agent_id}
+    assert await wallet.authenticate(other_key) == other_id
+    for bad in (-1, 604_801, True, 1.5):
+        with pytest.raises(InvalidRequest):
+            await wallet.rotate_api_key(agent_id, grace_seconds=bad)
+    async with wallet.db.snapshot() as conn:
+        rotated = [r.payload for r in await audit.records(conn, limit=1000) if r.action == "agent.key_rotated"]
+    assert [p["key_id"] for p in rotated] == [second.key_id, third.key_id, fourth.key_id]
+    assert all(fourth.api_key.split(".")[1] not in json.dumps(p) for p in rotated)
 
 
 # ---------------------------------------------------------------------------------------------
