@@ -73,6 +73,7 @@ from .service import (
     NotFound,
     Payment,
     Review,
+    ReviewExpired,
     Unauthenticated,
     WalletError,
     WalletService,
@@ -96,6 +97,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "not_found": (404, "Not found"),
     "method_not_allowed": (405, "Method not allowed"),
     "invalid_state": (409, "Not allowed in the current state"),
+    "review_expired": (410, "The review expired undecided"),
     "no_matching_intent": (409, "No intent can pay this requirement"),
     "insufficient_funds": (409, "The owner's escrow cannot cover this"),
     "idempotency_conflict": (422, "Idempotency key reused for another request"),
@@ -110,6 +112,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
 _WALLET_ERRORS: list[tuple[type[WalletError], str]] = [
     (Unauthenticated, "unauthenticated"),
     (NotFound, "not_found"),
+    (ReviewExpired, "review_expired"),
     (InvalidState, "invalid_state"),
     (NoMatchingIntent, "no_matching_intent"),
     (IdempotencyConflict, "idempotency_conflict"),
@@ -346,6 +349,7 @@ def _review(review: Review) -> dict[str, Any]:
         "createdAt": review.created_at,
         "paymentId": review.payment_id,
         "decidedBy": review.decided_by,
+        "expiresAt": review.expires_at,
     }
 
 

@@ -42,6 +42,7 @@ Errors::
     ├── Unauthenticated         the API key is malformed, unknown or wrong
     ├── NotFound                no such agent, intent, review or payment
     ├── InvalidState            the object is not in a state that allows the operation
+    │   └── ReviewExpired       the review waited longer than ``review_ttl_seconds``
     ├── InvalidRequest          a malformed argument (amount, address, requirement…)
     ├── NoMatchingIntent        no intent of the agent can pay this requirement
     └── IdempotencyConflict     the idempotency key was used for another request
@@ -131,6 +132,7 @@ __all__ = [
     "Unauthenticated",
     "NotFound",
     "InvalidState",
+    "ReviewExpired",
     "InvalidRequest",
     "NoMatchingIntent",
     "IdempotencyConflict",
@@ -176,6 +178,11 @@ class InvalidState(WalletError):
     """The object exists but its state forbids the operation (approving an active intent…)."""
 
 
+class ReviewExpired(InvalidState):
+    """The review was not decided within ``review_ttl_seconds``: nothing will be signed for it;
+    the agent asks again (a new call, with a new idempotency key)."""
+
+
 class InvalidRequest(WalletError):
     """A malformed argument: an amount, an address, a URL or an x402 requirement."""
 
@@ -212,6 +219,7 @@ class ReviewStatus(StrEnum):
     PENDING = "pending"
     APPROVED = "approved"  # signed (``payment_id`` set)
     DENIED = "denied"  # by the reviewer, or by a deny rule when re-evaluated
+    EXPIRED = "expired"  # undecided for review_ttl_seconds
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,8 +336,9 @@ wallet_reviews = Table(
     Column("created_at", String(32), nullable=False),
     Column("decided_at", String(32), nullable=True),
     Column("decided_by", String(200), nullable=True),
+    Column("expires_at", Float, nullable=True),  # unix seconds (the service's clock)
     UniqueConstraint("agent_id", "idempotency_key", name="wallet_reviews_idempotency"),
-    CheckConstraint("status IN ('pending', 'approved', 'denied')", name="wallet_reviews_status"),
+    CheckConstraint("status IN ('pending', 'approved', 'denied', 'expired')", name="wallet_reviews_status"),
 )
 
 wallet_kill_switch = Table(
@@ -443,6 +452,7 @@ class Review:
     created_at: str
     payment_id: str | None = None
     decided_by: str | None = None
+    expires_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -500,7 +510,8 @@ class WalletService:
     every intent names. ``webhooks``: the outbox events are enqueued into. ``chain``: where
     intents are registered and revoked (``payer.Escrow`` for the owner); None records
     revocations only in the wallet. ``clock``: unix seconds. ``deadline_seconds``: mandate
-    lifetime unless a requirement asks for more (as ``payer.AEP2Auth``).
+    lifetime unless a requirement asks for more (as ``payer.AEP2Auth``). ``review_ttl_seconds``:
+    how long a review waits for the reviewer before it is ``expired``.
     """
 
     def __init__(
@@ -515,9 +526,12 @@ class WalletService:
         chain: IntentRegistry | None = None,
         clock: Callable[[], float] = time.time,
         deadline_seconds: int = DEFAULT_DEADLINE_SECONDS,
+        review_ttl_seconds: float = 3600.0,
     ) -> None:
         if deadline_seconds <= 0:
             raise ValueError(f"deadline_seconds: {deadline_seconds} must be positive")
+        if review_ttl_seconds <= 0:
+            raise ValueError(f"review_ttl_seconds: {review_ttl_seconds} must be positive")
         self.db = db
         self.owner = owner
         self.sealer = sealer
@@ -526,6 +540,7 @@ class WalletService:
         self.webhooks = webhooks
         self.chain = chain
         self.deadline_seconds = deadline_seconds
+        self.review_ttl_seconds = review_ttl_seconds
         self._clock = clock
 
     def __repr__(self) -> str:
@@ -943,6 +958,7 @@ class WalletService:
                     idempotency_key=idempotency_key,
                     request_digest=digest,
                     created_at=utc_now(),
+                    expires_at=now + self.review_ttl_seconds,
                 )
             )
             await conn.execute(
@@ -961,12 +977,11 @@ class WalletService:
         up meanwhile, the kill switch, an expired intent) still denies, and the review is
         then ``denied``. On ``allow`` the mandate is signed as ``authorize_payment`` would;
         the agent fetches the header with ``review_authorization`` or by repeating its call
-        with the same idempotency key."""
+        with the same idempotency key. Raises ``ReviewExpired`` past ``review_ttl_seconds``."""
+        await self.expire_reviews()
         async with self.db.transaction() as conn:
             await serialize(conn, _SPEND_LOCK)
-            review = await self._review_row(conn, review_id)
-            if review.status != ReviewStatus.PENDING.value:
-                raise InvalidState("review_id", f"{review_id!r} is {review.status}, not pending")
+            review = await self._pending_review(conn, review_id)
             entry = json.loads(review.requirement)
             offer = self._offer(entry)
             _path, host = _target(review.url)
@@ -1005,10 +1020,9 @@ class WalletService:
 
     async def deny_review(self, review_id: str, *, actor: str = _OWNER_ACTOR, reason: str = "") -> Review:
         """The reviewer refuses a spend that went to review: nothing is signed."""
+        await self.expire_reviews()
         async with self.db.transaction() as conn:
-            review = await self._review_row(conn, review_id)
-            if review.status != ReviewStatus.PENDING.value:
-                raise InvalidState("review_id", f"{review_id!r} is {review.status}, not pending")
+            review = await self._pending_review(conn, review_id)
             entry = json.loads(review.requirement)
             why = f"denied by reviewer {actor}" + (f": {reason}" if reason else "")
             denial = Decision("deny", Rule(review.rule), why)
@@ -1027,11 +1041,33 @@ class WalletService:
             await self.webhooks.enqueue(conn, EventType.PAYMENT_DENIED, event)
             return await self._review(conn, review_id)
 
+    async def expire_reviews(self, *, actor: str = "wallet") -> list[str]:
+        """Mark every pending review past its ``expires_at`` ``expired`` (nothing was reserved
+        for it, so nothing is released); audit ``payment.review_expired`` each; the ids."""
+        r = wallet_reviews
+        async with self.db.transaction() as conn:
+            due = (r.c.status == ReviewStatus.PENDING.value) & (r.c.expires_at <= self._clock())
+            rows = (await conn.execute(select(r.c.id, r.c.agent_id, r.c.intent_id, r.c.expires_at).where(due))).all()
+            if rows:
+                await conn.execute(
+                    update(r).where(r.c.id.in_([row.id for row in rows]), due)
+                    .values(status=ReviewStatus.EXPIRED.value, decided_at=utc_now(), decided_by=actor)
+                )
+            for row in rows:
+                await audit.append(conn, actor, "payment.review_expired", {
+                    "review_id": row.id, "agent_id": row.agent_id, "intent_id": row.intent_id,
+                    "expires_at": row.expires_at,
+                })
+        return [row.id for row in rows]
+
     async def review(self, review_id: str) -> Review:
+        await self.expire_reviews()
         async with self.db.snapshot() as conn:
             return await self._review(conn, review_id)
 
     async def reviews(self, *, status: ReviewStatus | None = ReviewStatus.PENDING) -> list[Review]:
+        """Reviews in ``status`` (None: all), oldest first, after expiring the overdue ones."""
+        await self.expire_reviews()
         async with self.db.snapshot() as conn:
             query = select(wallet_reviews.c.id).order_by(wallet_reviews.c.created_at)
             if status is not None:
@@ -1039,7 +1075,9 @@ class WalletService:
             return [await self._review(conn, rid) for rid in (await conn.execute(query)).scalars().all()]
 
     async def review_authorization(self, agent_id: str, review_id: str) -> Authorization:
-        """The agent's view of its review: the latest decision, with the header once approved."""
+        """The agent's view of its review: the latest decision, with the header once approved.
+        Raises ``ReviewExpired`` once it expired undecided."""
+        await self.expire_reviews()
         async with self.db.snapshot() as conn:
             review = await self._review_row(conn, review_id)
             if review.agent_id != agent_id:
@@ -1335,6 +1373,8 @@ class WalletService:
         return await self._from_review(conn, review, replayed=True)
 
     async def _from_review(self, conn: AsyncConnection, review: Any, *, replayed: bool) -> Authorization:
+        if review.status == ReviewStatus.EXPIRED.value:
+            raise ReviewExpired("review_id", f"{review.id!r} expired undecided; ask again with a new idempotency key")
         decision = (await conn.execute(select(wallet_decisions).where(wallet_decisions.c.id == review.decision_id))).one()
         amount = int(json.loads(review.requirement)["amount"])
         if review.status == ReviewStatus.APPROVED.value:
@@ -1394,6 +1434,16 @@ class WalletService:
             raise NotFound("review_id", f"no review {review_id!r}")
         return row
 
+    async def _pending_review(self, conn: AsyncConnection, review_id: str) -> Any:
+        """The review row if a reviewer may still decide it; ``ReviewExpired`` or ``InvalidState``."""
+        review = await self._review_row(conn, review_id)
+        overdue = review.expires_at is not None and review.expires_at <= self._clock()
+        if review.status == ReviewStatus.EXPIRED.value or (review.status == ReviewStatus.PENDING.value and overdue):
+            raise ReviewExpired("review_id", f"{review_id!r} expired undecided")
+        if review.status != ReviewStatus.PENDING.value:
+            raise InvalidState("review_id", f"{review_id!r} is {review.status}, not pending")
+        return review
+
     async def _payment_row(self, conn: AsyncConnection, payment_id: str) -> Any:
         row = (await conn.execute(select(wallet_payments).where(wallet_payments.c.payment_id == payment_id))).first()
         if row is None:
@@ -1433,7 +1483,7 @@ class WalletService:
             id=row.id, agent_id=row.agent_id, intent_id=row.intent_id, status=ReviewStatus(row.status),
             rule=row.rule, url=row.url, method=row.method, amount=int(entry["amount"]),
             payee=to_checksum_address(entry["payTo"]), created_at=row.created_at, payment_id=row.payment_id,
-            decided_by=row.decided_by,
+            decided_by=row.decided_by, expires_at=row.expires_at,
         )
 
     async def _rules(self, conn: AsyncConnection, agent_id: str | None) -> Rules:

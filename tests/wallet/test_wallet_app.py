@@ -241,6 +241,18 @@ async def test_review_waits_for_the_owner_then_the_agent_polls_the_header(client
     assert polled.status_code == 200 and polled.json()["header"], polled.text
 
 
+async def test_polling_an_expired_review_is_410(client, wallet):
+    wallet.review_ttl_seconds = 0.3
+    _agent_id, key, _intent_id = await agent_with_intent(client)
+    await client.put("/v1/rules", json={"reviewAbove": 10}, headers=owner())
+    asked = await client.post("/v1/payments/authorize", json={"requirement": requirement(), "url": URL},
+                              headers=bearer(key))
+    review_id = asked.json()["reviewId"]
+    await asyncio.sleep(0.4)
+    assert problem(await client.get(f"/v1/reviews/{review_id}", headers=bearer(key)), 410, "review_expired")["field"]
+    problem(await client.post(f"/v1/reviews/{review_id}/approve", headers=owner()), 410, "review_expired")
+
+
 async def test_the_kill_switch_over_http_stops_spending(client):
     agent_id, key, intent_id = await agent_with_intent(client)
     engaged = await client.post("/v1/kill-switch", json={"agentId": agent_id, "reason": "test"}, headers=owner())

@@ -32,6 +32,7 @@ from wallet.service import (
     InvalidState,
     NoMatchingIntent,
     PaymentStatus,
+    ReviewExpired,
     ReviewStatus,
     Unauthenticated,
     WalletService,
@@ -341,6 +342,49 @@ async def test_a_review_waits_for_the_owner_and_is_evaluated_again(wallet):
     asked = await wallet.authorize_payment(agent_id, requirement(1), URL)
     assert (await wallet.deny_review(asked.review_id, reason="no")).status is ReviewStatus.DENIED
     assert (await wallet.review_authorization(agent_id, asked.review_id)).outcome == "deny"
+
+
+async def test_an_undecided_review_expires_and_can_no_longer_be_signed(wallet, clock):
+    agent_id, _key, _intent = await agent_with_intent(wallet, duration_seconds=86_400)
+    await wallet.set_rules(Rules(review_above=0))
+    early = await wallet.authorize_payment(agent_id, requirement(), URL, idempotency_key="early")
+    late = await wallet.authorize_payment(agent_id, requirement(), URL + "/2", idempotency_key="late")
+    clock.offset = 3599.9  # just inside the hour
+    assert (await wallet.approve_review(early.review_id)).allowed
+    assert await wallet.expire_reviews() == []
+    clock.offset = 3600  # the boundary: expired
+    with pytest.raises(ReviewExpired):
+        await wallet.approve_review(late.review_id)
+    record = await wallet.review(late.review_id)
+    assert record.status is ReviewStatus.EXPIRED and record.payment_id is None
+    for attempt in (
+        wallet.review_authorization(agent_id, late.review_id),
+        wallet.authorize_payment(agent_id, requirement(), URL + "/2", idempotency_key="late"),
+        wallet.deny_review(late.review_id),
+    ):
+        with pytest.raises(ReviewExpired, match="expired"):
+            await attempt
+    assert (await wallet.review(early.review_id)).status is ReviewStatus.APPROVED  # decided in time
+    assert await reservations(wallet) == 1  # the expired one never reserved anything
+    assert [r.id for r in await wallet.reviews(status=ReviewStatus.EXPIRED)] == [late.review_id]
+    async with wallet.db.snapshot() as conn:
+        expired = [r.payload for r in await audit.records(conn, limit=1000) if r.action == "payment.review_expired"]
+    assert [p["review_id"] for p in expired] == [late.review_id]
+
+
+async def test_a_review_overdue_but_not_yet_swept_is_refused_in_the_same_transaction(wallet, clock):
+    agent_id, _key, _intent = await agent_with_intent(wallet, duration_seconds=86_400)
+    await wallet.set_rules(Rules(review_above=0))
+    asked = await wallet.authorize_payment(agent_id, requirement(), URL)
+    wallet.expire_reviews = _no_sweep  # the sweep missed it (a clock step between the two)
+    clock.offset = 4000
+    with pytest.raises(ReviewExpired):
+        await wallet.approve_review(asked.review_id)
+    assert await reservations(wallet) == 0
+
+
+async def _no_sweep(**_options: Any) -> list[str]:
+    return []
 
 
 async def test_a_released_payment_stops_counting(wallet):
