@@ -6,6 +6,7 @@
     python -m wallet rotate-key AGENT_ID [--grace SECONDS]   # prints the new API key, once
     python -m wallet approve INTENT_ID
     python -m wallet deny INTENT_ID [--reason TEXT]
+    python -m wallet register INTENT_ID            # retry a failed on-chain registration
     python -m wallet kill-switch on|off [--agent ID] [--reason TEXT]
     python -m wallet audit verify                  # exit status 1 on a broken chain
 
@@ -36,6 +37,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aep2.deployment import Deployment
 
@@ -80,6 +82,24 @@ class Config:
         )
 
 
+class _EscrowRegistry:
+    """``service.IntentRegistry`` over ``payer.Escrow``: its two calls, plus a read of the
+    Settlement contract's intent record (a registered intent has a non-zero payer)."""
+
+    def __init__(self, escrow: Any) -> None:
+        self.escrow = escrow
+
+    def register_intent(self, signed_intent: Any) -> bytes:
+        return bytes(self.escrow.register_intent(signed_intent))
+
+    def revoke_intent(self, intent_id: bytes) -> None:
+        self.escrow.revoke_intent(intent_id)
+
+    def is_registered(self, intent_id: bytes) -> bool:
+        payer = self.escrow.settlement.functions.getIntent(intent_id).call()[0]
+        return int(payer, 16) != 0
+
+
 @asynccontextmanager
 async def _service(config: Config) -> AsyncIterator[WalletService]:
     """The wallet service on the configured database, keys, deployment and processor."""
@@ -95,7 +115,7 @@ async def _service(config: Config) -> AsyncIterator[WalletService]:
     owner = OwnerKeystore.load(config.keystore, environ=config.environ)
     from payer import Escrow  # web3: only for the commands that may touch the chain
 
-    chain = Escrow(deployment, owner.account.key, processor=config.processor)
+    chain = _EscrowRegistry(Escrow(deployment, owner.account.key, processor=config.processor))
     db = Database(config.db_url)
     hooks = Webhooks(db, sealer=sealer, allow_private_targets=config.allow_private_webhooks)
     try:
@@ -171,6 +191,13 @@ async def _deny(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _register(config: Config, args: argparse.Namespace) -> int:
+    async with _service(config) as service:
+        record = await service.retry_registration(args.intent_id, actor=_CLI_ACTOR)
+    print(f"{record.id} {record.status.value} registered at {record.registered_at}")
+    return 0
+
+
 async def _kill_switch(config: Config, args: argparse.Namespace) -> int:
     async with _service(config) as service:
         if args.state == "on":
@@ -214,6 +241,7 @@ def _parser() -> argparse.ArgumentParser:
     rotate.add_argument("agent_id")
     rotate.add_argument("--grace", type=int, default=0, help="seconds the old key keeps working (default 0)")
     command("approve", _approve, "approve a pending intent").add_argument("intent_id")
+    command("register", _register, "retry a failed on-chain registration").add_argument("intent_id")
     deny = command("deny", _deny, "deny a pending intent")
     deny.add_argument("intent_id")
     deny.add_argument("--reason", default="")

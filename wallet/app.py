@@ -65,6 +65,7 @@ from .ledger import InsufficientFunds, LedgerError
 from .policy import Rules
 from .service import (
     Authorization,
+    ChainFailure,
     IdempotencyConflict,
     IntentRecord,
     InvalidRequest,
@@ -106,6 +107,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "policy_denied": (403, "Denied by the owner's policy"),
     "payload_too_large": (413, "Request body too large"),
     "rate_limited": (429, "Too many requests"),
+    "chain_error": (502, "The chain refused or failed the call"),
     "internal_error": (500, "Internal error"),
 }
 
@@ -116,6 +118,7 @@ _WALLET_ERRORS: list[tuple[type[WalletError], str]] = [
     (InvalidState, "invalid_state"),
     (NoMatchingIntent, "no_matching_intent"),
     (IdempotencyConflict, "idempotency_conflict"),
+    (ChainFailure, "chain_error"),
     (InvalidRequest, "invalid_request"),
 ]
 
@@ -550,6 +553,12 @@ class _Api:
         await self.body(request, _Body, optional=True)
         return JSONResponse(_intent(await self.service.approve_intent(request.path_params["intent_id"], actor=_OWNER_ACTOR)))
 
+    async def register_intent(self, request: Request) -> Response:
+        await self.owner(request)
+        await self.body(request, _Body, optional=True)
+        record = await self.service.retry_registration(request.path_params["intent_id"], actor=_OWNER_ACTOR)
+        return JSONResponse(_intent(record))
+
     async def deny_intent(self, request: Request) -> Response:
         await self.owner(request)
         body = await self.body(request, Reason, optional=True)
@@ -624,6 +633,8 @@ class _Api:
             ("POST", "/v1/intents/{intent_id}/approve", self.approve_intent, "owner", None,
              "Approve a pending intent: sign it, allocate its budget, register it"),
             ("POST", "/v1/intents/{intent_id}/deny", self.deny_intent, "owner", Reason, "Deny a pending intent"),
+            ("POST", "/v1/intents/{intent_id}/register", self.register_intent, "owner", None,
+             "Retry a failed on-chain registration (idempotent)"),
             ("POST", "/v1/intents/{intent_id}/revoke", self.revoke_intent, "owner", Reason,
              "Revoke an active intent (here, then on chain)"),
             ("POST", "/v1/kill-switch", self.kill_switch, "owner", KillSwitchBody,

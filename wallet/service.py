@@ -45,6 +45,7 @@ Errors::
     │   └── ReviewExpired       the review waited longer than ``review_ttl_seconds``
     ├── InvalidRequest          a malformed argument (amount, address, requirement…)
     ├── NoMatchingIntent        no intent of the agent can pay this requirement
+    ├── ChainFailure            the chain refused or failed a call (registration)
     └── IdempotencyConflict     the idempotency key was used for another request
 
 Ledger errors (``ledger.InsufficientFunds`` when the owner's escrow cannot cover a budget)
@@ -135,6 +136,7 @@ __all__ = [
     "ReviewExpired",
     "InvalidRequest",
     "NoMatchingIntent",
+    "ChainFailure",
     "IdempotencyConflict",
     "wallet_agents",
     "wallet_intents",
@@ -190,6 +192,10 @@ class InvalidRequest(WalletError):
 class NoMatchingIntent(WalletError):
     """None of the agent's intents can pay this requirement (network, asset, settlement,
     processor), or the agent has no approved intent at all."""
+
+
+class ChainFailure(WalletError):
+    """A chain call failed and the chain does not show its effect; ``reason`` carries the error."""
 
 
 class IdempotencyConflict(WalletError):
@@ -470,14 +476,16 @@ class Payment:
 
 
 class IntentRegistry(Protocol):
-    """The chain calls the wallet makes with the owner's key; ``payer.Escrow`` is one.
-
-    Both are synchronous (web3.py) and run in a worker thread, outside any transaction.
+    """The chain calls the wallet makes with the owner's key (``python -m wallet`` adapts
+    ``payer.Escrow``). All are synchronous (web3.py) and run in a worker thread, outside any
+    transaction. ``is_registered``: whether the Settlement contract knows the intent (32-byte id).
     """
 
     def register_intent(self, signed_intent: SignedIntent) -> bytes: ...
 
     def revoke_intent(self, intent_id: bytes) -> None: ...
+
+    def is_registered(self, intent_id: bytes) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -819,6 +827,29 @@ class WalletService:
                 reclaimed = await self._reclaim(conn, row.id)
                 await audit.append(conn, actor, "intent.expired", {"intent_id": row.id, "reclaimed": reclaimed})
         return [row.id for row in rows]
+
+    async def retry_registration(self, intent_id: str, *, actor: str = _OWNER_ACTOR) -> IntentRecord:
+        """Register an approved intent on chain whose registration at approval failed.
+
+        Idempotent: an intent already recorded as registered is returned as is, and one the
+        chain already knows (the processor registers an intent when it first settles it) is
+        recorded as registered. Raises ``InvalidState`` (no chain configured, never approved,
+        or no longer active) and ``ChainFailure`` when the chain refuses and does not know it.
+        """
+        async with self.db.snapshot() as conn:
+            row = await self._intent_row(conn, intent_id)
+        if self.chain is None:
+            raise InvalidState("intent_id", "this wallet has no chain to register on")
+        _require_status(row, IntentStatus.ACTIVE)
+        if row.registered_at is not None:
+            return await self.intent(intent_id)
+        if not await self._register(row.id, parse_intent(json.loads(row.signed_intent)), actor=actor):
+            chain_id = bytes.fromhex(row.chain_intent_id[2:])
+            if not await asyncio.to_thread(self.chain.is_registered, chain_id):
+                raise ChainFailure("intent_id", f"{intent_id!r}: registration failed; see the audit trail")
+            await self._chain_outcome(intent_id, "intent.registered", {"found_on_chain": True}, actor=actor,
+                                      registered_at=utc_now())
+        return await self.intent(intent_id)
 
     async def intent(self, intent_id: str) -> IntentRecord:
         async with self.db.snapshot() as conn:
@@ -1534,15 +1565,15 @@ class WalletService:
                 "reclaimed": reclaimed, "reason": reason,
             })
 
-    async def _register(self, intent_id: str, signed: SignedIntent) -> bool:
+    async def _register(self, intent_id: str, signed: SignedIntent, *, actor: str = "wallet") -> bool:
         """Register on chain, then record the outcome; never raises for a chain failure."""
         assert self.chain is not None
         try:
             await asyncio.to_thread(self.chain.register_intent, signed)
         except Exception as exc:  # the chain's errors vary (EscrowError, RPC); record, go on
-            await self._chain_outcome(intent_id, "intent.register_failed", {"error": _short(exc)})
+            await self._chain_outcome(intent_id, "intent.register_failed", {"error": _short(exc)}, actor=actor)
             return False
-        await self._chain_outcome(intent_id, "intent.registered", {}, registered_at=utc_now())
+        await self._chain_outcome(intent_id, "intent.registered", {}, actor=actor, registered_at=utc_now())
         return True
 
     async def _revoke_on_chain(self, rows: Sequence[Any]) -> None:
@@ -1562,11 +1593,13 @@ class WalletService:
                 continue
             await self._chain_outcome(row.id, "intent.chain_revoked", {}, chain_revoked_at=utc_now())
 
-    async def _chain_outcome(self, intent_id: str, action: str, payload: dict[str, Any], **values: Any) -> None:
+    async def _chain_outcome(
+        self, intent_id: str, action: str, payload: dict[str, Any], *, actor: str = "wallet", **values: Any
+    ) -> None:
         async with self.db.transaction() as conn:
             if values:
                 await conn.execute(update(wallet_intents).where(wallet_intents.c.id == intent_id).values(**values))
-            await audit.append(conn, "wallet", action, {"intent_id": intent_id, **payload})
+            await audit.append(conn, actor, action, {"intent_id": intent_id, **payload})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -264,6 +264,7 @@ async def test_the_kill_switch_over_http_stops_spending(client):
     assert released.status_code == 200 and released.json()["engaged"] is False
     problem(await client.post(f"/v1/intents/{intent_id}/approve", headers=owner()), 409, "invalid_state")
     problem(await client.post("/v1/intents/int_nope/deny", headers=owner()), 404, "not_found")
+    problem(await client.post(f"/v1/intents/{intent_id}/register", headers=owner()), 409, "invalid_state")
 
     drafted = [(await client.post("/v1/intents", json=DRAFT, headers=bearer(key))).json()["id"] for _ in range(2)]
     denied_intent = await client.post(f"/v1/intents/{drafted[0]}/deny", json={"reason": "no"}, headers=owner())
@@ -370,7 +371,7 @@ async def test_openapi_lists_every_path_with_its_security(client):
         "/v1/payments/{payment_id}/release", "/v1/reviews/{review_id}", "/v1/agents",
         "/v1/intents/{intent_id}/approve", "/v1/intents/{intent_id}/deny", "/v1/intents/{intent_id}/revoke",
         "/v1/kill-switch", "/v1/rules", "/v1/reviews/{review_id}/approve", "/v1/reviews/{review_id}/deny",
-        "/v1/audit/verify", "/v1/agents/{agent_id}/rotate-key",
+        "/v1/audit/verify", "/v1/agents/{agent_id}/rotate-key", "/v1/intents/{intent_id}/register",
     } == set(document["paths"])
     assert document["paths"]["/v1/agents"]["post"]["security"] == [{"ownerToken": []}]
     assert document["paths"]["/v1/intents"]["get"]["security"] == [{"agentKey": []}]

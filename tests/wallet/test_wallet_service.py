@@ -26,6 +26,7 @@ from wallet import audit, ledger, webhooks
 from wallet.keys import OwnerKeystore, Sealer, parse_api_key, session_key_aad
 from wallet.policy import Rules
 from wallet.service import (
+    ChainFailure,
     IdempotencyConflict,
     IntentStatus,
     InvalidRequest,
@@ -66,18 +67,29 @@ class Clock:
 
 
 class FakeRegistry:
-    """Records the chain calls (``payer.Escrow``'s two methods)."""
+    """Records the chain calls. ``failures``: how many registrations fail next; ``on_chain``:
+    the ids the contract knows (the processor may register one behind the wallet's back)."""
 
     def __init__(self) -> None:
         self.registered: list[bytes] = []
         self.revoked: list[bytes] = []
+        self.failures = 0
+        self.on_chain: set[bytes] = set()
 
     def register_intent(self, signed_intent: Any) -> bytes:
-        self.registered.append(signed_intent.intent.intent_id)
-        return signed_intent.intent.intent_id
+        intent_id = signed_intent.intent.intent_id
+        if self.failures or intent_id in self.on_chain:
+            self.failures = max(0, self.failures - 1)
+            raise RuntimeError("registerIntent reverted" if intent_id in self.on_chain else "RPC timeout")
+        self.registered.append(intent_id)
+        self.on_chain.add(intent_id)
+        return intent_id
 
     def revoke_intent(self, intent_id: bytes) -> None:
         self.revoked.append(intent_id)
+
+    def is_registered(self, intent_id: bytes) -> bool:
+        return intent_id in self.on_chain
 
 
 def requirement(amount: int = FORECAST_PRICE, **overrides: Any) -> dict[str, Any]:
@@ -235,6 +247,36 @@ async def test_a_rotated_key_stops_at_once_or_after_its_grace_period(wallet, clo
         rotated = [r.payload for r in await audit.records(conn, limit=1000) if r.action == "agent.key_rotated"]
     assert [p["key_id"] for p in rotated] == [second.key_id, third.key_id, fourth.key_id]
     assert all(fourth.api_key.split(".")[1] not in json.dumps(p) for p in rotated)
+
+
+async def test_a_failed_registration_is_retried_until_the_chain_has_it(wallet, registry):
+    registry.failures = 2
+    agent_id, _key, intent_id = await agent_with_intent(wallet)  # approval's registration fails
+    assert (await wallet.intent(intent_id)).registered_at is None
+    with pytest.raises(ChainFailure):  # the chain still fails, and does not know the intent
+        await wallet.retry_registration(intent_id)
+    record = await wallet.retry_registration(intent_id)
+    assert record.registered_at is not None and record.status is IntentStatus.ACTIVE
+    assert (await wallet.retry_registration(intent_id)).registered_at == record.registered_at
+    assert len(registry.registered) == 1  # once registered, never sent again
+
+    # The processor registered this one first: the retry finds it on chain and records it.
+    registry.failures = 1
+    _b, _k, other = await agent_with_intent(wallet, "b")
+    registry.on_chain.add(bytes.fromhex((await wallet.intent(other)).chain_intent_id[2:]))
+    assert (await wallet.retry_registration(other)).registered_at is not None
+    async with wallet.db.snapshot() as conn:
+        actions = [(r.action, r.payload.get("found_on_chain")) for r in await audit.records(conn, limit=1000)
+                   if r.action.startswith("intent.regist")]
+    assert actions == [("intent.register_failed", None)] * 2 + [("intent.registered", None)] + [
+        ("intent.register_failed", None), ("intent.register_failed", None), ("intent.registered", True)]
+
+    pending = await wallet.draft_intent(agent_id, budget=10, purpose="x", duration_seconds=60, per_payment_cap=1)
+    with pytest.raises(InvalidState):
+        await wallet.retry_registration(pending.id)
+    wallet.chain = None
+    with pytest.raises(InvalidState, match="no chain"):
+        await wallet.retry_registration(intent_id)
 
 
 # ---------------------------------------------------------------------------------------------
