@@ -59,7 +59,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import audit
+from . import audit, webhooks
 from .keys import RedactingFilter, parse_api_key
 from .ledger import InsufficientFunds, LedgerError
 from .policy import Rules
@@ -75,6 +75,7 @@ from .service import (
     Payment,
     Review,
     ReviewExpired,
+    ReviewStatus,
     Unauthenticated,
     WalletError,
     WalletService,
@@ -260,6 +261,11 @@ class Reason(_Body):
     reason: str = Field(default="", max_length=2000)
 
 
+class AddWebhook(_Body):
+    url: str = Field(min_length=1, max_length=2048)
+    event_types: list[str] = Field(min_length=1)
+
+
 class KillSwitchBody(_Body):
     agent_id: str | None = None
     reason: str = Field(default="", max_length=2000)
@@ -296,7 +302,7 @@ class RulesBody(_Body):
             raise Problem("invalid_body", str(exc), field=where) from None
 
 
-_BODY_MODELS: tuple[type[BaseModel], ...] = (AddAgent, RotateKey, DraftIntent, AuthorizePayment, Receipt, Reason, KillSwitchBody, RulesBody)
+_BODY_MODELS: tuple[type[BaseModel], ...] = (AddAgent, RotateKey, AddWebhook, DraftIntent, AuthorizePayment, Receipt, Reason, KillSwitchBody, RulesBody)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,6 +359,16 @@ def _review(review: Review) -> dict[str, Any]:
         "paymentId": review.payment_id,
         "decidedBy": review.decided_by,
         "expiresAt": review.expires_at,
+    }
+
+
+def _webhook(endpoint: webhooks.Endpoint) -> dict[str, Any]:
+    return {
+        "id": endpoint.id,
+        "url": endpoint.url,
+        "eventTypes": sorted(endpoint.event_types),
+        "active": endpoint.active,
+        "createdAt": endpoint.created_at,
     }
 
 
@@ -604,6 +620,63 @@ class _Api:
         review = await self.service.deny_review(request.path_params["review_id"], actor=_OWNER_ACTOR, reason=body.reason)
         return JSONResponse(_review(review))
 
+    # -- owner reads and webhook endpoints -------------------------------------------------------
+
+    async def get_rules(self, request: Request) -> Response:
+        """The rules in force for ``?agentId=`` (its own, else the default), or the default."""
+        await self.owner(request)
+        agent_id = request.query_params.get("agentId")
+        rules = await self.service.rules(agent_id)
+        stored = RulesBody.model_validate(rules.to_json() | {"agent_id": agent_id})
+        return JSONResponse(stored.model_dump(mode="json", by_alias=True))
+
+    async def list_reviews(self, request: Request) -> Response:
+        """Reviews with ``?status=`` (default ``pending``; ``all`` for every one)."""
+        await self.owner(request)
+        wanted = request.query_params.get("status", ReviewStatus.PENDING.value)
+        try:
+            status = None if wanted == "all" else ReviewStatus(wanted)
+        except ValueError:
+            choices = ", ".join([s.value for s in ReviewStatus] + ["all"])
+            raise InvalidRequest("status", f"{wanted!r}: expected one of {choices}") from None
+        return JSONResponse({"reviews": [_review(r) for r in await self.service.reviews(status=status)]})
+
+    async def list_payments(self, request: Request) -> Response:
+        await self.owner(request)
+        payments = await self.service.payments(agent_id=request.query_params.get("agentId"))
+        return JSONResponse({"payments": [_payment(p) for p in payments]})
+
+    async def list_decisions(self, request: Request) -> Response:
+        await self.owner(request)
+        return JSONResponse({"decisions": await self.service.decisions(agent_id=request.query_params.get("agentId"))})
+
+    async def add_webhook(self, request: Request) -> Response:
+        """The endpoint with its signing secret: the only time the secret is shown."""
+        await self.owner(request)
+        body = await self.body(request, AddWebhook)
+        try:
+            endpoint = await self.service.webhooks.add_endpoint(body.url, body.event_types, actor=_OWNER_ACTOR)
+        except ValueError as exc:  # TargetRefused included; messages start with the field's name
+            name = str(exc).split(":", 1)[0]
+            raise InvalidRequest(to_camel(name), str(exc).split(": ", 1)[-1]) from None
+        return JSONResponse(_webhook(endpoint) | {"secret": endpoint.secret}, status_code=201,
+                            headers={"Cache-Control": "no-store"})
+
+    async def list_webhooks(self, request: Request) -> Response:
+        await self.owner(request)
+        async with self.service.db.snapshot() as conn:
+            listed = await webhooks.endpoints(conn)
+        return JSONResponse({"endpoints": [_webhook(e) for e in listed]})
+
+    async def remove_webhook(self, request: Request) -> Response:
+        await self.owner(request)
+        endpoint_id = request.path_params["endpoint_id"]
+        try:
+            await self.service.webhooks.remove_endpoint(endpoint_id, actor=_OWNER_ACTOR)
+        except KeyError:
+            raise NotFound("endpoint_id", f"no endpoint {endpoint_id!r}") from None
+        return Response(status_code=204)
+
     async def verify_audit(self, request: Request) -> Response:
         await self.owner(request)
         report = await audit.verify(self.service.db)
@@ -646,6 +719,16 @@ class _Api:
              "Allow a spend in review (re-evaluated without the review rules)"),
             ("POST", "/v1/reviews/{review_id}/deny", self.deny_review, "owner", Reason, "Deny a spend in review"),
             ("GET", "/v1/audit/verify", self.verify_audit, "owner", None, "Verify the audit trail's hash chain"),
+            ("GET", "/v1/rules", self.get_rules, "owner", None, "The rules in force (the default, or ?agentId='s)"),
+            ("GET", "/v1/reviews", self.list_reviews, "owner", None,
+             "Reviews by ?status= (pending by default; approved, denied, expired, all)"),
+            ("GET", "/v1/payments", self.list_payments, "owner", None, "Signed payments (?agentId= filters)"),
+            ("GET", "/v1/decisions", self.list_decisions, "owner", None,
+             "Every policy decision with its inputs (?agentId= filters)"),
+            ("POST", "/v1/webhooks", self.add_webhook, "owner", AddWebhook,
+             "Add a webhook endpoint; its signing secret is returned once"),
+            ("GET", "/v1/webhooks", self.list_webhooks, "owner", None, "Webhook endpoints (no secrets)"),
+            ("DELETE", "/v1/webhooks/{endpoint_id}", self.remove_webhook, "owner", None, "Remove a webhook endpoint"),
         ]
 
     def openapi(self) -> dict[str, Any]:
@@ -677,7 +760,7 @@ class _Api:
                 operation["parameters"] = parameters
             if model is not None:
                 operation["requestBody"] = {
-                    "required": model in (DraftIntent, AuthorizePayment, AddAgent, RulesBody),
+                    "required": model in (DraftIntent, AuthorizePayment, AddAgent, RulesBody, AddWebhook),
                     "content": {"application/json": {"schema": refs[(model, "validation")]}},
                 }
             paths.setdefault(path, {})[method.lower()] = operation

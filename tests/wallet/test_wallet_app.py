@@ -274,6 +274,72 @@ async def test_the_kill_switch_over_http_stops_spending(client):
     assert revoked.status_code == 200 and revoked.json()["status"] == "revoked", revoked.text
 
 
+async def test_the_owner_reads_rules_reviews_payments_decisions(client):
+    agent_id, key, _intent_id = await agent_with_intent(client)
+    await client.put("/v1/rules", json={"reviewAbove": 1_500}, headers=owner())
+    await client.put("/v1/rules", json={"agentId": agent_id, "perTransactionCap": 3_000}, headers=owner())
+    assert (await client.get("/v1/rules", headers=owner())).json()["reviewAbove"] == 1_500
+    own = (await client.get("/v1/rules", params={"agentId": agent_id}, headers=owner())).json()
+    assert (own["perTransactionCap"], own["reviewAbove"], own["agentId"]) == (3_000, None, agent_id)
+    paid = await client.post("/v1/payments/authorize", json={"requirement": requirement(), "url": URL},
+                             headers=bearer(key))
+    await client.post("/v1/payments/authorize", json={"requirement": requirement(4_000), "url": URL},
+                      headers=bearer(key))  # denied: over the agent's cap
+    await client.put("/v1/rules", json={"agentId": agent_id, "reviewAbove": 10}, headers=owner())
+    asked = await client.post("/v1/payments/authorize", json={"requirement": requirement(), "url": URL + "/r"},
+                              headers=bearer(key))
+
+    pending = (await client.get("/v1/reviews", headers=owner())).json()["reviews"]
+    assert [r["id"] for r in pending] == [asked.json()["reviewId"]] and pending[0]["expiresAt"]
+    assert (await client.get("/v1/reviews", params={"status": "approved"}, headers=owner())).json()["reviews"] == []
+    assert len((await client.get("/v1/reviews", params={"status": "all"}, headers=owner())).json()["reviews"]) == 1
+    bad = await client.get("/v1/reviews", params={"status": "maybe"}, headers=owner())
+    assert problem(bad, 422, "invalid_request")["field"] == "status"
+    payments = (await client.get("/v1/payments", headers=owner())).json()["payments"]
+    assert [p["paymentId"] for p in payments] == [paid.json()["paymentId"]] and "header" not in payments[0]
+    assert (await client.get("/v1/payments", params={"agentId": "agt_other"}, headers=owner())).json() == {"payments": []}
+    decisions = (await client.get("/v1/decisions", params={"agentId": agent_id}, headers=owner())).json()["decisions"]
+    assert [d["outcome"] for d in decisions] == ["allow", "deny", "review"]
+    for path in ("/v1/rules", "/v1/reviews", "/v1/payments", "/v1/decisions", "/v1/webhooks"):
+        problem(await client.get(path, headers=bearer(key)), 401, "unauthenticated")
+
+
+async def test_webhook_endpoints_over_http_show_the_secret_once(client, wallet):
+    created = await client.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/hooks", "eventTypes": ["payment.settled"]},
+                                headers=owner())
+    assert created.status_code == 201 and created.headers["cache-control"] == "no-store", created.text
+    endpoint = created.json()
+    assert endpoint["secret"].startswith("whsec_") and endpoint["eventTypes"] == ["payment.settled"]
+    listed = await client.get("/v1/webhooks", headers=owner())
+    assert [e["id"] for e in listed.json()["endpoints"]] == [endpoint["id"]]
+    assert endpoint["secret"] not in listed.text and "secret" not in listed.json()["endpoints"][0]
+
+    refused = await client.post("/v1/webhooks", json={"url": "http://u:pw@127.0.0.1/x", "eventTypes": ["payment.settled"]},
+                                headers=owner())
+    assert problem(refused, 422, "invalid_request")["field"] == "url" and "pw" not in refused.json()["detail"]
+    wrong_type = await client.post("/v1/webhooks", json={"url": "https://a.example/x", "eventTypes": ["nope"]},
+                                   headers=owner())
+    assert problem(wrong_type, 422, "invalid_request")["field"] == "eventTypes"
+    strict = _strict(wallet)
+    transport = httpx.ASGITransport(app=create_app(strict, owner_token=OWNER_TOKEN))
+    async with httpx.AsyncClient(transport=transport, base_url="http://wallet.test") as http:
+        metadata = await http.post("/v1/webhooks", json={"url": "http://169.254.169.254/latest", "eventTypes": ["payment.settled"]},
+                                   headers=owner())
+        assert problem(metadata, 422, "invalid_request")["field"] == "url"
+    await strict.webhooks.aclose()
+
+    assert (await client.delete(f"/v1/webhooks/{endpoint['id']}", headers=owner())).status_code == 204
+    assert (await client.get("/v1/webhooks", headers=owner())).json() == {"endpoints": []}
+    problem(await client.delete(f"/v1/webhooks/{endpoint['id']}", headers=owner()), 404, "not_found")
+
+
+def _strict(wallet: WalletService) -> WalletService:
+    """The same service with a ``Webhooks`` that keeps the default: no private targets."""
+    strict = webhooks.Webhooks(wallet.db, sealer=wallet.sealer)
+    return WalletService(wallet.db, owner=wallet.owner, sealer=wallet.sealer, deployment=wallet.deployment,
+                         processor=wallet.processor, webhooks=strict)
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input and limits
 # ---------------------------------------------------------------------------------------------
@@ -372,6 +438,7 @@ async def test_openapi_lists_every_path_with_its_security(client):
         "/v1/intents/{intent_id}/approve", "/v1/intents/{intent_id}/deny", "/v1/intents/{intent_id}/revoke",
         "/v1/kill-switch", "/v1/rules", "/v1/reviews/{review_id}/approve", "/v1/reviews/{review_id}/deny",
         "/v1/audit/verify", "/v1/agents/{agent_id}/rotate-key", "/v1/intents/{intent_id}/register",
+        "/v1/payments", "/v1/decisions", "/v1/reviews", "/v1/webhooks", "/v1/webhooks/{endpoint_id}",
     } == set(document["paths"])
     assert document["paths"]["/v1/agents"]["post"]["security"] == [{"ownerToken": []}]
     assert document["paths"]["/v1/intents"]["get"]["security"] == [{"agentKey": []}]
