@@ -138,6 +138,10 @@ class Escrow:
                  "payeesRoot", "processor", "spent", "revokedAt", "commitment")
         return dict(zip(names, record))
 
+    def is_registered(self, intent_id: bytes) -> bool:
+        """Whether the contract knows the intent (its record names a payer)."""
+        return str(self.intent(intent_id)["payer"]).lower() != "0x" + "00" * 20
+
     def settled_nonces(self, intent_id: bytes, window: int) -> int:
         """The bitmap of the intent's settled nonces ``128 * window … 128 * window + 127``
         (bit ``nonce % 128``), as the contract records them (``settledNonces``)."""

@@ -4,8 +4,10 @@
     python -m wallet serve --host 127.0.0.1 --port 8080
     python -m wallet add-agent NAME                # prints the agent id and its API key, once
     python -m wallet deposit AMOUNT [--record-only]  # fund the escrow (base units) and book it
+    python -m wallet rotate-key AGENT_ID [--grace SECONDS]   # prints the new API key, once
     python -m wallet approve INTENT_ID
     python -m wallet deny INTENT_ID [--reason TEXT]
+    python -m wallet register INTENT_ID            # retry a failed on-chain registration
     python -m wallet kill-switch on|off [--agent ID] [--reason TEXT]
     python -m wallet audit verify                  # exit status 1 on a broken chain
     python -m wallet reconcile [--settle-from-chain] [--json]   # exit status 1 on a difference
@@ -19,7 +21,9 @@ the same approval as one over HTTP. Configuration is read once, from the environ
 - ``AEP2_WALLET_OWNER_PASSWORD``: the owner keystore's password;
 - ``AEP2_WALLET_OWNER_KEYSTORE``: its file (default ``wallet-owner.json``);
 - ``AEP2_WALLET_OWNER_TOKEN``: the owner's bearer credential for the API (``serve`` only);
-- ``AEP2_DEPLOYMENT``: the deployment file; ``AEP2_PROCESSOR``: the settlement processor.
+- ``AEP2_DEPLOYMENT``: the deployment file; ``AEP2_PROCESSOR``: the settlement processor;
+- ``AEP2_WALLET_WEBHOOKS_ALLOW_PRIVATE``: ``1`` lets webhook endpoints be on loopback or
+  private addresses (a receiver on the same host); off by default (``webhooks``, "Targets").
 
 ``audit verify`` needs only the database: an auditor does not need the owner's keys.
 Exit status: 0 done, 1 refused (or a broken audit chain), 2 bad usage or configuration.
@@ -63,6 +67,7 @@ class Config:
     owner_token: str | None
     deployment: str | None
     processor: str | None
+    allow_private_webhooks: bool
     environ: Mapping[str, str]
 
     @classmethod
@@ -74,6 +79,7 @@ class Config:
             owner_token=env.get("AEP2_WALLET_OWNER_TOKEN") or None,
             deployment=env.get("AEP2_DEPLOYMENT") or None,
             processor=env.get("AEP2_PROCESSOR") or None,
+            allow_private_webhooks=env.get("AEP2_WALLET_WEBHOOKS_ALLOW_PRIVATE", "") == "1",
             environ=env,
         )
 
@@ -95,7 +101,7 @@ async def _service(config: Config) -> AsyncIterator[WalletService]:
 
     chain = Escrow(deployment, owner.account.key, processor=config.processor)
     db = Database(config.db_url)
-    hooks = Webhooks(db)
+    hooks = Webhooks(db, sealer=sealer, allow_private_targets=config.allow_private_webhooks)
     try:
         yield WalletService(
             db, owner=owner, sealer=sealer, deployment=deployment, processor=config.processor,
@@ -131,7 +137,8 @@ async def _serve(config: Config, args: argparse.Namespace) -> int:
         raise ConfigError("AEP2_WALLET_OWNER_TOKEN is not set: the owner's bearer credential (16+ characters)")
     async with _service(config) as service:
         try:
-            app = create_app(service, owner_token=config.owner_token, rate_limit=args.rate_limit)
+            app = create_app(service, owner_token=config.owner_token, rate_limit=args.rate_limit,
+                             auth_failures=args.auth_failures)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, lifespan="on", log_level=args.log_level))
@@ -158,6 +165,14 @@ async def _deposit(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _rotate_key(config: Config, args: argparse.Namespace) -> int:
+    async with _service(config) as service:
+        new = await service.rotate_api_key(args.agent_id, grace_seconds=args.grace, actor=_CLI_ACTOR)
+    until = f"in {args.grace} s" if args.grace else "now"
+    print(f"agent id: {new.agent_id}\napi key:  {new.api_key}\n(shown once; the old key stops working {until})")
+    return 0
+
+
 async def _approve(config: Config, args: argparse.Namespace) -> int:
     async with _service(config) as service:
         record = await service.approve_intent(args.intent_id, actor=_CLI_ACTOR)
@@ -169,6 +184,13 @@ async def _deny(config: Config, args: argparse.Namespace) -> int:
     async with _service(config) as service:
         record = await service.deny_intent(args.intent_id, actor=_CLI_ACTOR, reason=args.reason)
     print(f"{record.id} {record.status.value}")
+    return 0
+
+
+async def _register(config: Config, args: argparse.Namespace) -> int:
+    async with _service(config) as service:
+        record = await service.retry_registration(args.intent_id, actor=_CLI_ACTOR)
+    print(f"{record.id} {record.status.value} registered at {record.registered_at}")
     return 0
 
 
@@ -224,12 +246,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--rate-limit", default="60/second", help="per credential, limits notation")
+    serve.add_argument("--auth-failures", default="10/minute",
+                       help="failed authentications per client and per key id before 429, limits notation")
     serve.add_argument("--log-level", default="info")
     command("add-agent", _add_agent, "add an agent; prints its API key once").add_argument("name")
     deposit = command("deposit", _deposit, "deposit into the escrow with the processor (base units) and book it")
     deposit.add_argument("amount", type=int)
     deposit.add_argument("--record-only", action="store_true", help="book a deposit already made on chain")
+    rotate = command("rotate-key", _rotate_key, "issue an agent a new API key; prints it once")
+    rotate.add_argument("agent_id")
+    rotate.add_argument("--grace", type=int, default=0, help="seconds the old key keeps working (default 0)")
     command("approve", _approve, "approve a pending intent").add_argument("intent_id")
+    command("register", _register, "retry a failed on-chain registration").add_argument("intent_id")
     deny = command("deny", _deny, "deny a pending intent")
     deny.add_argument("intent_id")
     deny.add_argument("--reason", default="")

@@ -17,6 +17,13 @@ per agent or for the owner, so nobody can use up another key's allowance by send
 with a wrong secret. A request body above ``max_body`` bytes is 413 (checked on
 ``Content-Length`` and while reading, for a chunked body).
 
+Brute-force brake. Failed authentications are counted per client address and, for an agent
+key, per key id (``auth_failures``, a moving window). Once either count is full, every request
+from that client, or with that key id, is 429 with ``Retry-After`` until the window has room
+again, correct credentials included: a guesser learns nothing from the answer. The owner token
+has no key id, so its failures count per client only (one client cannot lock the owner out
+everywhere).
+
 Errors are RFC 9457 problem details (``application/problem+json``) with a stable ``code``
 (``PROBLEMS``) and, when one argument is at fault, the ``field``. A policy denial is 403 with
 the ``rule`` that decided; a review is 202 with the ``reviewId`` to poll.
@@ -52,17 +59,17 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from uvicorn.logging import AccessFormatter
 
 from payer.errors import MalformedChallenge, NoAcceptableRequirement, PolicyDenied, ReviewPending, WalletRequestError
 
-from . import audit
+from . import audit, webhooks
 from .execute import Executor, HostNotAllowed, ResponseTooLarge, paid_call_json
-from .keys import RedactingFilter, redact_secrets
+from .keys import RedactingFilter, parse_api_key
 from .ledger import InsufficientFunds, LedgerError
 from .policy import Rules
 from .service import (
     Authorization,
+    ChainFailure,
     IdempotencyConflict,
     IntentRecord,
     InvalidRequest,
@@ -71,6 +78,8 @@ from .service import (
     NotFound,
     Payment,
     Review,
+    ReviewExpired,
+    ReviewStatus,
     Unauthenticated,
     WalletError,
     WalletService,
@@ -94,6 +103,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "not_found": (404, "Not found"),
     "method_not_allowed": (405, "Method not allowed"),
     "invalid_state": (409, "Not allowed in the current state"),
+    "review_expired": (410, "The review expired undecided"),
     "no_matching_intent": (409, "No intent can pay this requirement"),
     "insufficient_funds": (409, "The owner's escrow cannot cover this"),
     "idempotency_conflict": (422, "Idempotency key reused for another request"),
@@ -106,6 +116,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "payee_unreachable": (502, "The payee could not be reached"),
     "payee_bad_challenge": (502, "The payee's 402 challenge is malformed"),
     "response_too_large": (502, "The payee's answer is too large to relay"),
+    "chain_error": (502, "The chain refused or failed the call"),
     "internal_error": (500, "Internal error"),
 }
 
@@ -114,9 +125,11 @@ _WALLET_ERRORS: list[tuple[type[WalletError], str]] = [
     (ResponseTooLarge, "response_too_large"),
     (Unauthenticated, "unauthenticated"),
     (NotFound, "not_found"),
+    (ReviewExpired, "review_expired"),
     (InvalidState, "invalid_state"),
     (NoMatchingIntent, "no_matching_intent"),
     (IdempotencyConflict, "idempotency_conflict"),
+    (ChainFailure, "chain_error"),
     (InvalidRequest, "invalid_request"),
 ]
 
@@ -213,6 +226,10 @@ class AddAgent(_Body):
     name: str = Field(min_length=1, max_length=200)
 
 
+class RotateKey(_Body):
+    grace_seconds: int = Field(default=0, ge=0, le=604_800)
+
+
 class DraftIntent(_Body):
     budget: int = Field(gt=0)
     purpose: str = Field(max_length=2000)
@@ -267,6 +284,11 @@ class Reason(_Body):
     reason: str = Field(default="", max_length=2000)
 
 
+class AddWebhook(_Body):
+    url: str = Field(min_length=1, max_length=2048)
+    event_types: list[str] = Field(min_length=1)
+
+
 class KillSwitchBody(_Body):
     agent_id: str | None = None
     reason: str = Field(default="", max_length=2000)
@@ -303,7 +325,10 @@ class RulesBody(_Body):
             raise Problem("invalid_body", str(exc), field=where) from None
 
 
-_BODY_MODELS: tuple[type[BaseModel], ...] = (AddAgent, DraftIntent, AuthorizePayment, ExecutePayment, Receipt, Reason, KillSwitchBody, RulesBody)
+_BODY_MODELS: tuple[type[BaseModel], ...] = (
+    AddAgent, RotateKey, AddWebhook, DraftIntent, AuthorizePayment, ExecutePayment, Receipt, Reason, KillSwitchBody,
+    RulesBody,
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,6 +384,17 @@ def _review(review: Review) -> dict[str, Any]:
         "createdAt": review.created_at,
         "paymentId": review.payment_id,
         "decidedBy": review.decided_by,
+        "expiresAt": review.expires_at,
+    }
+
+
+def _webhook(endpoint: webhooks.Endpoint) -> dict[str, Any]:
+    return {
+        "id": endpoint.id,
+        "url": endpoint.url,
+        "eventTypes": sorted(endpoint.event_types),
+        "active": endpoint.active,
+        "createdAt": endpoint.created_at,
     }
 
 
@@ -391,7 +427,13 @@ class _Api:
     """The route handlers, sharing the service, the credentials' check and the limiter."""
 
     def __init__(
-        self, service: WalletService, owner_token: str, rate_limit: str, max_body: int, executor: Executor
+        self,
+        service: WalletService,
+        owner_token: str,
+        rate_limit: str,
+        max_body: int,
+        auth_failures: str,
+        executor: Executor,
     ) -> None:
         if len(owner_token) < 16:
             raise ValueError("owner_token: use at least 16 random characters")
@@ -401,6 +443,7 @@ class _Api:
         self.executor = executor
         self._owner_token = owner_token.encode()
         self._limit = parse_rate_limit(rate_limit)
+        self._brake = parse_rate_limit(auth_failures)
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
         self.max_body = max_body
 
@@ -415,23 +458,48 @@ class _Api:
         return token.strip()
 
     async def agent(self, request: Request) -> str:
-        """The calling agent's id (401 otherwise), after its rate limit."""
-        agent_id = await self.service.authenticate(self._bearer(request))
+        """The calling agent's id (401 otherwise), after the brake and its rate limit."""
+        token = self._bearer(request)
+        parsed = parse_api_key(token)
+        scopes = _brake_scopes(request, None if parsed is None else parsed[1])
+        await self._check_brake(scopes)
+        try:
+            agent_id = await self.service.authenticate(token)
+        except Unauthenticated:
+            await self._failed(scopes)
+            raise
         await self._throttle(_Caller("agent", agent_id))
         return agent_id
 
     async def owner(self, request: Request) -> None:
-        """Pass for the owner token only (401 otherwise), after the owner's rate limit."""
-        if not hmac.compare_digest(self._bearer(request).encode(), self._owner_token):
+        """Pass for the owner token only (401 otherwise), after the brake and the owner's rate limit."""
+        token = self._bearer(request)
+        scopes = _brake_scopes(request, None)
+        await self._check_brake(scopes)
+        if not hmac.compare_digest(token.encode(), self._owner_token):
+            await self._failed(scopes)
             raise Problem("unauthenticated", "owner credential required", headers={"WWW-Authenticate": "Bearer"})
         await self._throttle(_Caller("owner", "owner"))
 
     async def _throttle(self, caller: _Caller) -> None:
-        if await self._limiter.hit(self._limit, caller.kind, caller.id):
-            return
-        stats = await self._limiter.get_window_stats(self._limit, caller.kind, caller.id)
-        retry = max(1, math.ceil(stats.reset_time - time.time()))
-        raise Problem("rate_limited", f"at most {self._limit} per credential", headers={"Retry-After": str(retry)})
+        if not await self._limiter.hit(self._limit, caller.kind, caller.id):
+            raise Problem("rate_limited", f"at most {self._limit} per credential",
+                          headers=await self._retry_after(self._limit, caller.kind, caller.id))
+
+    async def _check_brake(self, scopes: list[str]) -> None:
+        for scope in scopes:
+            if not await self._limiter.test(self._brake, "auth-failures", scope):
+                raise Problem("rate_limited", f"too many failed authentications (at most {self._brake})",
+                              headers=await self._retry_after(self._brake, "auth-failures", scope))
+
+    async def _failed(self, scopes: list[str]) -> None:
+        for scope in scopes:
+            await self._limiter.hit(self._brake, "auth-failures", scope)
+
+    async def _retry_after(self, limit: Any, *identifiers: str) -> dict[str, str]:
+        """``Retry-After`` in whole seconds (at least 1) until ``limit`` has room again."""
+        stats = await self._limiter.get_window_stats(limit, *identifiers)
+        return {"Retry-After": str(max(1, math.ceil(stats.reset_time - time.time())))}
 
     # -- bodies ---------------------------------------------------------------------------------
 
@@ -539,10 +607,27 @@ class _Api:
             status_code=201, headers={"Cache-Control": "no-store"},
         )
 
+    async def rotate_key(self, request: Request) -> Response:
+        await self.owner(request)
+        body = await self.body(request, RotateKey, optional=True)
+        new = await self.service.rotate_api_key(
+            request.path_params["agent_id"], grace_seconds=body.grace_seconds, actor=_OWNER_ACTOR
+        )
+        return JSONResponse(
+            {"agentId": new.agent_id, "keyId": new.key_id, "apiKey": new.api_key, "graceSeconds": body.grace_seconds},
+            headers={"Cache-Control": "no-store"},
+        )
+
     async def approve_intent(self, request: Request) -> Response:
         await self.owner(request)
         await self.body(request, _Body, optional=True)
         return JSONResponse(_intent(await self.service.approve_intent(request.path_params["intent_id"], actor=_OWNER_ACTOR)))
+
+    async def register_intent(self, request: Request) -> Response:
+        await self.owner(request)
+        await self.body(request, _Body, optional=True)
+        record = await self.service.retry_registration(request.path_params["intent_id"], actor=_OWNER_ACTOR)
+        return JSONResponse(_intent(record))
 
     async def deny_intent(self, request: Request) -> Response:
         await self.owner(request)
@@ -589,6 +674,63 @@ class _Api:
         review = await self.service.deny_review(request.path_params["review_id"], actor=_OWNER_ACTOR, reason=body.reason)
         return JSONResponse(_review(review))
 
+    # -- owner reads and webhook endpoints -------------------------------------------------------
+
+    async def get_rules(self, request: Request) -> Response:
+        """The rules in force for ``?agentId=`` (its own, else the default), or the default."""
+        await self.owner(request)
+        agent_id = request.query_params.get("agentId")
+        rules = await self.service.rules(agent_id)
+        stored = RulesBody.model_validate(rules.to_json() | {"agent_id": agent_id})
+        return JSONResponse(stored.model_dump(mode="json", by_alias=True))
+
+    async def list_reviews(self, request: Request) -> Response:
+        """Reviews with ``?status=`` (default ``pending``; ``all`` for every one)."""
+        await self.owner(request)
+        wanted = request.query_params.get("status", ReviewStatus.PENDING.value)
+        try:
+            status = None if wanted == "all" else ReviewStatus(wanted)
+        except ValueError:
+            choices = ", ".join([s.value for s in ReviewStatus] + ["all"])
+            raise InvalidRequest("status", f"{wanted!r}: expected one of {choices}") from None
+        return JSONResponse({"reviews": [_review(r) for r in await self.service.reviews(status=status)]})
+
+    async def list_payments(self, request: Request) -> Response:
+        await self.owner(request)
+        payments = await self.service.payments(agent_id=request.query_params.get("agentId"))
+        return JSONResponse({"payments": [_payment(p) for p in payments]})
+
+    async def list_decisions(self, request: Request) -> Response:
+        await self.owner(request)
+        return JSONResponse({"decisions": await self.service.decisions(agent_id=request.query_params.get("agentId"))})
+
+    async def add_webhook(self, request: Request) -> Response:
+        """The endpoint with its signing secret: the only time the secret is shown."""
+        await self.owner(request)
+        body = await self.body(request, AddWebhook)
+        try:
+            endpoint = await self.service.webhooks.add_endpoint(body.url, body.event_types, actor=_OWNER_ACTOR)
+        except ValueError as exc:  # TargetRefused included; messages start with the field's name
+            name = str(exc).split(":", 1)[0]
+            raise InvalidRequest(to_camel(name), str(exc).split(": ", 1)[-1]) from None
+        return JSONResponse(_webhook(endpoint) | {"secret": endpoint.secret}, status_code=201,
+                            headers={"Cache-Control": "no-store"})
+
+    async def list_webhooks(self, request: Request) -> Response:
+        await self.owner(request)
+        async with self.service.db.snapshot() as conn:
+            listed = await webhooks.endpoints(conn)
+        return JSONResponse({"endpoints": [_webhook(e) for e in listed]})
+
+    async def remove_webhook(self, request: Request) -> Response:
+        await self.owner(request)
+        endpoint_id = request.path_params["endpoint_id"]
+        try:
+            await self.service.webhooks.remove_endpoint(endpoint_id, actor=_OWNER_ACTOR)
+        except KeyError:
+            raise NotFound("endpoint_id", f"no endpoint {endpoint_id!r}") from None
+        return Response(status_code=204)
+
     async def verify_audit(self, request: Request) -> Response:
         await self.owner(request)
         report = await audit.verify(self.service.db)
@@ -615,9 +757,13 @@ class _Api:
             ("GET", "/v1/reviews/{review_id}", self.poll_review, "agent", None,
              "Poll a review: 202 pending, 200 with the header once approved, 403 denied"),
             ("POST", "/v1/agents", self.add_agent, "owner", AddAgent, "Add an agent; its API key is returned once"),
+            ("POST", "/v1/agents/{agent_id}/rotate-key", self.rotate_key, "owner", RotateKey,
+             "Issue an agent a new API key (returned once); the old one stops now or after graceSeconds"),
             ("POST", "/v1/intents/{intent_id}/approve", self.approve_intent, "owner", None,
              "Approve a pending intent: sign it, allocate its budget, register it"),
             ("POST", "/v1/intents/{intent_id}/deny", self.deny_intent, "owner", Reason, "Deny a pending intent"),
+            ("POST", "/v1/intents/{intent_id}/register", self.register_intent, "owner", None,
+             "Retry a failed on-chain registration (idempotent)"),
             ("POST", "/v1/intents/{intent_id}/revoke", self.revoke_intent, "owner", Reason,
              "Revoke an active intent (here, then on chain)"),
             ("POST", "/v1/kill-switch", self.kill_switch, "owner", KillSwitchBody,
@@ -629,6 +775,16 @@ class _Api:
              "Allow a spend in review (re-evaluated without the review rules)"),
             ("POST", "/v1/reviews/{review_id}/deny", self.deny_review, "owner", Reason, "Deny a spend in review"),
             ("GET", "/v1/audit/verify", self.verify_audit, "owner", None, "Verify the audit trail's hash chain"),
+            ("GET", "/v1/rules", self.get_rules, "owner", None, "The rules in force (the default, or ?agentId='s)"),
+            ("GET", "/v1/reviews", self.list_reviews, "owner", None,
+             "Reviews by ?status= (pending by default; approved, denied, expired, all)"),
+            ("GET", "/v1/payments", self.list_payments, "owner", None, "Signed payments (?agentId= filters)"),
+            ("GET", "/v1/decisions", self.list_decisions, "owner", None,
+             "Every policy decision with its inputs (?agentId= filters)"),
+            ("POST", "/v1/webhooks", self.add_webhook, "owner", AddWebhook,
+             "Add a webhook endpoint; its signing secret is returned once"),
+            ("GET", "/v1/webhooks", self.list_webhooks, "owner", None, "Webhook endpoints (no secrets)"),
+            ("DELETE", "/v1/webhooks/{endpoint_id}", self.remove_webhook, "owner", None, "Remove a webhook endpoint"),
         ]
 
     def openapi(self) -> dict[str, Any]:
@@ -660,7 +816,7 @@ class _Api:
                 operation["parameters"] = parameters
             if model is not None:
                 operation["requestBody"] = {
-                    "required": model in (DraftIntent, AuthorizePayment, ExecutePayment, AddAgent, RulesBody),
+                    "required": model in (DraftIntent, AuthorizePayment, ExecutePayment, AddAgent, RulesBody, AddWebhook),
                     "content": {"application/json": {"schema": refs[(model, "validation")]}},
                 }
             paths.setdefault(path, {})[method.lower()] = operation
@@ -686,6 +842,14 @@ def _idempotency_key(request: Request, in_body: str | None) -> str | None:
     return in_body or header
 
 
+def _brake_scopes(request: Request, key_id: str | None) -> list[str]:
+    """What a failed authentication counts against: the client's address, and the key id."""
+    scopes = [f"client:{request.client.host if request.client else '?'}"]
+    if key_id is not None:
+        scopes.append(f"key:{key_id}")
+    return scopes
+
+
 def _path_params(path: str) -> list[str]:
     return [part[1:-1] for part in path.split("/") if part.startswith("{")]
 
@@ -695,25 +859,10 @@ def _path_params(path: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-class _ArgsRedactingFilter(logging.Filter):
-    """``redact_secrets`` on the message and on each string argument, keeping ``args`` as they
-    are shaped: uvicorn's ``AccessFormatter`` unpacks five of them, which ``RedactingFilter``
-    (it formats the message and drops the args) would break."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str):
-            record.msg = redact_secrets(record.msg)
-        if isinstance(record.args, tuple):
-            record.args = tuple(redact_secrets(a) if isinstance(a, str) else a for a in record.args)
-        return True
-
-
 def install_log_redaction() -> None:
-    """Put a redacting filter on every handler of the process (once each) and keep the
-    ``aiosqlite`` logger at INFO or above: it logs SQL parameters at DEBUG.
-
-    Handlers get ``keys.RedactingFilter``, except uvicorn's access-log handlers, which get
-    ``_ArgsRedactingFilter`` (their formatter needs the record's args)."""
+    """Put ``keys.RedactingFilter`` on every handler of the process (once each; it keeps the
+    args uvicorn's access formatter unpacks) and keep the ``aiosqlite`` logger at INFO or
+    above: it logs SQL parameters at DEBUG."""
     sql = logging.getLogger("aiosqlite")
     if sql.level < logging.INFO:
         sql.setLevel(logging.INFO)
@@ -722,10 +871,8 @@ def install_log_redaction() -> None:
     ]
     for item in loggers:
         for handler in item.handlers:
-            if any(isinstance(f, (RedactingFilter, _ArgsRedactingFilter)) for f in handler.filters):
-                continue
-            access = isinstance(handler.formatter, AccessFormatter)
-            handler.addFilter(_ArgsRedactingFilter() if access else RedactingFilter())
+            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+                handler.addFilter(RedactingFilter())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -738,6 +885,7 @@ def create_app(
     *,
     owner_token: str,
     rate_limit: str = "60/second",
+    auth_failures: str = "10/minute",
     max_body: int = DEFAULT_MAX_BODY,
     webhook_interval: float = 1.0,
     executor: Executor | None = None,
@@ -745,13 +893,15 @@ def create_app(
     """The wallet's HTTP API over ``service``.
 
     ``owner_token``: the owner's bearer credential (16+ characters). ``rate_limit``: per
-    credential, in ``limits`` notation (``"60/second"``, ``"1000/hour"``). ``max_body``: bytes.
+    credential, in ``limits`` notation (``"60/second"``, ``"1000/hour"``). ``auth_failures``:
+    failed authentications allowed per client and per key id before the brake answers 429
+    (same notation). ``max_body``: bytes.
     The lifespan runs the webhook delivery loop every ``webhook_interval`` seconds and stops it
     on shutdown; the service (database, webhook client) stays the caller's to close.
     ``executor``: makes the paid calls of ``POST /v1/payments/execute`` (default: an
     ``Executor`` on ``service``, closed with the lifespan).
     """
-    api = _Api(service, owner_token, rate_limit, max_body, executor or Executor(service))
+    api = _Api(service, owner_token, rate_limit, max_body, auth_failures, executor or Executor(service))
     install_log_redaction()
 
     @contextlib.asynccontextmanager

@@ -82,6 +82,7 @@ __all__ = [
     "OwnerKeystore",
     "Sealer",
     "session_key_aad",
+    "webhook_secret_aad",
     "ApiKeyRecord",
     "issue_api_key",
     "parse_api_key",
@@ -356,6 +357,7 @@ _MIN_BLOB = _HEADER_LEN + _NONCE_LEN + _TAG_LEN
 _SEAL_INFO = b"aep2/wallet/seal/v1"
 _KEY_ID_LABEL = b"aep2/wallet/key-id/v1"
 _SESSION_KEY_AAD = b"aep2/wallet/session-key/v1"
+_WEBHOOK_SECRET_AAD = b"aep2/wallet/webhook-secret/v1"
 
 
 def _decode_key(text: str, variable: str) -> bytes:
@@ -385,19 +387,30 @@ def _aad_fingerprint(aad: bytes) -> bytes:
     return hashlib.sha256(aad).digest()[:_FP_LEN]
 
 
+def _aad(label: bytes, parts: Iterable[tuple[str, str | int]]) -> bytes:
+    """``label`` then each part as a 2-byte big-endian length and its UTF-8 text."""
+    out = bytearray(label)
+    for name, part in parts:
+        data = str(part).encode()
+        if len(data) > 0xFFFF:
+            raise KeyConfigError(f"{name}: longer than 65535 bytes")
+        out += len(data).to_bytes(2, "big") + data
+    return bytes(out)
+
+
 def session_key_aad(*, intent_id: str | int, agent_id: str | int) -> bytes:
     """The associated data binding a sealed session key to its intent and its agent.
 
     ``label ‖ len(intent) ‖ intent ‖ len(agent) ‖ agent`` with 2-byte big-endian lengths of
     the UTF-8 texts, so no two (intent, agent) pairs share an encoding.
     """
-    out = bytearray(_SESSION_KEY_AAD)
-    for name, part in (("intent_id", intent_id), ("agent_id", agent_id)):
-        data = str(part).encode()
-        if len(data) > 0xFFFF:
-            raise KeyConfigError(f"{name}: longer than 65535 bytes")
-        out += len(data).to_bytes(2, "big") + data
-    return bytes(out)
+    return _aad(_SESSION_KEY_AAD, (("intent_id", intent_id), ("agent_id", agent_id)))
+
+
+def webhook_secret_aad(endpoint_id: str) -> bytes:
+    """The associated data binding a sealed webhook signing secret to its endpoint, so a
+    secret copied onto another endpoint's row does not open (another label than session keys)."""
+    return _aad(_WEBHOOK_SECRET_AAD, (("endpoint_id", endpoint_id),))
 
 
 class Sealer:
@@ -695,9 +708,15 @@ def redact_secrets(text: str) -> str:
 class RedactingFilter(logging.Filter):
     """A logging filter that applies ``redact_secrets`` to each record it sees; drops none.
 
-    It formats the message (``msg % args``) and stores the redacted text with no args, and
-    redacts the formatted traceback (``exc_text``) and ``stack_info``. Install it on handlers,
-    not loggers: a logger's filters do not see records propagated from its children::
+    It keeps a record's shape wherever it can, because formatters may read ``args`` themselves
+    (uvicorn's ``AccessFormatter`` unpacks five of them): when the formatted message carries
+    nothing secret the record is left as it is; otherwise ``msg`` and each string argument (or
+    string value of a mapping argument) are redacted in place, and the record keeps its
+    ``args``. Only when that is not enough (a secret in the ``repr`` of a bytes or other
+    object argument) or the arguments do not format is the message formatted, redacted and
+    stored with no args. The formatted traceback (``exc_text``) and ``stack_info`` are
+    redacted too. Install it on handlers, not loggers: a logger's filters do not see records
+    propagated from its children::
 
         for handler in logging.getLogger().handlers:
             handler.addFilter(RedactingFilter())
@@ -709,8 +728,17 @@ class RedactingFilter(logging.Filter):
         try:
             message = record.getMessage()
         except Exception:
-            message = f"{record.msg} [unformattable arguments dropped]"
-        record.msg, record.args = redact_secrets(message), ()
+            record.msg, record.args = f"{redact_secrets(str(record.msg))} [unformattable arguments dropped]", ()
+            message = None
+        if message is not None and redact_secrets(message) != message:
+            record.msg = redact_secrets(record.msg) if isinstance(record.msg, str) else record.msg
+            record.args = _redact_args(record.args)
+            try:
+                still = record.getMessage()
+            except Exception:
+                still = message
+            if redact_secrets(still) != still:
+                record.msg, record.args = redact_secrets(message), ()
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
@@ -718,3 +746,15 @@ class RedactingFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = redact_secrets(record.stack_info)
         return True
+
+
+def _redact_args(args: Any) -> Any:
+    """``args`` of the same shape (tuple or mapping) with every string redacted."""
+    def one(value: Any) -> Any:
+        return redact_secrets(value) if isinstance(value, str) else value
+
+    if isinstance(args, Mapping):
+        return {key: one(value) for key, value in args.items()}
+    if isinstance(args, tuple):
+        return tuple(one(value) for value in args)
+    return args

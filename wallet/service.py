@@ -42,8 +42,10 @@ Errors::
     ├── Unauthenticated         the API key is malformed, unknown or wrong
     ├── NotFound                no such agent, intent, review or payment
     ├── InvalidState            the object is not in a state that allows the operation
+    │   └── ReviewExpired       the review waited longer than ``review_ttl_seconds``
     ├── InvalidRequest          a malformed argument (amount, address, requirement…)
     ├── NoMatchingIntent        no intent of the agent can pay this requirement
+    ├── ChainFailure            the chain refused or failed a call (registration)
     └── IdempotencyConflict     the idempotency key was used for another request
 
 Ledger errors (``ledger.InsufficientFunds`` when the owner's escrow cannot cover a budget)
@@ -131,8 +133,10 @@ __all__ = [
     "Unauthenticated",
     "NotFound",
     "InvalidState",
+    "ReviewExpired",
     "InvalidRequest",
     "NoMatchingIntent",
+    "ChainFailure",
     "IdempotencyConflict",
     "wallet_agents",
     "wallet_intents",
@@ -176,6 +180,11 @@ class InvalidState(WalletError):
     """The object exists but its state forbids the operation (approving an active intent…)."""
 
 
+class ReviewExpired(InvalidState):
+    """The review was not decided within ``review_ttl_seconds``: nothing will be signed for it;
+    the agent asks again (a new call, with a new idempotency key)."""
+
+
 class InvalidRequest(WalletError):
     """A malformed argument: an amount, an address, a URL or an x402 requirement."""
 
@@ -183,6 +192,10 @@ class InvalidRequest(WalletError):
 class NoMatchingIntent(WalletError):
     """None of the agent's intents can pay this requirement (network, asset, settlement,
     processor), or the agent has no approved intent at all."""
+
+
+class ChainFailure(WalletError):
+    """A chain call failed and the chain does not show its effect; ``reason`` carries the error."""
 
 
 class IdempotencyConflict(WalletError):
@@ -212,6 +225,7 @@ class ReviewStatus(StrEnum):
     PENDING = "pending"
     APPROVED = "approved"  # signed (``payment_id`` set)
     DENIED = "denied"  # by the reviewer, or by a deny rule when re-evaluated
+    EXPIRED = "expired"  # undecided for review_ttl_seconds
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,6 +241,11 @@ wallet_agents = Table(
     Column("api_key_digest", String(64), nullable=False),  # keys.ApiKeyRecord.digest
     Column("api_key_prefix", String(16), nullable=False),
     Column("created_at", String(32), nullable=False),
+    # The key replaced by the latest rotation, accepted until previous_key_valid_until (unix s):
+    Column("previous_key_id", String(16), nullable=True, unique=True),
+    Column("previous_key_digest", String(64), nullable=True),
+    Column("previous_key_prefix", String(16), nullable=True),
+    Column("previous_key_valid_until", Float, nullable=True),
     CheckConstraint("name <> ''", name="wallet_agents_name_nonempty"),
 )
 
@@ -323,8 +342,9 @@ wallet_reviews = Table(
     Column("created_at", String(32), nullable=False),
     Column("decided_at", String(32), nullable=True),
     Column("decided_by", String(200), nullable=True),
+    Column("expires_at", Float, nullable=True),  # unix seconds (the service's clock)
     UniqueConstraint("agent_id", "idempotency_key", name="wallet_reviews_idempotency"),
-    CheckConstraint("status IN ('pending', 'approved', 'denied')", name="wallet_reviews_status"),
+    CheckConstraint("status IN ('pending', 'approved', 'denied', 'expired')", name="wallet_reviews_status"),
 )
 
 wallet_kill_switch = Table(
@@ -438,6 +458,7 @@ class Review:
     created_at: str
     payment_id: str | None = None
     decided_by: str | None = None
+    expires_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,14 +476,16 @@ class Payment:
 
 
 class IntentRegistry(Protocol):
-    """The chain calls the wallet makes with the owner's key; ``payer.Escrow`` is one.
-
-    Both are synchronous (web3.py) and run in a worker thread, outside any transaction.
+    """The chain calls the wallet makes with the owner's key (``python -m wallet`` adapts
+    ``payer.Escrow``). All are synchronous (web3.py) and run in a worker thread, outside any
+    transaction. ``is_registered``: whether the Settlement contract knows the intent (32-byte id).
     """
 
     def register_intent(self, signed_intent: SignedIntent) -> bytes: ...
 
     def revoke_intent(self, intent_id: bytes) -> None: ...
+
+    def is_registered(self, intent_id: bytes) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -496,7 +519,8 @@ class WalletService:
     every intent names. ``webhooks``: the outbox events are enqueued into. ``chain``: where
     intents are registered and revoked (``payer.Escrow`` for the owner); None records
     revocations only in the wallet. ``clock``: unix seconds. ``deadline_seconds``: mandate
-    lifetime unless a requirement asks for more (as ``payer.AEP2Auth``).
+    lifetime unless a requirement asks for more (as ``payer.AEP2Auth``). ``review_ttl_seconds``:
+    how long a review waits for the reviewer before it is ``expired``.
     """
 
     def __init__(
@@ -511,9 +535,12 @@ class WalletService:
         chain: IntentRegistry | None = None,
         clock: Callable[[], float] = time.time,
         deadline_seconds: int = DEFAULT_DEADLINE_SECONDS,
+        review_ttl_seconds: float = 3600.0,
     ) -> None:
         if deadline_seconds <= 0:
             raise ValueError(f"deadline_seconds: {deadline_seconds} must be positive")
+        if review_ttl_seconds <= 0:
+            raise ValueError(f"review_ttl_seconds: {review_ttl_seconds} must be positive")
         self.db = db
         self.owner = owner
         self.sealer = sealer
@@ -522,6 +549,7 @@ class WalletService:
         self.webhooks = webhooks
         self.chain = chain
         self.deadline_seconds = deadline_seconds
+        self.review_ttl_seconds = review_ttl_seconds
         self._clock = clock
 
     def __repr__(self) -> str:
@@ -555,21 +583,53 @@ class WalletService:
         return NewAgent(agent_id, name, record.key_id, api_key)
 
     async def authenticate(self, api_key: object) -> str:
-        """The id of the agent holding ``api_key``; ``Unauthenticated`` otherwise."""
+        """The id of the agent holding ``api_key`` (its current key, or the key its latest
+        rotation replaced while the grace period lasts); ``Unauthenticated`` otherwise."""
+        found: dict[str, str] = {}
 
         async def lookup(key_id: str) -> ApiKeyRecord | None:
+            a = wallet_agents
             async with self.db.snapshot() as conn:
-                row = (await conn.execute(select(wallet_agents).where(wallet_agents.c.api_key_id == key_id))).first()
-            return None if row is None else ApiKeyRecord(row.api_key_id, row.api_key_digest, row.api_key_prefix)
+                row = (
+                    await conn.execute(select(a).where((a.c.api_key_id == key_id) | (a.c.previous_key_id == key_id)))
+                ).first()
+            if row is None:
+                return None
+            found["agent_id"] = row.id
+            if row.api_key_id == key_id:
+                return ApiKeyRecord(row.api_key_id, row.api_key_digest, row.api_key_prefix)
+            if row.previous_key_valid_until is None or row.previous_key_valid_until <= self._clock():
+                return None
+            return ApiKeyRecord(row.previous_key_id, row.previous_key_digest, row.previous_key_prefix)
 
-        key_id = await averify_api_key(api_key, lookup)
-        if key_id is None:
+        if await averify_api_key(api_key, lookup) is None:
             raise Unauthenticated("api_key", "not a valid API key")
-        async with self.db.snapshot() as conn:
-            agent_id = (
-                await conn.execute(select(wallet_agents.c.id).where(wallet_agents.c.api_key_id == key_id))
-            ).scalar_one()
-        return str(agent_id)
+        return found["agent_id"]
+
+    async def rotate_api_key(self, agent_id: str, *, grace_seconds: int = 0, actor: str = _OWNER_ACTOR) -> NewAgent:
+        """Issue the agent a new API key (in the result, once). The old key stops working at
+        once, or after ``grace_seconds`` (0 to 604800) so a running agent can switch over; a
+        key replaced by an earlier rotation stops at once. Raises ``NotFound``, ``InvalidRequest``."""
+        if isinstance(grace_seconds, bool) or not isinstance(grace_seconds, int) or not 0 <= grace_seconds <= 604_800:
+            raise InvalidRequest("grace_seconds", f"expected an integer in 0..604800, got {grace_seconds!r}")
+        api_key, record = issue_api_key()
+        async with self.db.transaction() as conn:
+            row = await self._agent_row(conn, agent_id)
+            valid_until = self._clock() + grace_seconds if grace_seconds else None
+            await conn.execute(
+                update(wallet_agents).where(wallet_agents.c.id == agent_id).values(
+                    api_key_id=record.key_id, api_key_digest=record.digest, api_key_prefix=record.prefix,
+                    previous_key_id=row.api_key_id if grace_seconds else None,
+                    previous_key_digest=row.api_key_digest if grace_seconds else None,
+                    previous_key_prefix=row.api_key_prefix if grace_seconds else None,
+                    previous_key_valid_until=valid_until,
+                )
+            )
+            await audit.append(conn, actor, "agent.key_rotated", {
+                "agent_id": agent_id, "key_id": record.key_id, "previous_key_id": row.api_key_id,
+                "grace_seconds": grace_seconds,
+            })
+        return NewAgent(agent_id, row.name, record.key_id, api_key)
 
     async def agents(self) -> list[Agent]:
         async with self.db.snapshot() as conn:
@@ -769,6 +829,29 @@ class WalletService:
                 await audit.append(conn, actor, "intent.expired", {"intent_id": row.id, "reclaimed": reclaimed})
         return [row.id for row in rows]
 
+    async def retry_registration(self, intent_id: str, *, actor: str = _OWNER_ACTOR) -> IntentRecord:
+        """Register an approved intent on chain whose registration at approval failed.
+
+        Idempotent: an intent already recorded as registered is returned as is, and one the
+        chain already knows (the processor registers an intent when it first settles it) is
+        recorded as registered. Raises ``InvalidState`` (no chain configured, never approved,
+        or no longer active) and ``ChainFailure`` when the chain refuses and does not know it.
+        """
+        async with self.db.snapshot() as conn:
+            row = await self._intent_row(conn, intent_id)
+        if self.chain is None:
+            raise InvalidState("intent_id", "this wallet has no chain to register on")
+        _require_status(row, IntentStatus.ACTIVE)
+        if row.registered_at is not None:
+            return await self.intent(intent_id)
+        if not await self._register(row.id, parse_intent(json.loads(row.signed_intent)), actor=actor):
+            chain_id = bytes.fromhex(row.chain_intent_id[2:])
+            if not await asyncio.to_thread(self.chain.is_registered, chain_id):
+                raise ChainFailure("intent_id", f"{intent_id!r}: registration failed; see the audit trail")
+            await self._chain_outcome(intent_id, "intent.registered", {"found_on_chain": True}, actor=actor,
+                                      registered_at=utc_now())
+        return await self.intent(intent_id)
+
     async def intent(self, intent_id: str) -> IntentRecord:
         async with self.db.snapshot() as conn:
             return await self._intent_record(conn, intent_id)
@@ -907,6 +990,7 @@ class WalletService:
                     idempotency_key=idempotency_key,
                     request_digest=digest,
                     created_at=utc_now(),
+                    expires_at=now + self.review_ttl_seconds,
                 )
             )
             await conn.execute(
@@ -925,12 +1009,11 @@ class WalletService:
         up meanwhile, the kill switch, an expired intent) still denies, and the review is
         then ``denied``. On ``allow`` the mandate is signed as ``authorize_payment`` would;
         the agent fetches the header with ``review_authorization`` or by repeating its call
-        with the same idempotency key."""
+        with the same idempotency key. Raises ``ReviewExpired`` past ``review_ttl_seconds``."""
+        await self.expire_reviews()
         async with self.db.transaction() as conn:
             await serialize(conn, _SPEND_LOCK)
-            review = await self._review_row(conn, review_id)
-            if review.status != ReviewStatus.PENDING.value:
-                raise InvalidState("review_id", f"{review_id!r} is {review.status}, not pending")
+            review = await self._pending_review(conn, review_id)
             entry = json.loads(review.requirement)
             offer = self._offer(entry)
             _path, host = _target(review.url)
@@ -969,10 +1052,9 @@ class WalletService:
 
     async def deny_review(self, review_id: str, *, actor: str = _OWNER_ACTOR, reason: str = "") -> Review:
         """The reviewer refuses a spend that went to review: nothing is signed."""
+        await self.expire_reviews()
         async with self.db.transaction() as conn:
-            review = await self._review_row(conn, review_id)
-            if review.status != ReviewStatus.PENDING.value:
-                raise InvalidState("review_id", f"{review_id!r} is {review.status}, not pending")
+            review = await self._pending_review(conn, review_id)
             entry = json.loads(review.requirement)
             why = f"denied by reviewer {actor}" + (f": {reason}" if reason else "")
             denial = Decision("deny", Rule(review.rule), why)
@@ -991,11 +1073,33 @@ class WalletService:
             await self.webhooks.enqueue(conn, EventType.PAYMENT_DENIED, event)
             return await self._review(conn, review_id)
 
+    async def expire_reviews(self, *, actor: str = "wallet") -> list[str]:
+        """Mark every pending review past its ``expires_at`` ``expired`` (nothing was reserved
+        for it, so nothing is released); audit ``payment.review_expired`` each; the ids."""
+        r = wallet_reviews
+        async with self.db.transaction() as conn:
+            due = (r.c.status == ReviewStatus.PENDING.value) & (r.c.expires_at <= self._clock())
+            rows = (await conn.execute(select(r.c.id, r.c.agent_id, r.c.intent_id, r.c.expires_at).where(due))).all()
+            if rows:
+                await conn.execute(
+                    update(r).where(r.c.id.in_([row.id for row in rows]), due)
+                    .values(status=ReviewStatus.EXPIRED.value, decided_at=utc_now(), decided_by=actor)
+                )
+            for row in rows:
+                await audit.append(conn, actor, "payment.review_expired", {
+                    "review_id": row.id, "agent_id": row.agent_id, "intent_id": row.intent_id,
+                    "expires_at": row.expires_at,
+                })
+        return [row.id for row in rows]
+
     async def review(self, review_id: str) -> Review:
+        await self.expire_reviews()
         async with self.db.snapshot() as conn:
             return await self._review(conn, review_id)
 
     async def reviews(self, *, status: ReviewStatus | None = ReviewStatus.PENDING) -> list[Review]:
+        """Reviews in ``status`` (None: all), oldest first, after expiring the overdue ones."""
+        await self.expire_reviews()
         async with self.db.snapshot() as conn:
             query = select(wallet_reviews.c.id).order_by(wallet_reviews.c.created_at)
             if status is not None:
@@ -1003,7 +1107,9 @@ class WalletService:
             return [await self._review(conn, rid) for rid in (await conn.execute(query)).scalars().all()]
 
     async def review_authorization(self, agent_id: str, review_id: str) -> Authorization:
-        """The agent's view of its review: the latest decision, with the header once approved."""
+        """The agent's view of its review: the latest decision, with the header once approved.
+        Raises ``ReviewExpired`` once it expired undecided."""
+        await self.expire_reviews()
         async with self.db.snapshot() as conn:
             review = await self._review_row(conn, review_id)
             if review.agent_id != agent_id:
@@ -1311,6 +1417,8 @@ class WalletService:
         return await self._from_review(conn, review, replayed=True)
 
     async def _from_review(self, conn: AsyncConnection, review: Any, *, replayed: bool) -> Authorization:
+        if review.status == ReviewStatus.EXPIRED.value:
+            raise ReviewExpired("review_id", f"{review.id!r} expired undecided; ask again with a new idempotency key")
         decision = (await conn.execute(select(wallet_decisions).where(wallet_decisions.c.id == review.decision_id))).one()
         amount = int(json.loads(review.requirement)["amount"])
         if review.status == ReviewStatus.APPROVED.value:
@@ -1370,6 +1478,16 @@ class WalletService:
             raise NotFound("review_id", f"no review {review_id!r}")
         return row
 
+    async def _pending_review(self, conn: AsyncConnection, review_id: str) -> Any:
+        """The review row if a reviewer may still decide it; ``ReviewExpired`` or ``InvalidState``."""
+        review = await self._review_row(conn, review_id)
+        overdue = review.expires_at is not None and review.expires_at <= self._clock()
+        if review.status == ReviewStatus.EXPIRED.value or (review.status == ReviewStatus.PENDING.value and overdue):
+            raise ReviewExpired("review_id", f"{review_id!r} expired undecided")
+        if review.status != ReviewStatus.PENDING.value:
+            raise InvalidState("review_id", f"{review_id!r} is {review.status}, not pending")
+        return review
+
     async def _payment_row(self, conn: AsyncConnection, payment_id: str) -> Any:
         row = (await conn.execute(select(wallet_payments).where(wallet_payments.c.payment_id == payment_id))).first()
         if row is None:
@@ -1409,7 +1527,7 @@ class WalletService:
             id=row.id, agent_id=row.agent_id, intent_id=row.intent_id, status=ReviewStatus(row.status),
             rule=row.rule, url=row.url, method=row.method, amount=int(entry["amount"]),
             payee=to_checksum_address(entry["payTo"]), created_at=row.created_at, payment_id=row.payment_id,
-            decided_by=row.decided_by,
+            decided_by=row.decided_by, expires_at=row.expires_at,
         )
 
     async def _rules(self, conn: AsyncConnection, agent_id: str | None) -> Rules:
@@ -1460,15 +1578,15 @@ class WalletService:
                 "reclaimed": reclaimed, "reason": reason,
             })
 
-    async def _register(self, intent_id: str, signed: SignedIntent) -> bool:
+    async def _register(self, intent_id: str, signed: SignedIntent, *, actor: str = "wallet") -> bool:
         """Register on chain, then record the outcome; never raises for a chain failure."""
         assert self.chain is not None
         try:
             await asyncio.to_thread(self.chain.register_intent, signed)
         except Exception as exc:  # the chain's errors vary (EscrowError, RPC); record, go on
-            await self._chain_outcome(intent_id, "intent.register_failed", {"error": _short(exc)})
+            await self._chain_outcome(intent_id, "intent.register_failed", {"error": _short(exc)}, actor=actor)
             return False
-        await self._chain_outcome(intent_id, "intent.registered", {}, registered_at=utc_now())
+        await self._chain_outcome(intent_id, "intent.registered", {}, actor=actor, registered_at=utc_now())
         return True
 
     async def _revoke_on_chain(self, rows: Sequence[Any]) -> None:
@@ -1488,11 +1606,13 @@ class WalletService:
                 continue
             await self._chain_outcome(row.id, "intent.chain_revoked", {}, chain_revoked_at=utc_now())
 
-    async def _chain_outcome(self, intent_id: str, action: str, payload: dict[str, Any], **values: Any) -> None:
+    async def _chain_outcome(
+        self, intent_id: str, action: str, payload: dict[str, Any], *, actor: str = "wallet", **values: Any
+    ) -> None:
         async with self.db.transaction() as conn:
             if values:
                 await conn.execute(update(wallet_intents).where(wallet_intents.c.id == intent_id).values(**values))
-            await audit.append(conn, "wallet", action, {"intent_id": intent_id, **payload})
+            await audit.append(conn, actor, action, {"intent_id": intent_id, **payload})
 
 
 # ---------------------------------------------------------------------------------------------

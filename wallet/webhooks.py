@@ -28,11 +28,20 @@ connection error is a failed attempt, retried after ``backoff · 2^(n-1)`` secon
 dies mid-send leaves its claim to expire after ``lease`` seconds; the delivery is then sent
 again (at least once, as the spec expects: receivers dedupe on ``webhook-id``).
 
-Secrets never leave this module except in the ``Endpoint`` returned by ``add_endpoint`` and
-``endpoints`` (``repr`` hides them). They are never logged and never sent. They are stored in
-the clear: a signer needs the secret itself, not a hash of it. Note that aiosqlite logs every
-statement with its bound parameters at DEBUG (``add_endpoint``'s INSERT included): a service
-must keep the ``aiosqlite`` logger at INFO or above.
+Secrets leave this module once: in the ``Endpoint`` returned by ``Webhooks.add_endpoint``
+(``repr`` hides it); ``endpoints`` lists endpoints without them. They are never logged and
+never sent. At rest each is sealed with ``keys.Sealer`` (AES-256-GCM under ``AEP2_WALLET_KEY``)
+bound to its endpoint id (``keys.webhook_secret_aad``): a signer needs the secret itself, so
+it is encrypted rather than hashed, and a copy of the database alone does not reveal it.
+
+Targets (SSRF). An endpoint URL must be http(s) with a host and no credentials. Unless the
+operator sets ``allow_private_targets`` (local receivers, tests), every address its host
+resolves to must be globally routable (``ipaddress``'s ``is_global``: no loopback, private,
+link-local, so no cloud metadata service at 169.254.169.254, shared, reserved or multicast
+address, IPv4 embedded in IPv6 included). This is checked when the endpoint is added and again
+before every attempt, and the attempt then connects to the address just checked (the URL's
+host goes in ``Host`` and in TLS's SNI), so a DNS answer that changes after the check (DNS
+rebinding) cannot redirect a delivery.
 
 Tables (registered on ``wallet.db.metadata``, created by ``Database.create()`` once this module
 has been imported): ``webhook_endpoints``, ``webhook_deliveries``, ``webhook_attempts``.
@@ -42,18 +51,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import json
 import logging
 import random
 import secrets
+import socket
 import time
 import uuid
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import httpx
 from sqlalchemy import (
@@ -64,6 +75,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Table,
     Text,
@@ -74,8 +86,10 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 from standardwebhooks import Webhook
 
+from . import audit
 from .audit import redact
 from .db import Database, metadata
+from .keys import Sealer, UnsealError, webhook_secret_aad
 
 __all__ = [
     "EventType",
@@ -84,8 +98,8 @@ __all__ = [
     "Delivery",
     "Attempt",
     "Webhooks",
-    "add_endpoint",
-    "set_endpoint_active",
+    "TargetRefused",
+    "check_url",
     "endpoints",
     "deliveries",
     "attempts",
@@ -130,10 +144,11 @@ webhook_endpoints = Table(
     metadata,
     Column("id", String(40), primary_key=True),  # ep_…
     Column("url", Text, nullable=False),
-    Column("secret", String(100), nullable=False),  # whsec_…; never logged, never sent
+    Column("sealed_secret", LargeBinary, nullable=False),  # keys.Sealer blob of the whsec_… text
     Column("event_types", Text, nullable=False),  # JSON array of EventType values, sorted
     Column("active", Boolean, nullable=False),
     Column("created_at", String(32), nullable=False),
+    Column("removed_at", String(32), nullable=True),  # removed endpoints stay for the delivery log
     CheckConstraint("url <> ''", name="webhook_endpoints_url_nonempty"),
 )
 
@@ -181,7 +196,8 @@ webhook_attempts = Table(
 class Endpoint:
     """A subscription: ``url`` receives the ``event_types`` while ``active``.
 
-    ``secret`` (``whsec_…``) is what the receiver verifies with; it is left out of ``repr``.
+    ``secret`` (``whsec_…``) is what the receiver verifies with: set only in the answer to
+    ``Webhooks.add_endpoint`` (None in listings), and left out of ``repr``.
     """
 
     id: str
@@ -189,7 +205,8 @@ class Endpoint:
     event_types: frozenset[EventType]
     active: bool
     created_at: str
-    secret: str = field(repr=False)
+    removed_at: str | None = None
+    secret: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,64 +277,87 @@ def _event_types(values: Collection[str]) -> frozenset[EventType]:
         raise ValueError(f"event_types: {exc}; expected some of {[e.value for e in EventType]}") from None
 
 
-async def add_endpoint(
-    conn: AsyncConnection,
-    url: str,
-    event_types: Collection[str],
-    *,
-    secret: str | None = None,
-    now: datetime | None = None,
-) -> Endpoint:
-    """Subscribe ``url`` (http or https) to ``event_types``; returns it with its new secret.
+class TargetRefused(ValueError):
+    """An endpoint URL the wallet will not send to: not http(s), credentials in it, no host,
+    or (without ``allow_private_targets``) a host that is or resolves to a non-global address.
+    The message starts with ``url:``."""
 
-    ``secret`` defaults to ``new_secret()``; one given must be a valid ``whsec_`` secret.
-    Raises ``ValueError`` naming the bad argument.
-    """
-    parts = urlsplit(url)
+
+def check_url(url: str) -> SplitResult:
+    """The parts of ``url`` if it is an absolute http(s) URL with a host and no credentials;
+    ``TargetRefused`` otherwise (the message never echoes a password)."""
+    if not isinstance(url, str):
+        raise TargetRefused(f"url: expected a string, got {type(url).__name__}")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises for a malformed port)
+    except ValueError:
+        raise TargetRefused("url: not a valid URL") from None
+    if parts.username is not None or parts.password is not None:
+        raise TargetRefused("url: credentials in the URL are refused (the secret signs the request)")
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"url: expected an absolute http(s) URL, got {url!r}")
-    types = _event_types(event_types)
-    if secret is None:
-        secret = new_secret()
-    else:
-        _check_secret(secret)
-    endpoint = Endpoint(
-        id=f"ep_{uuid.uuid4().hex}",
-        url=url,
-        event_types=types,
-        active=True,
-        created_at=_iso(now or _utc()),
-        secret=secret,
-    )
-    await conn.execute(
-        webhook_endpoints.insert().values(
-            id=endpoint.id,
-            url=endpoint.url,
-            secret=secret,
-            event_types=json.dumps(sorted(types)),
-            active=True,
-            created_at=endpoint.created_at,
+        raise TargetRefused(f"url: expected an absolute http(s) URL, got {url!r}")
+    return parts
+
+
+#: ``resolve(host, port)``: the IP addresses (text) ``host`` resolves to; raises ``OSError``.
+Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
+
+
+async def _getaddrinfo(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+# Refused whatever ``is_global`` says: its tables differ across Python patch releases (3.11.7
+# calls 192.0.0.8 global), and none of these is a place a webhook receiver lives.
+_SPECIAL_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in ("0.0.0.0/8", "100.64.0.0/10", "192.0.0.0/24", "198.18.0.0/15", "240.0.0.0/4",
+              "64:ff9b:1::/48", "2001::/23", "2001:db8::/32")
+)
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # the well-known NAT64 prefix embeds an IPv4 address
+
+
+def _refused_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether a delivery must not reach ``address``: anything not globally routable,
+    looking through IPv4 embedded in IPv6 (mapped, NAT64, 6to4, Teredo)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        nat64 = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF) if address in _NAT64 else None
+        embedded = [address.ipv4_mapped, nat64, address.sixtofour, address.teredo[1] if address.teredo else None]
+        if any(inner is not None and _refused_address(inner) for inner in embedded):
+            return True
+    special = any(address in network for network in _SPECIAL_NETWORKS if network.version == address.version)
+    return special or not address.is_global or address.is_multicast
+
+
+async def _public_addresses(parts: SplitResult, resolve: Resolver) -> list[str]:
+    """Every address of ``parts.hostname``, all global; ``TargetRefused`` otherwise."""
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        addresses = [ipaddress.ip_address(host)]
+    except ValueError:
+        try:
+            addresses = [ipaddress.ip_address(a.split("%", 1)[0]) for a in await resolve(host, port)]
+        except (OSError, ValueError) as exc:
+            raise TargetRefused(f"url: cannot resolve {host!r}: {type(exc).__name__}") from None
+    if not addresses:
+        raise TargetRefused(f"url: {host!r} resolves to no address")
+    refused = sorted({str(a) for a in addresses if _refused_address(a)})
+    if refused:
+        raise TargetRefused(
+            f"url: {host!r} resolves to non-public {', '.join(refused)} (allow_private_targets is off)"
         )
-    )
-    return endpoint
+    return [str(a) for a in addresses]
 
 
-async def set_endpoint_active(conn: AsyncConnection, endpoint_id: str, active: bool) -> None:
-    """Pause or resume an endpoint. While paused, its pending deliveries wait (none is sent).
-
-    Raises ``KeyError`` if there is no such endpoint.
-    """
-    result = await conn.execute(
-        update(webhook_endpoints).where(webhook_endpoints.c.id == endpoint_id).values(active=active)
-    )
-    if result.rowcount != 1:
-        raise KeyError(endpoint_id)
-
-
-async def endpoints(conn: AsyncConnection) -> list[Endpoint]:
-    """Every endpoint, oldest first."""
-    rows = await conn.execute(select(webhook_endpoints).order_by(webhook_endpoints.c.created_at))
-    return [_endpoint(row) for row in rows.mappings()]
+async def endpoints(conn: AsyncConnection, *, include_removed: bool = False) -> list[Endpoint]:
+    """Every endpoint, oldest first, without secrets; removed ones only with ``include_removed``."""
+    query = select(webhook_endpoints).order_by(webhook_endpoints.c.created_at)
+    if not include_removed:
+        query = query.where(webhook_endpoints.c.removed_at.is_(None))
+    return [_endpoint(row) for row in (await conn.execute(query)).mappings()]
 
 
 async def deliveries(conn: AsyncConnection, *, endpoint_id: str | None = None) -> list[Delivery]:
@@ -357,8 +397,9 @@ def envelope(event_type: EventType, data: Mapping[str, Any], at: datetime) -> st
 @dataclass(frozen=True, slots=True)
 class _Claimed:
     id: str
+    endpoint_id: str
     url: str
-    secret: str = field(repr=False)
+    sealed_secret: bytes = field(repr=False)
     event_type: str
     payload: str
     attempt: int
@@ -381,6 +422,11 @@ class Webhooks:
       flight per ``deliver_due`` call).
     - ``clock``: returns the current time (aware); ``rng``: the jitter's source. Both exist
       so tests can be deterministic.
+    - ``sealer``: seals endpoint secrets at rest (the wallet's ``keys.Sealer``).
+    - ``allow_private_targets``: let endpoints be on loopback, private or link-local
+      addresses (local receivers, tests); off, every target must be public (module docstring).
+    - ``resolve``: ``(host, port) -> addresses``, the DNS lookup (the event loop's
+      ``getaddrinfo`` by default; tests inject answers).
 
     Raises ``ValueError`` naming the option that is out of range.
     """
@@ -389,6 +435,9 @@ class Webhooks:
         self,
         db: Database,
         *,
+        sealer: Sealer,
+        allow_private_targets: bool = False,
+        resolve: Resolver = _getaddrinfo,
         http: httpx.AsyncClient | None = None,
         max_attempts: int = 12,
         backoff: float = 5.0,
@@ -411,6 +460,9 @@ class Webhooks:
         if batch < 1:
             raise ValueError(f"batch: expected ≥ 1, got {batch}")
         self.db = db
+        self.sealer = sealer
+        self.allow_private_targets = allow_private_targets
+        self._resolve = resolve
         self.max_attempts = max_attempts
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -430,6 +482,74 @@ class Webhooks:
         """Close the HTTP client if this object made it."""
         if self._owns_http:
             await self._http.aclose()
+
+    # -- endpoints ------------------------------------------------------------------------------
+
+    async def check_target(self, url: str) -> list[str]:
+        """Check ``url`` as a delivery target (module docstring, "Targets"): the addresses a
+        request may connect to, or ``[]`` when ``allow_private_targets`` skips the lookup.
+        Raises ``TargetRefused``."""
+        parts = check_url(url)
+        if self.allow_private_targets:
+            return []
+        return await _public_addresses(parts, self._resolve)
+
+    async def add_endpoint(
+        self, url: str, event_types: Collection[str], *, secret: str | None = None, actor: str = "owner"
+    ) -> Endpoint:
+        """Subscribe ``url`` to ``event_types``; the ``Endpoint`` with its secret, the only
+        time the secret is returned. The secret is sealed at rest; an audit record
+        ``webhook.endpoint_added`` names the endpoint (never the secret).
+
+        ``secret`` defaults to ``new_secret()``; one given must be a valid ``whsec_`` secret.
+        Raises ``TargetRefused`` for the URL (checked before any write: the DNS lookup holds
+        no lock) and ``ValueError`` / ``TypeError`` naming the bad argument.
+        """
+        types = _event_types(event_types)
+        if secret is None:
+            secret = new_secret()
+        else:
+            _check_secret(secret)
+        await self.check_target(url)
+        endpoint_id = f"ep_{uuid.uuid4().hex}"
+        endpoint = Endpoint(endpoint_id, url, types, True, _iso(self._clock()), secret=secret)
+        sealed = self.sealer.seal(secret.encode(), aad=webhook_secret_aad(endpoint_id))
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                webhook_endpoints.insert().values(
+                    id=endpoint_id, url=url, sealed_secret=sealed, event_types=json.dumps(sorted(types)),
+                    active=True, created_at=endpoint.created_at,
+                )
+            )
+            await audit.append(conn, actor, "webhook.endpoint_added",
+                               {"endpoint_id": endpoint_id, "url": url, "event_types": sorted(types)})
+        return endpoint
+
+    async def set_endpoint_active(self, endpoint_id: str, active: bool, *, actor: str = "owner") -> None:
+        """Pause or resume an endpoint. While paused, its pending deliveries wait (none is sent).
+
+        Raises ``KeyError`` if there is no such endpoint (or it was removed).
+        """
+        await self._change_endpoint(endpoint_id, {"active": active}, actor,
+                                    "webhook.endpoint_resumed" if active else "webhook.endpoint_paused")
+
+    async def remove_endpoint(self, endpoint_id: str, *, actor: str = "owner") -> None:
+        """Stop sending to an endpoint for good: it is marked removed and inactive, and its
+        pending deliveries are never sent; its delivery log stays. Raises ``KeyError``."""
+        values = {"active": False, "removed_at": _iso(self._clock())}
+        await self._change_endpoint(endpoint_id, values, actor, "webhook.endpoint_removed")
+
+    async def _change_endpoint(self, endpoint_id: str, values: dict[str, Any], actor: str, action: str) -> None:
+        e = webhook_endpoints
+        async with self.db.transaction() as conn:
+            result = await conn.execute(
+                update(e).where(e.c.id == endpoint_id, e.c.removed_at.is_(None)).values(**values)
+            )
+            if result.rowcount != 1:
+                raise KeyError(endpoint_id)
+            await audit.append(conn, actor, action, {"endpoint_id": endpoint_id})
+
+    # -- delivery -------------------------------------------------------------------------------
 
     def retry_delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
@@ -540,37 +660,57 @@ class Webhooks:
                 )
             )
             rows = await conn.execute(
-                select(d.c.id, d.c.event_type, d.c.payload, d.c.attempts, e.c.url, e.c.secret)
+                select(d.c.id, d.c.event_type, d.c.payload, d.c.attempts, e.c.id.label("endpoint_id"), e.c.url,
+                       e.c.sealed_secret)
                 .join(e, e.c.id == d.c.endpoint_id)
                 .where(d.c.claim_token == token)
             )
             return [
-                _Claimed(r.id, r.url, r.secret, r.event_type, r.payload, r.attempts, token) for r in rows
+                _Claimed(r.id, r.endpoint_id, r.url, r.sealed_secret, r.event_type, r.payload, r.attempts, token)
+                for r in rows
             ]
 
-    async def _send(self, claimed: _Claimed, at: datetime) -> Attempt:
-        """One signed POST, then its outcome written to the log and the delivery."""
+    async def _request(self, claimed: _Claimed, at: datetime) -> httpx.Request:
+        """The signed POST, aimed at an address just checked (DNS rebinding): the URL's host
+        is replaced by the address and kept in ``Host`` and, for https, in TLS's SNI (so the
+        certificate is still verified for the name). Raises ``TargetRefused`` or ``UnsealError``."""
+        secret = self.sealer.open(claimed.sealed_secret, aad=webhook_secret_aad(claimed.endpoint_id)).decode()
         headers = {
             "content-type": "application/json",
             "webhook-id": claimed.id,
             "webhook-timestamp": str(int(at.timestamp())),
-            "webhook-signature": Webhook(claimed.secret).sign(claimed.id, at, claimed.payload),
+            "webhook-signature": Webhook(secret).sign(claimed.id, at, claimed.payload),
         }
+        del secret
+        addresses = await self.check_target(claimed.url)
+        url = httpx.URL(claimed.url)
+        extensions: dict[str, Any] = {}
+        if addresses:
+            headers["host"] = url.netloc.decode("ascii")
+            if url.scheme == "https":
+                extensions["sni_hostname"] = url.host
+            url = url.copy_with(host=addresses[0])
+        return self._http.build_request(
+            "POST", url, content=claimed.payload.encode(), headers=headers, extensions=extensions
+        )
+
+    async def _send(self, claimed: _Claimed, at: datetime) -> Attempt:
+        """One signed POST, then its outcome written to the log and the delivery."""
         status: int | None = None
         error: str | None = None
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout):
-                async with self._http.stream(
-                    "POST",
-                    claimed.url,
-                    content=claimed.payload.encode(),
-                    headers=headers,
-                    follow_redirects=False,
-                ) as response:
-                    status = response.status_code  # the body is neither needed nor read
+                request = await self._request(claimed, at)
+                response = await self._http.send(request, stream=True, follow_redirects=False)
+                status = response.status_code  # the body is neither needed nor read
+                await response.aclose()
         except TimeoutError:
             error = f"timeout after {self.timeout}s"
+        except TargetRefused as exc:
+            error = f"refused target: {exc}"
+        except UnsealError:
+            error = "the endpoint's secret does not open (AEP2_WALLET_KEY changed?)"
         except Exception as exc:  # connection refused, TLS, a bad URL…: all failed attempts
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         duration = time.perf_counter() - started
@@ -644,7 +784,7 @@ def _endpoint(row: Mapping[str, Any]) -> Endpoint:
         event_types=frozenset(EventType(v) for v in json.loads(row["event_types"])),
         active=bool(row["active"]),
         created_at=row["created_at"],
-        secret=row["secret"],
+        removed_at=row["removed_at"],
     )
 
 

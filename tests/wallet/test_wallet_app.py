@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from aep2.x402 import decode_header
-from wallet import webhooks
+from wallet import audit, webhooks
 from uvicorn.logging import AccessFormatter
 
 from wallet.app import create_app, install_log_redaction
@@ -82,11 +82,12 @@ class Recorder:
 
 @pytest.fixture
 async def wallet(wallet_db, tmp_path) -> AsyncIterator[WalletService]:
-    hooks = webhooks.Webhooks(wallet_db)
+    sealer = Sealer(os.urandom(32))
+    hooks = webhooks.Webhooks(wallet_db, sealer=sealer, allow_private_targets=True)
     service = WalletService(
         wallet_db,
         owner=OwnerKeystore.create(tmp_path / "owner.json", PASSWORD, **FAST_KDF),
-        sealer=Sealer(os.urandom(32)),
+        sealer=sealer,
         deployment=OFFLINE_DEPLOYMENT,
         processor=PROCESSOR,
         webhooks=hooks,
@@ -149,6 +150,22 @@ async def test_agent_keys_and_the_owner_token_never_open_each_others_routes(clie
     problem(await client.get("/v1/intents"), 401, "unauthenticated")
     problem(await client.get("/v1/intents", headers={"Authorization": "Basic abc"}), 401, "unauthenticated")
     problem(await client.post("/v1/agents", json={"name": "x"}, headers=bearer(OWNER_TOKEN + "y")), 401, "unauthenticated")
+
+
+async def test_the_owner_rotates_an_agent_key_over_http(client):
+    agent_id, old = await new_agent(client)
+    problem(await client.post(f"/v1/agents/{agent_id}/rotate-key", headers=bearer(old)), 401, "unauthenticated")
+    rotated = await client.post(f"/v1/agents/{agent_id}/rotate-key", json={"graceSeconds": 30}, headers=owner())
+    assert rotated.status_code == 200 and rotated.headers["cache-control"] == "no-store", rotated.text
+    new = rotated.json()["apiKey"]
+    for key in (old, new):  # the old one during its grace period
+        assert (await client.get("/v1/intents", headers=bearer(key))).status_code == 200
+    now = await client.post(f"/v1/agents/{agent_id}/rotate-key", headers=owner())
+    problem(await client.get("/v1/intents", headers=bearer(new)), 401, "unauthenticated")
+    assert (await client.get("/v1/intents", headers=bearer(now.json()["apiKey"]))).status_code == 200
+    bad = await client.post(f"/v1/agents/{agent_id}/rotate-key", json={"graceSeconds": -1}, headers=owner())
+    assert problem(bad, 422, "invalid_body")["field"] == "graceSeconds"
+    problem(await client.post("/v1/agents/agt_nope/rotate-key", headers=owner()), 404, "not_found")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,6 +241,18 @@ async def test_review_waits_for_the_owner_then_the_agent_polls_the_header(client
     assert polled.status_code == 200 and polled.json()["header"], polled.text
 
 
+async def test_polling_an_expired_review_is_410(client, wallet):
+    wallet.review_ttl_seconds = 0.3
+    _agent_id, key, _intent_id = await agent_with_intent(client)
+    await client.put("/v1/rules", json={"reviewAbove": 10}, headers=owner())
+    asked = await client.post("/v1/payments/authorize", json={"requirement": requirement(), "url": URL},
+                              headers=bearer(key))
+    review_id = asked.json()["reviewId"]
+    await asyncio.sleep(0.4)
+    assert problem(await client.get(f"/v1/reviews/{review_id}", headers=bearer(key)), 410, "review_expired")["field"]
+    problem(await client.post(f"/v1/reviews/{review_id}/approve", headers=owner()), 410, "review_expired")
+
+
 async def test_the_kill_switch_over_http_stops_spending(client):
     agent_id, key, intent_id = await agent_with_intent(client)
     engaged = await client.post("/v1/kill-switch", json={"agentId": agent_id, "reason": "test"}, headers=owner())
@@ -235,6 +264,7 @@ async def test_the_kill_switch_over_http_stops_spending(client):
     assert released.status_code == 200 and released.json()["engaged"] is False
     problem(await client.post(f"/v1/intents/{intent_id}/approve", headers=owner()), 409, "invalid_state")
     problem(await client.post("/v1/intents/int_nope/deny", headers=owner()), 404, "not_found")
+    problem(await client.post(f"/v1/intents/{intent_id}/register", headers=owner()), 409, "invalid_state")
 
     drafted = [(await client.post("/v1/intents", json=DRAFT, headers=bearer(key))).json()["id"] for _ in range(2)]
     denied_intent = await client.post(f"/v1/intents/{drafted[0]}/deny", json={"reason": "no"}, headers=owner())
@@ -242,6 +272,72 @@ async def test_the_kill_switch_over_http_stops_spending(client):
     await client.post(f"/v1/intents/{drafted[1]}/approve", headers=owner())
     revoked = await client.post(f"/v1/intents/{drafted[1]}/revoke", headers=owner())
     assert revoked.status_code == 200 and revoked.json()["status"] == "revoked", revoked.text
+
+
+async def test_the_owner_reads_rules_reviews_payments_decisions(client):
+    agent_id, key, _intent_id = await agent_with_intent(client)
+    await client.put("/v1/rules", json={"reviewAbove": 1_500}, headers=owner())
+    await client.put("/v1/rules", json={"agentId": agent_id, "perTransactionCap": 3_000}, headers=owner())
+    assert (await client.get("/v1/rules", headers=owner())).json()["reviewAbove"] == 1_500
+    own = (await client.get("/v1/rules", params={"agentId": agent_id}, headers=owner())).json()
+    assert (own["perTransactionCap"], own["reviewAbove"], own["agentId"]) == (3_000, None, agent_id)
+    paid = await client.post("/v1/payments/authorize", json={"requirement": requirement(), "url": URL},
+                             headers=bearer(key))
+    await client.post("/v1/payments/authorize", json={"requirement": requirement(4_000), "url": URL},
+                      headers=bearer(key))  # denied: over the agent's cap
+    await client.put("/v1/rules", json={"agentId": agent_id, "reviewAbove": 10}, headers=owner())
+    asked = await client.post("/v1/payments/authorize", json={"requirement": requirement(), "url": URL + "/r"},
+                              headers=bearer(key))
+
+    pending = (await client.get("/v1/reviews", headers=owner())).json()["reviews"]
+    assert [r["id"] for r in pending] == [asked.json()["reviewId"]] and pending[0]["expiresAt"]
+    assert (await client.get("/v1/reviews", params={"status": "approved"}, headers=owner())).json()["reviews"] == []
+    assert len((await client.get("/v1/reviews", params={"status": "all"}, headers=owner())).json()["reviews"]) == 1
+    bad = await client.get("/v1/reviews", params={"status": "maybe"}, headers=owner())
+    assert problem(bad, 422, "invalid_request")["field"] == "status"
+    payments = (await client.get("/v1/payments", headers=owner())).json()["payments"]
+    assert [p["paymentId"] for p in payments] == [paid.json()["paymentId"]] and "header" not in payments[0]
+    assert (await client.get("/v1/payments", params={"agentId": "agt_other"}, headers=owner())).json() == {"payments": []}
+    decisions = (await client.get("/v1/decisions", params={"agentId": agent_id}, headers=owner())).json()["decisions"]
+    assert [d["outcome"] for d in decisions] == ["allow", "deny", "review"]
+    for path in ("/v1/rules", "/v1/reviews", "/v1/payments", "/v1/decisions", "/v1/webhooks"):
+        problem(await client.get(path, headers=bearer(key)), 401, "unauthenticated")
+
+
+async def test_webhook_endpoints_over_http_show_the_secret_once(client, wallet):
+    created = await client.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/hooks", "eventTypes": ["payment.settled"]},
+                                headers=owner())
+    assert created.status_code == 201 and created.headers["cache-control"] == "no-store", created.text
+    endpoint = created.json()
+    assert endpoint["secret"].startswith("whsec_") and endpoint["eventTypes"] == ["payment.settled"]
+    listed = await client.get("/v1/webhooks", headers=owner())
+    assert [e["id"] for e in listed.json()["endpoints"]] == [endpoint["id"]]
+    assert endpoint["secret"] not in listed.text and "secret" not in listed.json()["endpoints"][0]
+
+    refused = await client.post("/v1/webhooks", json={"url": "http://u:pw@127.0.0.1/x", "eventTypes": ["payment.settled"]},
+                                headers=owner())
+    assert problem(refused, 422, "invalid_request")["field"] == "url" and "pw" not in refused.json()["detail"]
+    wrong_type = await client.post("/v1/webhooks", json={"url": "https://a.example/x", "eventTypes": ["nope"]},
+                                   headers=owner())
+    assert problem(wrong_type, 422, "invalid_request")["field"] == "eventTypes"
+    strict = _strict(wallet)
+    transport = httpx.ASGITransport(app=create_app(strict, owner_token=OWNER_TOKEN))
+    async with httpx.AsyncClient(transport=transport, base_url="http://wallet.test") as http:
+        metadata = await http.post("/v1/webhooks", json={"url": "http://169.254.169.254/latest", "eventTypes": ["payment.settled"]},
+                                   headers=owner())
+        assert problem(metadata, 422, "invalid_request")["field"] == "url"
+    await strict.webhooks.aclose()
+
+    assert (await client.delete(f"/v1/webhooks/{endpoint['id']}", headers=owner())).status_code == 204
+    assert (await client.get("/v1/webhooks", headers=owner())).json() == {"endpoints": []}
+    problem(await client.delete(f"/v1/webhooks/{endpoint['id']}", headers=owner()), 404, "not_found")
+
+
+def _strict(wallet: WalletService) -> WalletService:
+    """The same service with a ``Webhooks`` that keeps the default: no private targets."""
+    strict = webhooks.Webhooks(wallet.db, sealer=wallet.sealer)
+    return WalletService(wallet.db, owner=wallet.owner, sealer=wallet.sealer, deployment=wallet.deployment,
+                         processor=wallet.processor, webhooks=strict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,6 +398,37 @@ async def test_each_credential_has_its_own_rate_limit_with_retry_after(wallet):
         problem(await client.get("/v1/audit/verify", headers=owner()), 429, "rate_limited")
 
 
+async def test_failed_authentications_brake_even_correct_credentials_until_the_window_passes(wallet):
+    app = create_app(wallet, owner_token=OWNER_TOKEN, auth_failures="3/2 seconds")
+
+    def from_client(host: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=app, client=(host, 4000))
+        return httpx.AsyncClient(transport=transport, base_url="http://wallet.test")
+
+    async with from_client("203.0.113.1") as guesser, from_client("203.0.113.2") as bystander:
+        (_a, key_a), (_b, key_b) = await new_agent(bystander, "a"), await new_agent(bystander, "b")
+        prefix_and_id, secret = key_a.split(".")
+        for n in range(3):  # guesses at agent a's secret
+            problem(await guesser.get("/v1/intents", headers=bearer(f"{prefix_and_id}.{secret[:-1]}{n}")),
+                    401, "unauthenticated")
+        braked = await guesser.get("/v1/intents", headers=bearer(key_a))  # the right key, too late
+        problem(braked, 429, "rate_limited")
+        assert 1 <= int(braked.headers["retry-after"]) <= 2
+        problem(await guesser.get("/v1/intents", headers=bearer(key_b)), 429, "rate_limited")  # the client
+        problem(await bystander.get("/v1/intents", headers=bearer(key_a)), 429, "rate_limited")  # the key id
+        assert (await bystander.get("/v1/intents", headers=bearer(key_b))).status_code == 200
+
+        for _ in range(3):  # the owner token: counted per client only
+            problem(await bystander.get("/v1/audit/verify", headers=bearer(OWNER_TOKEN + "?")), 401, "unauthenticated")
+        problem(await bystander.get("/v1/audit/verify", headers=owner()), 429, "rate_limited")
+        async with from_client("203.0.113.3") as other:
+            assert (await other.get("/v1/audit/verify", headers=owner())).status_code == 200
+
+        await asyncio.sleep(2.1)  # the window passes
+        assert (await guesser.get("/v1/intents", headers=bearer(key_a))).status_code == 200
+        assert (await bystander.get("/v1/audit/verify", headers=owner())).status_code == 200
+
+
 async def test_openapi_lists_every_path_with_its_security(client):
     document = (await client.get("/openapi.json")).json()
     assert document["openapi"].startswith("3.1")
@@ -310,7 +437,8 @@ async def test_openapi_lists_every_path_with_its_security(client):
         "/v1/payments/{payment_id}/release", "/v1/reviews/{review_id}", "/v1/agents",
         "/v1/intents/{intent_id}/approve", "/v1/intents/{intent_id}/deny", "/v1/intents/{intent_id}/revoke",
         "/v1/kill-switch", "/v1/rules", "/v1/reviews/{review_id}/approve", "/v1/reviews/{review_id}/deny",
-        "/v1/audit/verify",
+        "/v1/audit/verify", "/v1/agents/{agent_id}/rotate-key", "/v1/intents/{intent_id}/register",
+        "/v1/payments", "/v1/decisions", "/v1/reviews", "/v1/webhooks", "/v1/webhooks/{endpoint_id}",
     } == set(document["paths"])
     assert document["paths"]["/v1/agents"]["post"]["security"] == [{"ownerToken": []}]
     assert document["paths"]["/v1/intents"]["get"]["security"] == [{"agentKey": []}]
@@ -377,6 +505,107 @@ def test_uvicorn_access_lines_are_redacted_and_still_format():
 
 
 # ---------------------------------------------------------------------------------------------
+# The kill switch thrown mid-run, over HTTP
+# ---------------------------------------------------------------------------------------------
+
+
+async def kill_mid_run(http: httpx.AsyncClient, agents: list[tuple[str, str]], *, one_agent: bool) -> set[str]:
+    """Each agent (``(id, key)``) asks for payments in a loop over ``http``; once 20 are signed
+    the owner engages the switch (global, or for the first agent; no revocation: the switch
+    alone must stop them). Every call begun after that answer must be a 403 naming the
+    switch. Returns the stopped agents' ids."""
+    stopped = {agents[0][0]} if one_agent else {a for a, _k in agents}
+    engaged = asyncio.Event()
+    signed: list[str] = []
+    late: list[tuple[str, httpx.Response]] = []
+
+    async def spend(agent_id: str, key: str) -> None:
+        for n in range(10_000):
+            begun_after = engaged.is_set()
+            answer = await http.post("/v1/payments/authorize", headers=bearer(key),
+                                     json={"requirement": requirement(1), "url": f"{URL}/{agent_id}/{n}"})
+            assert answer.status_code in (200, 403), answer.text
+            if answer.status_code == 200:
+                signed.append(answer.json()["paymentId"])
+            if begun_after:
+                late.append((agent_id, answer))
+                if agent_id in stopped or len(late) > 20:
+                    return
+        raise AssertionError("the spend loop never saw the switch")
+
+    tasks = [asyncio.create_task(spend(agent_id, key)) for agent_id, key in agents]
+    while len(signed) < 20:
+        await asyncio.sleep(0.001)
+    body = {"reason": "mid-run", "revoke": False} | ({"agentId": agents[0][0]} if one_agent else {})
+    assert (await http.post("/v1/kill-switch", json=body, headers=owner())).status_code == 200
+    engaged.set()
+    await asyncio.gather(*tasks)
+    rule = "kill_switch_agent" if one_agent else "kill_switch_global"
+    for agent_id, answer in late:
+        if agent_id in stopped:
+            assert problem(answer, 403, "policy_denied")["rule"] == rule
+    return stopped
+
+
+async def assert_signed_before_the_switch(db: Database, stopped: set[str], one_agent: bool) -> None:
+    """The audit chain's order: every signature of a stopped agent precedes the switch."""
+    async with db.snapshot() as conn:
+        records = await audit.records(conn, limit=100_000)
+    [switch_at] = [r.seq for r in records if r.action == "killswitch.engaged"]
+    signed = [(r.seq, r.payload["agent_id"]) for r in records if r.action == "payment.authorized"]
+    assert any(agent in stopped for _seq, agent in signed)
+    assert all(seq < switch_at for seq, agent in signed if agent in stopped)
+    if one_agent:
+        assert any(seq > switch_at for seq, agent in signed if agent not in stopped)
+
+
+@pytest.mark.parametrize("one_agent", [False, True])
+async def test_kill_switch_mid_run_over_asgi_stops_every_later_signature(wallet, one_agent):
+    app = create_app(wallet, owner_token=OWNER_TOKEN, rate_limit="100000/second")
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://wallet.test") as http:
+            agents = [(await agent_with_intent(http, f"a{n}"))[:2] for n in range(4)]
+            stopped = await kill_mid_run(http, agents, one_agent=one_agent)
+    await assert_signed_before_the_switch(wallet.db, stopped, one_agent)
+
+
+def test_kill_switch_mid_run_over_uvicorn_stops_every_later_signature(serve, tmp_path):
+    url = f"sqlite+aiosqlite:///{tmp_path / 'live.sqlite'}"
+    keystore = OwnerKeystore.create(tmp_path / "owner.json", PASSWORD, **FAST_KDF)
+    sealer = Sealer(os.urandom(32))
+
+    def service(db: Database) -> WalletService:
+        return WalletService(db, owner=keystore, sealer=sealer, deployment=OFFLINE_DEPLOYMENT, processor=PROCESSOR,
+                             webhooks=webhooks.Webhooks(db, sealer=sealer))
+
+    async def fund() -> None:
+        async with Database(url) as db:
+            await db.create()
+            await service(db).record_deposit(10**9)
+
+    asyncio.run(fund())
+    db = Database(url)  # first used on uvicorn's event loop
+    live = service(db)
+    server = serve(create_app(live, owner_token=OWNER_TOKEN, rate_limit="100000/second"))
+
+    async def run() -> set[str]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            agents = [(await agent_with_intent(http, f"a{n}"))[:2] for n in range(4)]
+            return await kill_mid_run(http, agents, one_agent=False)
+
+    stopped = asyncio.run(run())
+    server.stop()
+
+    async def check() -> None:
+        await live.webhooks.aclose()
+        await db.aclose()
+        async with Database(url) as fresh:
+            await assert_signed_before_the_switch(fresh, stopped, one_agent=False)
+
+    asyncio.run(check())
+
+
+# ---------------------------------------------------------------------------------------------
 # A real server, and the CLI
 # ---------------------------------------------------------------------------------------------
 
@@ -390,9 +619,10 @@ def test_the_api_over_uvicorn_on_loopback(serve, tmp_path):
 
     asyncio.run(create())
     db = Database(url)  # no I/O yet: it is first used on uvicorn's event loop
+    sealer = Sealer(os.urandom(32))
     service = WalletService(
-        db, owner=OwnerKeystore.create(tmp_path / "owner.json", PASSWORD, **FAST_KDF), sealer=Sealer(os.urandom(32)),
-        deployment=OFFLINE_DEPLOYMENT, processor=PROCESSOR, webhooks=webhooks.Webhooks(db),
+        db, owner=OwnerKeystore.create(tmp_path / "owner.json", PASSWORD, **FAST_KDF), sealer=sealer,
+        deployment=OFFLINE_DEPLOYMENT, processor=PROCESSOR, webhooks=webhooks.Webhooks(db, sealer=sealer),
     )
     server = serve(create_app(service, owner_token=OWNER_TOKEN, webhook_interval=0.05))
     with httpx.Client(base_url=server.url, timeout=10) as http:
@@ -436,10 +666,14 @@ def test_cli_init_add_agent_and_audit_verify_exit_codes(tmp_path):
     assert init.returncode == 0 and init.stdout.strip().startswith("0x"), init.stderr
     added = run_cli("add-agent", "cli-agent", env=env)
     assert added.returncode == 0 and "api key:" in added.stdout, added.stderr
+    agent_id = added.stdout.split()[2]
+    rotated = run_cli("rotate-key", agent_id, "--grace", "60", env=env)
+    assert rotated.returncode == 0 and "api key:" in rotated.stdout and "in 60 s" in rotated.stdout, rotated.stderr
+    assert run_cli("rotate-key", "agt_missing", env=env).returncode == 1
     assert run_cli("kill-switch", "on", env=env).returncode == 0
     assert run_cli("approve", "int_missing", env=env).returncode == 1
     verified = run_cli("audit", "verify", env=env)
-    assert verified.returncode == 0 and verified.stdout.startswith("ok: 2 records"), verified.stderr
+    assert verified.returncode == 0 and verified.stdout.startswith("ok: 3 records"), verified.stderr
 
     with sqlite3.connect(database) as conn:  # tamper: drop the append-only trigger, edit a record
         conn.execute("DROP TRIGGER audit_log_no_update")

@@ -101,9 +101,10 @@ async def test_an_agent_pays_through_the_wallet_and_ledger_store_and_chain_agree
     keystore = tmp_path / "owner.json"
     owner = OwnerKeystore.create(keystore, "pw", private_key=payer.account.key, **FAST_KDF)
     sealer_key = Sealer.generate_key()
+    sealer = Sealer.from_env({"AEP2_WALLET_KEY": sealer_key})
     service = WalletService(
-        wallet_db, owner=owner, sealer=Sealer.from_env({"AEP2_WALLET_KEY": sealer_key}), deployment=deployment,
-        processor=processor, webhooks=webhooks.Webhooks(wallet_db), chain=payer,
+        wallet_db, owner=owner, sealer=sealer, deployment=deployment, processor=processor,
+        webhooks=webhooks.Webhooks(wallet_db, sealer=sealer), chain=payer,
     )
     try:
         await service.record_deposit(ESCROW)

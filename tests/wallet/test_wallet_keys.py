@@ -89,7 +89,7 @@ def test_exported_members() -> None:
             "OWNER_PASSWORD_ENV", "WALLET_KEY_ENV", "PREVIOUS_KEYS_ENV",
             "KeyCustodyError", "KeyConfigError", "KeystoreError", "WrongPassword",
             "UnsealError", "MalformedBlob", "UnknownKeyId", "AadMismatch", "BlobTampered",
-            "OwnerKeystore", "Sealer", "session_key_aad", "ApiKeyRecord", "issue_api_key",
+            "OwnerKeystore", "Sealer", "session_key_aad", "webhook_secret_aad", "ApiKeyRecord", "issue_api_key",
             "parse_api_key", "verify_api_key", "averify_api_key", "redact_api_key",
             "redact_secrets", "RedactingFilter",
         ]
@@ -630,3 +630,42 @@ def test_logging_filter_removes_secrets_from_captured_log(caplog: pytest.LogCapt
             assert secret not in record.getMessage()
             assert secret not in (record.exc_text or "")
     assert "Traceback" in text and "ValueError: could not use [redacted:hex]" in text
+
+
+_SECRET_PIECES = [
+    "aep2_0123456789abcdef." + "S" * 43,  # an API key
+    "0x" + OWNER_KEY.hex(),
+    OWNER_KEY.hex(),
+]
+_ORDINARY_PIECES = ["/v1/intents", "GET", "?city=paris", "127.0.0.1:5000", "1.1"]
+
+
+@given(
+    path=st.lists(st.sampled_from(_SECRET_PIECES + _ORDINARY_PIECES), min_size=1, max_size=4).map("/".join),
+    client=st.sampled_from(_SECRET_PIECES + _ORDINARY_PIECES),
+    status=st.sampled_from([200, 401, 404, 500]),
+)
+def test_redacting_filter_keeps_uvicorn_access_args_and_masks_them(path: str, client: str, status: int) -> None:
+    """uvicorn's ``AccessFormatter`` unpacks exactly five args: the one filter must keep them."""
+    from uvicorn.logging import AccessFormatter
+
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+                               (client, "GET", path, "1.1", status), None)
+    assert RedactingFilter().filter(record)
+    assert isinstance(record.args, tuple) and len(record.args) == 5
+    line = AccessFormatter('%(client_addr)s "%(request_line)s" %(status_code)s', use_colors=False).format(record)
+    assert f'"GET {redact_secrets(path)} HTTP/1.1" {status}' in line
+    for secret in ("S" * 43, OWNER_KEY.hex()):
+        assert secret not in line
+
+
+def test_redacting_filter_leaves_clean_records_alone_and_falls_back_for_object_args() -> None:
+    clean = logging.LogRecord("x", logging.INFO, __file__, 1, "paid %d to %s", (5, "0xabc"), None)
+    RedactingFilter().filter(clean)
+    assert (clean.msg, clean.args) == ("paid %d to %s", (5, "0xabc"))
+    named = logging.LogRecord("x", logging.INFO, __file__, 1, "key %(k)s n %(n)d", ({"k": _SECRET_PIECES[0], "n": 1},), None)
+    RedactingFilter().filter(named)
+    assert named.getMessage() == "key aep2_0123456789abcdef.[redacted] n 1" and isinstance(named.args, dict)
+    blob = logging.LogRecord("x", logging.INFO, __file__, 1, "sealed %r", (b"\x01" * 40,), None)
+    RedactingFilter().filter(blob)  # bytes: only formatting the message can mask them
+    assert (blob.getMessage(), blob.args) == ("sealed b'[redacted]'", ())

@@ -43,8 +43,9 @@ DRAFT = {"budget": 100_000, "purpose": "forecasts", "duration_seconds": 3600, "p
 
 def new_service(db: Database, tmp_path: Path) -> WalletService:
     owner = OwnerKeystore.create(tmp_path / f"owner-{os.urandom(4).hex()}.json", "pw", **FAST_KDF)
-    return WalletService(db, owner=owner, sealer=Sealer(os.urandom(32)), deployment=OFFLINE_DEPLOYMENT,
-                         processor=PROCESSOR, webhooks=webhooks.Webhooks(db))
+    sealer = Sealer(os.urandom(32))
+    return WalletService(db, owner=owner, sealer=sealer, deployment=OFFLINE_DEPLOYMENT, processor=PROCESSOR,
+                         webhooks=webhooks.Webhooks(db, sealer=sealer))
 
 
 async def funded_agent(service: WalletService, **draft: Any) -> tuple[str, str]:
@@ -217,7 +218,7 @@ def test_a_sync_client_pays_over_real_http(serve, tmp_path):
     def service_on(db: Database) -> WalletService:
         owner = OwnerKeystore.load(keystore, "pw")
         return WalletService(db, owner=owner, sealer=sealer, deployment=OFFLINE_DEPLOYMENT, processor=PROCESSOR,
-                             webhooks=webhooks.Webhooks(db))
+                             webhooks=webhooks.Webhooks(db, sealer=sealer))
 
     async def prepare() -> tuple[str, str]:
         OwnerKeystore.create(keystore, "pw", **FAST_KDF)

@@ -26,11 +26,14 @@ from wallet import audit, ledger, webhooks
 from wallet.keys import OwnerKeystore, Sealer, parse_api_key, session_key_aad
 from wallet.policy import Rules
 from wallet.service import (
+    ChainFailure,
     IdempotencyConflict,
     IntentStatus,
+    InvalidRequest,
     InvalidState,
     NoMatchingIntent,
     PaymentStatus,
+    ReviewExpired,
     ReviewStatus,
     Unauthenticated,
     WalletService,
@@ -64,18 +67,29 @@ class Clock:
 
 
 class FakeRegistry:
-    """Records the chain calls (``payer.Escrow``'s two methods)."""
+    """Records the chain calls. ``failures``: how many registrations fail next; ``on_chain``:
+    the ids the contract knows (the processor may register one behind the wallet's back)."""
 
     def __init__(self) -> None:
         self.registered: list[bytes] = []
         self.revoked: list[bytes] = []
+        self.failures = 0
+        self.on_chain: set[bytes] = set()
 
     def register_intent(self, signed_intent: Any) -> bytes:
-        self.registered.append(signed_intent.intent.intent_id)
-        return signed_intent.intent.intent_id
+        intent_id = signed_intent.intent.intent_id
+        if self.failures or intent_id in self.on_chain:
+            self.failures = max(0, self.failures - 1)
+            raise RuntimeError("registerIntent reverted" if intent_id in self.on_chain else "RPC timeout")
+        self.registered.append(intent_id)
+        self.on_chain.add(intent_id)
+        return intent_id
 
     def revoke_intent(self, intent_id: bytes) -> None:
         self.revoked.append(intent_id)
+
+    def is_registered(self, intent_id: bytes) -> bool:
+        return intent_id in self.on_chain
 
 
 def requirement(amount: int = FORECAST_PRICE, **overrides: Any) -> dict[str, Any]:
@@ -106,19 +120,19 @@ def registry() -> FakeRegistry:
 @pytest.fixture
 async def wallet(wallet_db, tmp_path, clock, registry):
     owner = OwnerKeystore.create(tmp_path / "owner.json", PASSWORD, **FAST_KDF)
-    hooks = webhooks.Webhooks(wallet_db)
+    sealer = Sealer(os.urandom(32))
+    hooks = webhooks.Webhooks(wallet_db, sealer=sealer, allow_private_targets=True)  # owner.example: no DNS
     service = WalletService(
         wallet_db,
         owner=owner,
-        sealer=Sealer(os.urandom(32)),
+        sealer=sealer,
         deployment=OFFLINE_DEPLOYMENT,
         processor=PROCESSOR,
         webhooks=hooks,
         chain=registry,
         clock=clock,
     )
-    async with wallet_db.transaction() as conn:
-        await webhooks.add_endpoint(conn, "https://owner.example/hooks", [e.value for e in webhooks.EventType])
+    await hooks.add_endpoint("https://owner.example/hooks", [e.value for e in webhooks.EventType])
     await service.record_deposit(10**9)
     yield service
     await hooks.aclose()
@@ -201,6 +215,68 @@ async def test_authenticate_refuses_anything_but_the_issued_key(wallet):
     for presented in (None, "", api_key + "x", f"{prefix}{key_id}.{secret[:-1]}A", f"{prefix}{'0' * 16}.{secret}"):
         with pytest.raises(Unauthenticated):
             await wallet.authenticate(presented)
+
+
+async def test_a_rotated_key_stops_at_once_or_after_its_grace_period(wallet, clock):
+    agent_id, first = await wallet.add_agent("a")
+    other_id, other_key = await wallet.add_agent("b")
+    second = await wallet.rotate_api_key(agent_id)
+    assert second.agent_id == agent_id and second.api_key != first
+    with pytest.raises(Unauthenticated):
+        await wallet.authenticate(first)
+    assert await wallet.authenticate(second.api_key) == agent_id
+
+    third = await wallet.rotate_api_key(agent_id, grace_seconds=60)
+    assert {await wallet.authenticate(k) for k in (second.api_key, third.api_key)} == {agent_id}
+    clock.offset = 59.9
+    assert await wallet.authenticate(second.api_key) == agent_id
+    clock.offset = 60
+    with pytest.raises(Unauthenticated):  # the grace is over
+        await wallet.authenticate(second.api_key)
+    clock.offset = 0
+    fourth = await wallet.rotate_api_key(agent_id, grace_seconds=60)
+    for stale in (first, second.api_key):  # only the key just replaced gets a grace period
+        with pytest.raises(Unauthenticated):
+            await wallet.authenticate(stale)
+    assert {await wallet.authenticate(k) for k in (third.api_key, fourth.api_key)} == {agent_id}
+    assert await wallet.authenticate(other_key) == other_id
+    for bad in (-1, 604_801, True, 1.5):
+        with pytest.raises(InvalidRequest):
+            await wallet.rotate_api_key(agent_id, grace_seconds=bad)
+    async with wallet.db.snapshot() as conn:
+        rotated = [r.payload for r in await audit.records(conn, limit=1000) if r.action == "agent.key_rotated"]
+    assert [p["key_id"] for p in rotated] == [second.key_id, third.key_id, fourth.key_id]
+    assert all(fourth.api_key.split(".")[1] not in json.dumps(p) for p in rotated)
+
+
+async def test_a_failed_registration_is_retried_until_the_chain_has_it(wallet, registry):
+    registry.failures = 2
+    agent_id, _key, intent_id = await agent_with_intent(wallet)  # approval's registration fails
+    assert (await wallet.intent(intent_id)).registered_at is None
+    with pytest.raises(ChainFailure):  # the chain still fails, and does not know the intent
+        await wallet.retry_registration(intent_id)
+    record = await wallet.retry_registration(intent_id)
+    assert record.registered_at is not None and record.status is IntentStatus.ACTIVE
+    assert (await wallet.retry_registration(intent_id)).registered_at == record.registered_at
+    assert len(registry.registered) == 1  # once registered, never sent again
+
+    # The processor registered this one first: the retry finds it on chain and records it.
+    registry.failures = 1
+    _b, _k, other = await agent_with_intent(wallet, "b")
+    registry.on_chain.add(bytes.fromhex((await wallet.intent(other)).chain_intent_id[2:]))
+    assert (await wallet.retry_registration(other)).registered_at is not None
+    async with wallet.db.snapshot() as conn:
+        actions = [(r.action, r.payload.get("found_on_chain")) for r in await audit.records(conn, limit=1000)
+                   if r.action.startswith("intent.regist")]
+    assert actions == [("intent.register_failed", None)] * 2 + [("intent.registered", None)] + [
+        ("intent.register_failed", None), ("intent.register_failed", None), ("intent.registered", True)]
+
+    pending = await wallet.draft_intent(agent_id, budget=10, purpose="x", duration_seconds=60, per_payment_cap=1)
+    with pytest.raises(InvalidState):
+        await wallet.retry_registration(pending.id)
+    wallet.chain = None
+    with pytest.raises(InvalidState, match="no chain"):
+        await wallet.retry_registration(intent_id)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,6 +386,49 @@ async def test_a_review_waits_for_the_owner_and_is_evaluated_again(wallet):
     assert (await wallet.review_authorization(agent_id, asked.review_id)).outcome == "deny"
 
 
+async def test_an_undecided_review_expires_and_can_no_longer_be_signed(wallet, clock):
+    agent_id, _key, _intent = await agent_with_intent(wallet, duration_seconds=86_400)
+    await wallet.set_rules(Rules(review_above=0))
+    early = await wallet.authorize_payment(agent_id, requirement(), URL, idempotency_key="early")
+    late = await wallet.authorize_payment(agent_id, requirement(), URL + "/2", idempotency_key="late")
+    clock.offset = 3599.9  # just inside the hour
+    assert (await wallet.approve_review(early.review_id)).allowed
+    assert await wallet.expire_reviews() == []
+    clock.offset = 3600  # the boundary: expired
+    with pytest.raises(ReviewExpired):
+        await wallet.approve_review(late.review_id)
+    record = await wallet.review(late.review_id)
+    assert record.status is ReviewStatus.EXPIRED and record.payment_id is None
+    for attempt in (
+        wallet.review_authorization(agent_id, late.review_id),
+        wallet.authorize_payment(agent_id, requirement(), URL + "/2", idempotency_key="late"),
+        wallet.deny_review(late.review_id),
+    ):
+        with pytest.raises(ReviewExpired, match="expired"):
+            await attempt
+    assert (await wallet.review(early.review_id)).status is ReviewStatus.APPROVED  # decided in time
+    assert await reservations(wallet) == 1  # the expired one never reserved anything
+    assert [r.id for r in await wallet.reviews(status=ReviewStatus.EXPIRED)] == [late.review_id]
+    async with wallet.db.snapshot() as conn:
+        expired = [r.payload for r in await audit.records(conn, limit=1000) if r.action == "payment.review_expired"]
+    assert [p["review_id"] for p in expired] == [late.review_id]
+
+
+async def test_a_review_overdue_but_not_yet_swept_is_refused_in_the_same_transaction(wallet, clock):
+    agent_id, _key, _intent = await agent_with_intent(wallet, duration_seconds=86_400)
+    await wallet.set_rules(Rules(review_above=0))
+    asked = await wallet.authorize_payment(agent_id, requirement(), URL)
+    wallet.expire_reviews = _no_sweep  # the sweep missed it (a clock step between the two)
+    clock.offset = 4000
+    with pytest.raises(ReviewExpired):
+        await wallet.approve_review(asked.review_id)
+    assert await reservations(wallet) == 0
+
+
+async def _no_sweep(**_options: Any) -> list[str]:
+    return []
+
+
 async def test_a_released_payment_stops_counting(wallet):
     agent_id, _key, intent_id = await agent_with_intent(wallet)
     await wallet.set_rules(Rules(daily_cap=1_000))
@@ -396,9 +515,10 @@ async def test_the_audit_verifies_and_nothing_carries_a_secret(wallet):
 async def test_approval_registers_and_revocation_revokes_on_anvil(wallet_db, tmp_path, deployment, make_payer):
     payer = make_payer(escrow=100_000)  # a payer.Escrow: the wallet's IntentRegistry
     owner = OwnerKeystore.create(tmp_path / "owner.json", PASSWORD, private_key=payer.account.key, **FAST_KDF)
-    hooks = webhooks.Webhooks(wallet_db)
+    sealer = Sealer(os.urandom(32))
+    hooks = webhooks.Webhooks(wallet_db, sealer=sealer)
     service = WalletService(
-        wallet_db, owner=owner, sealer=Sealer(os.urandom(32)), deployment=deployment,
+        wallet_db, owner=owner, sealer=sealer, deployment=deployment,
         processor=payer.processor, webhooks=hooks, chain=payer,
     )
     try:
@@ -419,3 +539,84 @@ async def test_approval_registers_and_revocation_revokes_on_anvil(wallet_db, tmp
         assert (await audit.verify(wallet_db)).ok
     finally:
         await hooks.aclose()
+
+
+# ---------------------------------------------------------------------------------------------
+# The kill switch thrown mid-run
+# ---------------------------------------------------------------------------------------------
+
+
+async def audit_positions(wallet: WalletService) -> dict[str, list[tuple[int, dict[str, Any]]]]:
+    """action -> ``[(seq, payload)]``, in chain order: the witness of what happened when."""
+    async with wallet.db.snapshot() as conn:
+        records = await audit.records(conn, limit=100_000)
+    positions: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    for record in records:
+        positions.setdefault(record.action, []).append((record.seq, record.payload))
+    return positions
+
+
+@pytest.mark.parametrize(("scope", "revoke"), [("global", False), ("agent", True)])
+async def test_no_mandate_is_signed_after_the_kill_switch_returns(wallet, scope, revoke):
+    """Five agents spend in a loop and a reviewer approves queued reviews while the owner
+    throws the switch. Every signature (from either path) sits before the switch in the audit
+    chain, and every call begun after ``engage_kill_switch`` returned is denied."""
+    agents = [(await agent_with_intent(wallet, f"a{n}", budget=10**6, per_payment_cap=10))[0] for n in range(5)]
+    stopped = agents if scope == "global" else agents[:1]
+    await wallet.set_rules(Rules(review_above=5))
+    queued = [(a, await wallet.authorize_payment(a, requirement(6), f"{URL}/review/{a}/{i}"))
+              for a in agents for i in range(4)]
+    assert {q.outcome for _a, q in queued} == {"review"}
+
+    engaged = asyncio.Event()
+    late: list[tuple[str, Any]] = []  # (agent, answer) of the calls begun after engage returned
+    allowed: list[Any] = []
+    straddling = 0  # calls begun before engage returned that answered after it: in flight
+
+
+    async def spend(agent_id: str) -> None:
+        nonlocal straddling
+        for n in range(10_000):
+            begun_after = engaged.is_set()
+            answer = await wallet.authorize_payment(agent_id, requirement(1), f"{URL}/{agent_id}/{n}")
+            straddling += engaged.is_set() and not begun_after
+            if answer.allowed:
+                allowed.append(answer)
+            if begun_after:
+                late.append((agent_id, answer))
+                if agent_id in stopped or len(late) > 20:
+                    return
+        raise AssertionError("the spend loop never saw the switch")
+
+    async def review() -> None:
+        for agent_id, item in queued:
+            begun_after = engaged.is_set()
+            answer = await wallet.approve_review(item.review_id)
+            if answer.allowed:
+                allowed.append(answer)
+            if begun_after:
+                late.append((agent_id, answer))
+            await asyncio.sleep(0)
+
+    tasks = [asyncio.create_task(spend(a)) for a in agents] + [asyncio.create_task(review())]
+    while len(allowed) < 20:
+        await asyncio.sleep(0.001)
+    await wallet.engage_kill_switch(agent_id=None if scope == "global" else stopped[0], reason="mid-run", revoke=revoke)
+    engaged.set()
+    await asyncio.gather(*tasks)
+
+    assert straddling > 0
+    rule = "kill_switch_global" if scope == "global" else "kill_switch_agent"
+    for agent_id, answer in late:
+        if agent_id in stopped:
+            assert (answer.outcome, answer.rule) == ("deny", rule), answer
+    positions = await audit_positions(wallet)
+    [(switch_at, _payload)] = positions["killswitch.engaged"]
+    signed = positions["payment.authorized"]
+    assert len(signed) == len(allowed) == len(await wallet.payments())  # one record per signature
+    stopped_signatures = [seq for seq, payload in signed if payload["agent_id"] in stopped]
+    assert stopped_signatures and max(stopped_signatures) < switch_at
+    if scope == "agent":  # the others went on spending after the switch
+        assert any(seq > switch_at for seq, payload in signed if payload["agent_id"] not in stopped)
+    assert (await audit.verify(wallet.db)).ok
+

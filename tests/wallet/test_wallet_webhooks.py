@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import json
 import logging
 import random
@@ -18,9 +19,13 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Collection
 
+import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import select, update
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 from starlette.applications import Starlette
@@ -30,11 +35,14 @@ from starlette.routing import Route
 
 from wallet import webhooks
 from wallet.db import Database
+from wallet.keys import Sealer
 from wallet.webhooks import DeliveryStatus, EventType, Webhooks
 
 # ---------------------------------------------------------------------------------------------
 # Receiver, clock, fixtures
 # ---------------------------------------------------------------------------------------------
+
+SEALER = Sealer(bytes(range(32)))  # every Webhooks of these tests seals and opens with it
 
 
 @dataclass
@@ -120,7 +128,8 @@ async def make_hooks(clock: Clock) -> AsyncIterator[Callable[..., Webhooks]]:
     made: list[Webhooks] = []
 
     def make(db: Database, **options: Any) -> Webhooks:
-        options = {"backoff": 1.0, "jitter": 0.0, "timeout": 5.0, "clock": clock} | options
+        options = {"backoff": 1.0, "jitter": 0.0, "timeout": 5.0, "clock": clock, "sealer": SEALER,
+                   "allow_private_targets": True} | options
         hooks = Webhooks(db, **options)
         made.append(hooks)
         return hooks
@@ -130,11 +139,20 @@ async def make_hooks(clock: Clock) -> AsyncIterator[Callable[..., Webhooks]]:
         await hooks.aclose()
 
 
+async def _add(db: Database, url: str, types: Collection[str], **options: Any) -> webhooks.Endpoint:
+    """``Webhooks.add_endpoint`` on a throwaway ``Webhooks`` that allows loopback targets."""
+    hooks = Webhooks(db, sealer=SEALER, allow_private_targets=True)
+    try:
+        return await hooks.add_endpoint(url, types, **options)
+    finally:
+        await hooks.aclose()
+
+
 async def _endpoint(
     db: Database, rx: Receiver, url: str, name: str, types: list[str] | None = None
 ) -> webhooks.Endpoint:
-    async with db.transaction() as conn:
-        ep = await webhooks.add_endpoint(conn, f"{url}/hooks/{name}", types or list(EventType))
+    ep = await _add(db, f"{url}/hooks/{name}", types or list(EventType))
+    assert ep.secret is not None
     rx.secrets[name] = ep.secret
     return ep
 
@@ -229,25 +247,23 @@ def test_new_secret_is_whsec_base64_of_32_random_bytes() -> None:
     ["", "whsec_", "not-prefixed" + "A" * 40, "whsec_" + base64.b64encode(b"x" * 23).decode(), "whsec_!!!!"],
 )
 async def test_add_endpoint_refuses_a_bad_secret_without_echoing_it(wallet_db, secret: str) -> None:
-    async with wallet_db.transaction() as conn:
-        with pytest.raises(ValueError, match="^secret:") as info:
-            await webhooks.add_endpoint(conn, "http://127.0.0.1:1/x", ["payment.settled"], secret=secret)
+    with pytest.raises(ValueError, match="^secret:") as info:
+        await _add(wallet_db, "http://127.0.0.1:1/x", ["payment.settled"], secret=secret)
     value = secret.removeprefix("whsec_")
     assert not value or value not in str(info.value)
 
 
 async def test_add_endpoint_refuses_bad_url_and_event_types(wallet_db) -> None:
-    async with wallet_db.transaction() as conn:
-        with pytest.raises(ValueError, match="^url:"):
-            await webhooks.add_endpoint(conn, "ftp://example.com/x", ["payment.settled"])
-        with pytest.raises(ValueError, match="^url:"):
-            await webhooks.add_endpoint(conn, "/relative", ["payment.settled"])
-        with pytest.raises(ValueError, match="^event_types:"):
-            await webhooks.add_endpoint(conn, "http://127.0.0.1:1/x", ["payment.refunded"])
-        with pytest.raises(ValueError, match="^event_types:"):
-            await webhooks.add_endpoint(conn, "http://127.0.0.1:1/x", [])
-        with pytest.raises(TypeError):
-            await webhooks.add_endpoint(conn, "http://127.0.0.1:1/x", "payment.settled")
+    with pytest.raises(ValueError, match="^url:"):
+        await _add(wallet_db, "ftp://example.com/x", ["payment.settled"])
+    with pytest.raises(ValueError, match="^url:"):
+        await _add(wallet_db, "/relative", ["payment.settled"])
+    with pytest.raises(ValueError, match="^event_types:"):
+        await _add(wallet_db, "http://127.0.0.1:1/x", ["payment.refunded"])
+    with pytest.raises(ValueError, match="^event_types:"):
+        await _add(wallet_db, "http://127.0.0.1:1/x", [])
+    with pytest.raises(TypeError):
+        await _add(wallet_db, "http://127.0.0.1:1/x", "payment.settled")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,8 +303,7 @@ async def test_500_twice_then_200_is_delivered_on_the_third_attempt(wallet_db, r
 
 async def test_receiver_down_is_retried_then_failed_after_max_attempts(wallet_db, make_hooks, clock) -> None:
     hooks = make_hooks(wallet_db, max_attempts=3)
-    async with wallet_db.transaction() as conn:
-        await webhooks.add_endpoint(conn, f"http://127.0.0.1:{_closed_port()}/hooks/a", ["killswitch.engaged"])
+    await _add(wallet_db, f"http://127.0.0.1:{_closed_port()}/hooks/a", ["killswitch.engaged"])
     [msg_id] = await _emit(hooks, "killswitch.engaged", {"scope": "global"})
 
     for _ in range(3):
@@ -325,8 +340,7 @@ async def test_a_redirect_is_not_followed_and_fails_the_attempt(wallet_db, serve
 
     url = serve(Starlette(routes=[Route("/hooks/a", moved, methods=["POST"])])).url
     hooks = make_hooks(wallet_db)
-    async with wallet_db.transaction() as conn:
-        await webhooks.add_endpoint(conn, f"{url}/hooks/a", ["payment.settled"])
+    await _add(wallet_db, f"{url}/hooks/a", ["payment.settled"])
     await _emit(hooks, "payment.settled", {"payment_id": "p1"})
 
     [attempt] = await hooks.deliver_due()
@@ -335,8 +349,8 @@ async def test_a_redirect_is_not_followed_and_fails_the_attempt(wallet_db, serve
 
 
 def test_retry_delay_grows_with_seeded_jitter_and_is_capped(wallet_db) -> None:
-    hooks = Webhooks(wallet_db, backoff=5.0, max_backoff=60.0, jitter=0.5, rng=random.Random(7))
-    again = Webhooks(wallet_db, backoff=5.0, max_backoff=60.0, jitter=0.5, rng=random.Random(7))
+    hooks = Webhooks(wallet_db, sealer=SEALER, backoff=5.0, max_backoff=60.0, jitter=0.5, rng=random.Random(7))
+    again = Webhooks(wallet_db, sealer=SEALER, backoff=5.0, max_backoff=60.0, jitter=0.5, rng=random.Random(7))
     delays = [hooks.retry_delay(n) for n in range(1, 8)]
     assert delays == [again.retry_delay(n) for n in range(1, 8)]  # deterministic given the rng
     for n, d in enumerate(delays[:4], start=1):
@@ -351,7 +365,7 @@ def test_retry_delay_grows_with_seeded_jitter_and_is_capped(wallet_db) -> None:
 )
 def test_webhooks_refuses_bad_options(wallet_db, options: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
-        Webhooks(wallet_db, **options)
+        Webhooks(wallet_db, sealer=SEALER, **options)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,10 +395,9 @@ async def test_only_subscribed_event_types_reach_an_endpoint(wallet_db, receiver
     await _endpoint(wallet_db, rx, url, "intents", ["intent.requested", "intent.approved"])
     await _endpoint(wallet_db, rx, url, "payments", ["payment.authorized", "payment.denied", "payment.settled"])
     paused = await _endpoint(wallet_db, rx, url, "paused")
-    async with wallet_db.transaction() as conn:
-        await webhooks.set_endpoint_active(conn, paused.id, False)
-        with pytest.raises(KeyError):
-            await webhooks.set_endpoint_active(conn, "ep_missing", False)
+    await hooks.set_endpoint_active(paused.id, False)
+    with pytest.raises(KeyError):
+        await hooks.set_endpoint_active("ep_missing", False)
 
     for event in EventType:
         await _emit(hooks, event, {"event": event.value})
@@ -405,14 +418,22 @@ async def test_pausing_an_endpoint_holds_its_pending_deliveries(wallet_db, recei
     hooks = make_hooks(wallet_db)
     ep = await _endpoint(wallet_db, rx, url, "a")
     await _emit(hooks, "payment.settled", {"payment_id": "p1"})
-    async with wallet_db.transaction() as conn:
-        await webhooks.set_endpoint_active(conn, ep.id, False)
+    await hooks.set_endpoint_active(ep.id, False)
 
     assert await hooks.deliver_due() == []
 
-    async with wallet_db.transaction() as conn:
-        await webhooks.set_endpoint_active(conn, ep.id, True)
+    await hooks.set_endpoint_active(ep.id, True)
     assert [a.status_code for a in await hooks.deliver_due()] == [204]
+
+    # Removed: its pending deliveries are never sent, it leaves the listing, it cannot come back.
+    await _emit(hooks, "payment.settled", {"payment_id": "p2"})
+    await hooks.remove_endpoint(ep.id)
+    assert await hooks.deliver_due() == []
+    async with wallet_db.snapshot() as conn:
+        assert await webhooks.endpoints(conn) == []
+        assert [e.removed_at is not None for e in await webhooks.endpoints(conn, include_removed=True)] == [True]
+    with pytest.raises(KeyError):
+        await hooks.set_endpoint_active(ep.id, True)
 
 
 async def test_enqueue_refuses_an_unknown_event_type_and_non_json_data(wallet_db, make_hooks) -> None:
@@ -465,7 +486,7 @@ async def test_two_concurrent_workers_deliver_each_message_exactly_once(wallet_d
 
 async def test_run_delivers_until_stopped(wallet_db, receiver) -> None:
     rx, url = receiver
-    hooks = Webhooks(wallet_db)  # the real clock and its own client
+    hooks = Webhooks(wallet_db, sealer=SEALER, allow_private_targets=True)  # the real clock, its own client
     try:
         await _endpoint(wallet_db, rx, url, "a")
         stop = asyncio.Event()
@@ -498,8 +519,7 @@ async def test_no_secret_in_logs_reprs_or_requests(wallet_db, receiver, make_hoo
     hooks = make_hooks(wallet_db, max_attempts=2)
     good = await _endpoint(wallet_db, rx, url, "good")
     flaky = await _endpoint(wallet_db, rx, url, "flaky")
-    async with wallet_db.transaction() as conn:
-        down = await webhooks.add_endpoint(conn, f"http://127.0.0.1:{_closed_port()}/x", list(EventType))
+    down = await _add(wallet_db, f"http://127.0.0.1:{_closed_port()}/x", list(EventType))
 
     await _emit(hooks, "payment.settled", {"payment_id": "p1"})
     await hooks.deliver_due()
@@ -512,7 +532,11 @@ async def test_no_secret_in_logs_reprs_or_requests(wallet_db, receiver, make_hoo
         listed = await webhooks.endpoints(conn)
         shown = [repr(listed), repr(await webhooks.deliveries(conn)), repr(hooks), repr(good), str(good)]
         shown += [repr(await webhooks.attempts(conn, d.id)) for d in await webhooks.deliveries(conn)]
-    assert sorted(ep.secret for ep in listed) == sorted(secrets)  # stored, and returned to the owner
+        rows = [dict(r) for r in (await conn.execute(webhooks.webhook_endpoints.select())).mappings()]
+    assert [ep.secret for ep in listed] == [None] * 3  # shown once, at creation
+    shown += [repr(row) for row in rows]  # sealed at rest: no column holds a secret
+    raw = [base64.b64decode(s.removeprefix("whsec_")) for s in secrets]
+    assert all(r not in row["sealed_secret"] for r in raw for row in rows)
     logged = caplog.text + "".join(f"{r.getMessage()} {r.args!r}" for r in caplog.records)
     sent = [json.dumps(r.headers) + r.body.decode() for r in rx.requests]
     assert any("p1" in line for line in sent) and "webhook" in caplog.text
@@ -530,8 +554,8 @@ def test_exported_members() -> None:
         "Delivery",
         "Attempt",
         "Webhooks",
-        "add_endpoint",
-        "set_endpoint_active",
+        "TargetRefused",
+        "check_url",
         "endpoints",
         "deliveries",
         "attempts",
@@ -542,3 +566,157 @@ def test_exported_members() -> None:
         "webhook_attempts",
     }
     assert all(hasattr(webhooks, name) for name in webhooks.__all__)
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets: no SSRF, at registration and at delivery
+# ---------------------------------------------------------------------------------------------
+
+PUBLIC = "93.184.215.14"  # a globally routable address; nothing is sent to it (fake resolver, mock transport)
+REFUSED_NETWORKS = [
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.0.0.0/24", "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4",
+    "::1/128", "fc00::/7", "fe80::/10", "ff00::/8", "::ffff:7f00:0/104", "::ffff:a9fe:0/112", "2002:7f00::/24", "64:ff9b::7f00:0/104",
+    "2001:db8::/32",
+]
+
+
+class Dns:
+    """A resolver the test scripts: ``answers[host]`` is what the next lookup returns."""
+
+    def __init__(self, **answers: list[str]) -> None:
+        self.answers = {host.replace("_", "."): list(a) for host, a in answers.items()}
+        self.lookups: list[str] = []
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        self.lookups.append(host)
+        if host not in self.answers:
+            raise socket.gaierror(socket.EAI_NONAME, "no such host")
+        return self.answers[host]
+
+
+def _guarded(db: Database, dns: Dns, **options: Any) -> Webhooks:
+    return Webhooks(db, sealer=SEALER, resolve=dns, backoff=1.0, jitter=0.0, **options)
+
+
+@given(data=st.data())
+@settings(max_examples=60, deadline=None)
+def test_every_non_public_address_is_refused_as_a_literal_and_through_dns(data: st.DataObject) -> None:
+    network = ipaddress.ip_network(data.draw(st.sampled_from(REFUSED_NETWORKS)))
+    offset = data.draw(st.integers(0, network.num_addresses - 1))
+    address = network.network_address + offset
+    literal = f"[{address}]" if address.version == 6 else str(address)
+    hooks_dns = Dns(evil_example=[PUBLIC, str(address)])  # one bad answer among good ones is enough
+
+    async def check() -> None:
+        hooks = Webhooks(Database("sqlite+aiosqlite:///:memory:"), sealer=SEALER, resolve=hooks_dns)
+        try:
+            for url in (f"http://{literal}/hooks", "https://evil.example/hooks"):
+                with pytest.raises(webhooks.TargetRefused, match="^url: .*non-public"):
+                    await hooks.check_target(url)
+        finally:
+            await hooks.aclose()
+            await hooks.db.aclose()
+
+    asyncio.run(check())
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("http://user:hunter2@hooks.example/x", "credentials"),
+        ("http://:hunter2@hooks.example/x", "credentials"),
+        ("file:///etc/passwd", "http"),
+        ("gopher://hooks.example/x", "http"),
+        ("http:///x", "http"),
+        ("http://hooks.example:99999/x", "valid URL"),
+        ("http://nowhere.example/x", "cannot resolve"),
+    ],
+)
+async def test_add_endpoint_refuses_bad_targets_without_writing(wallet_db, url: str, match: str) -> None:
+    hooks = _guarded(wallet_db, Dns(hooks_example=[PUBLIC]))
+    try:
+        with pytest.raises(webhooks.TargetRefused, match=match) as info:
+            await hooks.add_endpoint(url, ["payment.settled"])
+        assert "hunter2" not in str(info.value)
+        async with wallet_db.snapshot() as conn:
+            assert await webhooks.endpoints(conn, include_removed=True) == []
+        assert (await hooks.add_endpoint("https://hooks.example/x", ["payment.settled"])).url.endswith("/x")
+    finally:
+        await hooks.aclose()
+
+
+async def test_loopback_needs_the_operators_opt_in(wallet_db, receiver) -> None:
+    _rx, url = receiver
+    strict = _guarded(wallet_db, Dns())
+    relaxed = _guarded(wallet_db, Dns(), allow_private_targets=True)
+    try:
+        with pytest.raises(webhooks.TargetRefused, match="127.0.0.1"):
+            await strict.add_endpoint(f"{url}/hooks/a", ["payment.settled"])
+        with pytest.raises(webhooks.TargetRefused, match="credentials"):  # the opt-in is about addresses only
+            await relaxed.add_endpoint(url.replace("://", "://u:p@") + "/hooks/a", ["payment.settled"])
+        assert (await relaxed.add_endpoint(f"{url}/hooks/a", ["payment.settled"])).active
+    finally:
+        await strict.aclose()
+        await relaxed.aclose()
+
+
+async def test_dns_rebinding_after_registration_is_refused_at_delivery(wallet_db, receiver, clock) -> None:
+    rx, url = receiver
+    port = url.rsplit(":", 1)[1]
+    dns = Dns(rebind_example=[PUBLIC])
+    hooks = _guarded(wallet_db, dns, clock=clock, max_attempts=2)
+    try:
+        endpoint = await hooks.add_endpoint(f"http://rebind.example:{port}/hooks/a", ["payment.settled"])
+        rx.secrets["a"] = endpoint.secret
+        dns.answers["rebind.example"] = ["127.0.0.1"]  # the attacker's DNS now points at the wallet's host
+        await _emit(hooks, "payment.settled", {"payment_id": "p1"})
+        [attempt] = await hooks.deliver_due()
+        assert attempt.status_code is None and attempt.error.startswith("refused target: url: 'rebind.example'")
+        assert rx.requests == []
+        assert dns.lookups == ["rebind.example", "rebind.example"]  # at registration and before the attempt
+    finally:
+        await hooks.aclose()
+
+
+async def test_a_delivery_connects_to_the_checked_address_with_host_and_sni_kept(wallet_db, clock) -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(204)
+
+    dns = Dns(hooks_example=[PUBLIC])
+    http = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    hooks = _guarded(wallet_db, dns, clock=clock, http=http)
+    try:
+        endpoint = await hooks.add_endpoint("https://hooks.example:8443/in?x=1", ["payment.settled"])
+        await _emit(hooks, "payment.settled", {"payment_id": "p1"})
+        dns.answers["hooks.example"] = ["1.1.1.1"]  # a new public answer: the attempt follows it
+        [attempt] = await hooks.deliver_due()
+    finally:
+        await hooks.aclose()
+        await http.aclose()
+    assert attempt.ok
+    [request] = seen
+    assert (request.url.host, request.url.port, request.url.raw_path) == ("1.1.1.1", 8443, b"/in?x=1")
+    assert request.headers["host"] == "hooks.example:8443"
+    assert request.extensions["sni_hostname"] == "hooks.example"
+    Webhook(endpoint.secret).verify(request.content, dict(request.headers))
+
+
+async def test_a_secret_copied_to_another_endpoint_row_does_not_open(wallet_db, receiver, make_hooks) -> None:
+    rx, url = receiver
+    hooks = make_hooks(wallet_db)
+    first = await _endpoint(wallet_db, rx, url, "a")
+    second = await _endpoint(wallet_db, rx, url, "b")
+    e = webhooks.webhook_endpoints
+    async with wallet_db.transaction() as conn:
+        blob = (await conn.execute(select(e.c.sealed_secret).where(e.c.id == first.id))).scalar_one()
+        await conn.execute(update(e).where(e.c.id == second.id).values(sealed_secret=blob))
+    await _emit(hooks, "payment.settled", {"payment_id": "p1"})
+    outcomes = {a.delivery_id: a for a in await hooks.deliver_due()}
+    assert sorted((str(a.status_code), a.error or "") for a in outcomes.values()) == [
+        ("204", ""), ("None", "the endpoint's secret does not open (AEP2_WALLET_KEY changed?)")
+    ]
+    assert [r.path for r in rx.requests] == ["a"]
