@@ -106,6 +106,11 @@ def test_exported_members():
             "NoAcceptableRequirement",
             "MalformedChallenge",
             "PaymentRefused",
+            "WalletAuth",
+            "PolicyDenied",
+            "ReviewPending",
+            "WalletRequestError",
+            "WalletUnavailable",
         ]
     )
     for name in payer.__all__:
@@ -115,8 +120,10 @@ def test_exported_members():
 def test_error_tree():
     assert issubclass(payer.BudgetExceeded, payer.SpendingLimitError)
     assert issubclass(payer.SpendingLimitError, payer.PayerError)
-    for name in ("NoAcceptableRequirement", "MalformedChallenge", "PaymentRefused"):
+    for name in ("NoAcceptableRequirement", "MalformedChallenge", "PaymentRefused", "ReviewPending", "WalletRequestError"):
         assert issubclass(getattr(payer, name), payer.PayerError)
+    assert issubclass(payer.PolicyDenied, payer.SpendingLimitError)  # like the local limits: nothing was signed
+    assert issubclass(payer.WalletUnavailable, payer.WalletRequestError)
     refused = payer.PaymentRefused("nonce_used", "payload.mandate.nonce: 3")
     assert (refused.code, refused.reason, str(refused)) == ("nonce_used", "payload.mandate.nonce: 3", "nonce_used: payload.mandate.nonce: 3")
 
