@@ -295,6 +295,16 @@ class KillSwitchBody(_Body):
     revoke: bool = True
 
 
+class AutoApproveBody(_Body):
+    """``policy.AutoApprove`` on the wire."""
+
+    max_budget: int
+    max_duration_seconds: int
+    max_per_payment_cap: int | None = None
+    payees: list[str] | None = None
+    hosts: list[str] | None = None
+
+
 class RulesBody(_Body):
     """``policy.Rules`` on the wire; ``agentId`` (absent: the owner's default) picks the scope."""
 
@@ -313,6 +323,7 @@ class RulesBody(_Body):
     review_above: int | None = None
     review_new_payee: bool = False
     scope: Literal["agent", "owner"] = "agent"
+    auto_approve: AutoApproveBody | None = None
 
     def rules(self) -> Rules:
         """The ``Rules``; a value ``Rules`` refuses becomes a 422 naming its field."""

@@ -37,6 +37,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 __all__ = [
+    "AutoApprove",
     "Decision",
     "IntentLimits",
     "KillSwitch",
@@ -50,6 +51,7 @@ __all__ = [
     "Usage",
     "evaluate",
     "history_since",
+    "host_matches",
     "measure",
 ]
 
@@ -233,6 +235,74 @@ class SpendHistory:
 
 
 @dataclass(frozen=True)
+class AutoApprove:
+    """A standing owner rule: an agent's drafted intent within these bounds is approved at
+    once, without waiting for the owner (``WalletService.draft_intent``).
+
+    ``max_budget`` and ``max_per_payment_cap`` in base units, ``max_duration_seconds`` in
+    seconds, all inclusive. ``payees`` / ``hosts`` (``None``: any): the intent must name a
+    non-empty subset of them (an intent open to every payee or host is never within a list);
+    hosts match as ``Rules.host_allowlist`` does, and an intent's ``*.sub.example.com`` is
+    within ``*.example.com``.
+
+    Raises ``ValueError`` naming the field for a negative or non-integer bound, a malformed
+    address or host.
+    """
+
+    max_budget: int
+    max_duration_seconds: int
+    max_per_payment_cap: int | None = None
+    payees: frozenset[str] | None = None
+    hosts: frozenset[str] | None = None
+
+    def __post_init__(self) -> None:
+        _amount(self.max_budget, "auto_approve.max_budget", minimum=0)
+        _amount(self.max_duration_seconds, "auto_approve.max_duration_seconds", minimum=0)
+        if self.max_per_payment_cap is not None:
+            _amount(self.max_per_payment_cap, "auto_approve.max_per_payment_cap", minimum=0)
+        for name, check in (("payees", _address), ("hosts", lambda v, n: _host(v, n, wildcard=True))):
+            items = getattr(self, name)
+            if items is None:
+                continue
+            if isinstance(items, str) or not isinstance(items, Iterable):
+                raise ValueError(f"auto_approve.{name}: expected a collection of strings, got {items!r}")
+            object.__setattr__(self, name, frozenset(check(item, f"auto_approve.{name}") for item in items))
+
+    def refusal(
+        self, *, budget: int, duration_seconds: int, per_payment_cap: int, payees: Iterable[str], hosts: Iterable[str]
+    ) -> str | None:
+        """None when a draft with these terms is within the rule, else the first term outside it."""
+        if budget > self.max_budget:
+            return f"budget {budget} above {self.max_budget}"
+        if duration_seconds > self.max_duration_seconds:
+            return f"duration {duration_seconds} s above {self.max_duration_seconds} s"
+        if self.max_per_payment_cap is not None and per_payment_cap > self.max_per_payment_cap:
+            return f"per-payment cap {per_payment_cap} above {self.max_per_payment_cap}"
+        wanted = {p.lower() for p in payees}
+        if self.payees is not None and (not wanted or not wanted <= self.payees):
+            return "payees: not a non-empty subset of the rule's"
+        asked = {h.lower() for h in hosts}
+        if self.hosts is not None and (not asked or not all(_host_within(h, self.hosts) for h in asked)):
+            return "hosts: not a non-empty subset of the rule's"
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "max_budget": self.max_budget,
+            "max_duration_seconds": self.max_duration_seconds,
+            "max_per_payment_cap": self.max_per_payment_cap,
+            "payees": _sorted(self.payees),
+            "hosts": _sorted(self.hosts),
+        }
+
+
+def _host_within(host: str, patterns: frozenset[str]) -> bool:
+    if host.startswith("*."):  # a wildcard is within an equal or wider wildcard
+        return any(p.startswith("*.") and host[1:].endswith(p[1:]) for p in patterns)
+    return _host_matches(host, patterns)
+
+
+@dataclass(frozen=True)
 class Rules:
     """The owner's spending rules for one agent (or for all its agents). ``None`` turns a rule off.
 
@@ -268,6 +338,9 @@ class Rules:
     ``scope``: whose spends count against the caps, velocity and ``review_new_payee``:
     ``"agent"`` (this agent's only) or ``"owner"`` (all the owner's agents together).
 
+    ``auto_approve``: the standing rule approving drafted intents within its bounds
+    (``AutoApprove``, or its fields as a mapping); ``None``: every intent waits for the owner.
+
     Raises:
         ValueError: naming the field, for a negative or non-integer cap, a malformed address,
             host or ``HH:MM``, equal start and end hours, an unknown timezone or scope.
@@ -287,6 +360,7 @@ class Rules:
     review_above: int | None = None
     review_new_payee: bool = False
     scope: Literal["agent", "owner"] = "agent"
+    auto_approve: AutoApprove | None = None
 
     def __post_init__(self) -> None:
         for name in ("per_transaction_cap", "rolling_24h_cap", "daily_cap",
@@ -322,6 +396,13 @@ class Rules:
             raise ValueError(f"review_new_payee: {self.review_new_payee!r} is not a bool")
         if self.scope not in ("agent", "owner"):
             raise ValueError(f"scope: {self.scope!r} is neither 'agent' nor 'owner'")
+        if isinstance(self.auto_approve, Mapping):
+            try:
+                object.__setattr__(self, "auto_approve", AutoApprove(**self.auto_approve))
+            except TypeError as exc:
+                raise ValueError(f"auto_approve: {exc}") from None
+        elif self.auto_approve is not None and not isinstance(self.auto_approve, AutoApprove):
+            raise ValueError(f"auto_approve: {self.auto_approve!r} is not an AutoApprove")
 
     def _normalize(self, name: str, check: Callable[[object], str]) -> None:
         items = getattr(self, name)
@@ -353,6 +434,7 @@ class Rules:
             "review_above": self.review_above,
             "review_new_payee": self.review_new_payee,
             "scope": self.scope,
+            "auto_approve": self.auto_approve.to_json() if self.auto_approve else None,
         }
 
 

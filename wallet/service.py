@@ -151,6 +151,7 @@ __all__ = [
 _SPEND_LOCK = "wallet.spend"
 #: ``wallet_kill_switch.scope`` and ``wallet_rules.scope`` of the owner-wide row.
 _ALL = "*"
+_AUTO_APPROVE_ACTOR = "owner:auto-approve"
 _OWNER_ACTOR = "owner"
 
 
@@ -677,7 +678,10 @@ class WalletService:
         payees: Sequence[str] = (),
         hosts: Sequence[str] = (),
     ) -> IntentRecord:
-        """An agent asks for an intent; it waits as ``pending_approval`` for the owner.
+        """An agent asks for an intent; it waits as ``pending_approval`` for the owner, unless
+        the owner's standing ``Rules.auto_approve`` covers it (and no kill switch is engaged
+        for the agent): then it is approved at once, by ``owner:auto-approve``, as
+        ``approve_intent`` would (an escrow that cannot cover it leaves it pending).
 
         ``budget`` and ``per_payment_cap`` in base units (``0 < cap <= budget``); ``payees``
         (at most 256 addresses, empty: any) are signed into the intent; ``hosts`` (empty: any)
@@ -723,7 +727,19 @@ class WalletService:
             }
             await audit.append(conn, _agent_actor(agent_id), "intent.drafted", event)
             await self.webhooks.enqueue(conn, EventType.INTENT_REQUESTED, event)
-            return await self._intent_record(conn, intent_id)
+            rules = await self._rules(conn, agent_id)
+            switch = await self._kill_switch(conn)
+            record = await self._intent_record(conn, intent_id)
+        rule = rules.auto_approve
+        if rule is None or switch.engaged or agent_id in switch.agents:
+            return record
+        if rule.refusal(budget=budget, duration_seconds=duration_seconds, per_payment_cap=per_payment_cap,
+                        payees=checked_payees, hosts=limits.hosts) is not None:
+            return record
+        try:
+            return await self.approve_intent(intent_id, actor=_AUTO_APPROVE_ACTOR)
+        except ledger.InsufficientFunds:
+            return record  # the owner's escrow cannot cover it: it waits for the owner
 
     async def approve_intent(self, intent_id: str, *, actor: str = _OWNER_ACTOR) -> IntentRecord:
         """Sign the intent with the owner's key for a fresh session key, seal the key, allocate
@@ -733,6 +749,9 @@ class WalletService:
         ``ledger.InsufficientFunds`` when the owner's unallocated escrow cannot cover the budget.
         """
         async with self.db.transaction() as conn:
+            # The kill switch's lock: an approval racing an engage-and-revoke is revoked with
+            # the rest or comes after it, on PostgreSQL too (SQLite serialises writers anyway).
+            await serialize(conn, _SPEND_LOCK)
             row = await self._intent_row(conn, intent_id)
             _require_status(row, IntentStatus.PENDING_APPROVAL)
             now = int(self._clock())

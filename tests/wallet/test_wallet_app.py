@@ -227,6 +227,17 @@ async def test_a_policy_denial_is_a_403_problem_naming_the_rule(client):
     assert problem(bad, 422, "invalid_body")["field"] == "timezone"
 
 
+async def test_a_standing_rule_set_over_http_approves_the_next_draft(client):
+    agent_id, key = await new_agent(client, "auto")
+    rule = {"maxBudget": DRAFT["budget"], "maxDurationSeconds": DRAFT["durationSeconds"]}
+    rules = await client.put("/v1/rules", json={"agentId": agent_id, "autoApprove": rule}, headers=owner())
+    assert rules.status_code == 200 and rules.json()["autoApprove"]["maxBudget"] == DRAFT["budget"], rules.text
+    drafted = await client.post("/v1/intents", json=DRAFT, headers=bearer(key))
+    assert drafted.status_code == 201 and drafted.json()["status"] == "active", drafted.text
+    bigger = await client.post("/v1/intents", json=DRAFT | {"budget": DRAFT["budget"] + 1}, headers=bearer(key))
+    assert bigger.json()["status"] == "pending_approval"
+
+
 async def test_review_waits_for_the_owner_then_the_agent_polls_the_header(client):
     agent_id, key, _intent_id = await agent_with_intent(client)
     await client.put("/v1/rules", json={"reviewAbove": 10}, headers=owner())

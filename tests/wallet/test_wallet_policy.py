@@ -472,6 +472,11 @@ def test_a_daily_cap_of_100_calls_allows_exactly_100_of_300_requests_from_3_agen
         ({"timezone": "../etc/passwd"}, "timezone"),
         ({"scope": "team"}, "scope"),
         ({"review_new_payee": "yes"}, "review_new_payee"),
+        ({"auto_approve": {"max_budget": -1, "max_duration_seconds": 60}}, "auto_approve.max_budget"),
+        ({"auto_approve": {"max_budget": 1}}, "auto_approve"),
+        ({"auto_approve": {"max_budget": 1, "max_duration_seconds": 60, "hosts": ["http://x"]}}, "auto_approve.hosts"),
+        ({"auto_approve": {"max_budget": 1, "max_duration_seconds": 60, "payees": "0xab"}}, "auto_approve.payees"),
+        ({"auto_approve": 5}, "auto_approve"),
     ],
 )
 def test_rules_validation_names_the_field(rules: dict[str, Any], field: str) -> None:

@@ -315,6 +315,48 @@ async def test_intent_limits_decide_through_the_policy(wallet, clock):
         await wallet.authorize_payment(agent_id, requirement(1, asset=Account.create().address), URL)
 
 
+# ---------------------------------------------------------------------------------------------
+# Standing auto-approval of intents
+# ---------------------------------------------------------------------------------------------
+
+AUTO = {"max_budget": 50_000, "max_duration_seconds": 3600, "max_per_payment_cap": 2_000,
+        "payees": [PAYEE], "hosts": ["*.example.com"]}
+WITHIN = {"budget": 50_000, "purpose": "forecasts", "duration_seconds": 3600, "per_payment_cap": 2_000,
+          "payees": [PAYEE], "hosts": ["api.example.com"]}
+
+
+@pytest.mark.parametrize("outside", [
+    {"budget": 50_001}, {"duration_seconds": 3601}, {"per_payment_cap": 2_001}, {"payees": []},
+    {"payees": [PAYEE, "0x" + "11" * 20]}, {"hosts": []}, {"hosts": ["example.com"]}, {"hosts": ["*.com"]},
+])
+async def test_a_standing_rule_approves_a_draft_within_it_and_only_within(wallet, registry, outside):
+    agent_id, _key = await wallet.add_agent("auto")
+    await wallet.set_rules(Rules(auto_approve=AUTO))
+    within = await wallet.draft_intent(agent_id, **WITHIN)  # every bound met exactly
+    assert within.status is IntentStatus.ACTIVE and within.chain_intent_id is not None
+    assert registry.registered[-1] == bytes.fromhex(within.chain_intent_id[2:])
+    async with wallet.db.snapshot() as conn:
+        [approval] = [r for r in await audit.records(conn, limit=1000)
+                      if r.action == "intent.approved" and r.payload["intent_id"] == within.id]
+    assert approval.actor == "owner:auto-approve"
+    beyond = await wallet.draft_intent(agent_id, **(WITHIN | outside))
+    assert beyond.status is IntentStatus.PENDING_APPROVAL and beyond.chain_intent_id is None
+
+
+async def test_no_auto_approval_under_the_kill_switch_or_beyond_the_escrow(wallet):
+    agent_id, _key = await wallet.add_agent("auto")
+    await wallet.set_rules(Rules(auto_approve=AUTO | {"max_budget": 10**10}), agent_id=agent_id)
+    await wallet.engage_kill_switch(agent_id=agent_id)
+    assert (await wallet.draft_intent(agent_id, **WITHIN)).status is IntentStatus.PENDING_APPROVAL
+    await wallet.disengage_kill_switch(agent_id=agent_id)
+    assert (await wallet.draft_intent(agent_id, **WITHIN)).status is IntentStatus.ACTIVE
+    # The owner escrowed 10**9 (the fixture): a budget beyond it waits for the owner.
+    assert (await wallet.draft_intent(agent_id, **(WITHIN | {"budget": 2 * 10**9}))).status is IntentStatus.PENDING_APPROVAL
+    # Another agent, under the owner's default rules (none): nothing is approved on its own.
+    other, _ = await wallet.add_agent("other")
+    assert (await wallet.draft_intent(other, **WITHIN)).status is IntentStatus.PENDING_APPROVAL
+
+
 async def test_the_kill_switch_denies_every_later_spend_and_revokes(wallet, registry):
     first, _k1, first_intent = await agent_with_intent(wallet, "one")
     second, _k2, second_intent = await agent_with_intent(wallet, "two")
