@@ -291,6 +291,7 @@ class RulesBody(_Body):
     review_above: int | None = None
     review_new_payee: bool = False
     scope: Literal["agent", "owner"] = "agent"
+    off_mission: Literal["deny", "review"] | None = None
 
     def rules(self) -> Rules:
         """The ``Rules``; a value ``Rules`` refuses becomes a 422 naming its field."""

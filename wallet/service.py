@@ -874,7 +874,7 @@ class WalletService:
             now = self._clock()  # after the lock: decisions are timed in the order they are made
             candidate = await self._pick_intent(conn, agent_id, offer, now)
             rules = await self._rules(conn, agent_id)
-            request = SpendRequest(agent_id, candidate.row.id, offer.payee, host, offer.amount, now)
+            request = SpendRequest(agent_id, candidate.row.id, offer.payee, host, offer.amount, now, path=_path_only(path))
             decision = evaluate(
                 request, await self._history(conn, request, rules), rules, candidate.limits, await self._kill_switch(conn)
             )
@@ -933,12 +933,12 @@ class WalletService:
                 raise InvalidState("review_id", f"{review_id!r} is {review.status}, not pending")
             entry = json.loads(review.requirement)
             offer = self._offer(entry)
-            _path, host = _target(review.url)
+            path, host = _target(review.url)
             now = self._clock()
             row = await self._intent_row(conn, review.intent_id)
             limits = await self._limits(conn, row)
-            rules = dataclasses.replace(await self._rules(conn, review.agent_id), review_above=None, review_new_payee=False)
-            request = SpendRequest(review.agent_id, row.id, offer.payee, host, offer.amount, now)
+            rules = (await self._rules(conn, review.agent_id)).without_review()
+            request = SpendRequest(review.agent_id, row.id, offer.payee, host, offer.amount, now, path=_path_only(path))
             decision = evaluate(request, await self._history(conn, request, rules), rules, limits, await self._kill_switch(conn))
             context = {"url": review.url, "method": review.method, "requirement": entry, "review_id": review_id,
                        "reviewer": actor}
@@ -1171,6 +1171,7 @@ class WalletService:
             payees=frozenset(json.loads(row.payees)),
             hosts=frozenset(json.loads(row.hosts)),
             revoked=row.status == IntentStatus.REVOKED.value,
+            purpose=row.purpose,
         )
 
     async def _history(self, conn: AsyncConnection, request: SpendRequest, rules: Rules) -> SpendHistory:
@@ -1535,6 +1536,11 @@ def _target(url: str) -> tuple[str, str | None]:
     if not path.startswith("/"):
         raise InvalidRequest("url", "not a URL (absolute, or a path starting with '/')")
     return path, (parsed.host or None)
+
+
+def _path_only(path: str) -> str:
+    """The path of a ``_target`` path and query: the query may carry credentials."""
+    return path.split("?", 1)[0]
 
 
 def _method(method: str) -> str:
