@@ -53,7 +53,6 @@ propagate as they are.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import json
 import secrets
@@ -97,6 +96,7 @@ from payer import create_intent, create_session_key
 from payer.auth import DEFAULT_DEADLINE_SECONDS, SCHEME
 
 from . import audit, ledger
+from .council import COUNCIL_ACTOR, Council, InvalidContext, RecentSpend, SpendCase, SpendContext, Verdict, load_verdict, store_votes
 from .db import Database, metadata, serialize, utc_now
 from .keys import ApiKeyRecord, OwnerKeystore, Sealer, averify_api_key, issue_api_key, session_key_aad
 from .ledger import AccountKind
@@ -112,6 +112,7 @@ from .policy import (
     SpendRequest,
     evaluate,
     history_since,
+    mission_check,
 )
 from .webhooks import EventType, Webhooks
 
@@ -148,6 +149,8 @@ _SPEND_LOCK = "wallet.spend"
 #: ``wallet_kill_switch.scope`` and ``wallet_rules.scope`` of the owner-wide row.
 _ALL = "*"
 _OWNER_ACTOR = "owner"
+#: How many of the agent's latest spends the council sees.
+_RECENT_SPENDS = 20
 
 
 # ---------------------------------------------------------------------------------------------
@@ -406,6 +409,7 @@ class Authorization:
     ``payment_id`` the mandate's payment id. ``deny``: nothing was signed. ``review``: nothing
     was signed yet; ``review_id`` names the pending review. ``rule`` and ``reason`` come from
     the policy; ``replayed`` is true when an idempotency key returned an earlier answer.
+    ``council``: the AI review council's verdict when the council decided the review.
     """
 
     outcome: Outcome
@@ -418,6 +422,7 @@ class Authorization:
     header: str | None = field(default=None, repr=False)
     review_id: str | None = None
     replayed: bool = False
+    council: Verdict | None = None
 
     @property
     def allowed(self) -> bool:
@@ -496,7 +501,8 @@ class WalletService:
     every intent names. ``webhooks``: the outbox events are enqueued into. ``chain``: where
     intents are registered and revoked (``payer.Escrow`` for the owner); None records
     revocations only in the wallet. ``clock``: unix seconds. ``deadline_seconds``: mandate
-    lifetime unless a requirement asks for more (as ``payer.AEP2Auth``).
+    lifetime unless a requirement asks for more (as ``payer.AEP2Auth``). ``council``: decides
+    every review at once (``wallet.council``); None leaves reviews to the owner.
     """
 
     def __init__(
@@ -511,6 +517,7 @@ class WalletService:
         chain: IntentRegistry | None = None,
         clock: Callable[[], float] = time.time,
         deadline_seconds: int = DEFAULT_DEADLINE_SECONDS,
+        council: Council | None = None,
     ) -> None:
         if deadline_seconds <= 0:
             raise ValueError(f"deadline_seconds: {deadline_seconds} must be positive")
@@ -522,6 +529,7 @@ class WalletService:
         self.webhooks = webhooks
         self.chain = chain
         self.deadline_seconds = deadline_seconds
+        self.council = council
         self._clock = clock
 
     def __repr__(self) -> str:
@@ -843,6 +851,7 @@ class WalletService:
         method: str = "GET",
         body: bytes = b"",
         idempotency_key: str | None = None,
+        context: Mapping[str, Any] | None = None,
     ) -> Authorization:
         """Decide one spend and, on ``allow``, sign its mandate.
 
@@ -852,9 +861,34 @@ class WalletService:
         first call's answer, the same header included, and never signs twice; the same key
         with another request raises ``IdempotencyConflict``.
 
-        Raises ``NotFound`` (agent), ``InvalidRequest`` (malformed requirement or URL),
-        ``NoMatchingIntent`` (no intent of the agent can pay this requirement).
+        ``context``: what the agent says of the spend (``council.SpendContext``: justification,
+        expected ROI, urgency), stored with the decision. When the policy says ``review`` and a
+        council is set, the council decides the review once this spend's transaction has
+        committed, and the answer is the final ``allow`` or ``deny`` (``council`` set).
+
+        Raises ``NotFound`` (agent), ``InvalidRequest`` (malformed requirement, URL or
+        context), ``NoMatchingIntent`` (no intent of the agent can pay this requirement).
         """
+        try:
+            spend = SpendContext.from_mapping(context)
+        except InvalidContext as exc:
+            raise InvalidRequest(f"context.{exc.field}", exc.reason) from None
+        auth = await self._decide(agent_id, requirement, url, method, body, idempotency_key, spend)
+        if auth.outcome == "review" and self.council is not None and not auth.replayed:
+            return await self._convene(auth, spend)
+        return auth
+
+    async def _decide(
+        self,
+        agent_id: str,
+        requirement: Mapping[str, Any],
+        url: str,
+        method: str,
+        body: bytes,
+        idempotency_key: str | None,
+        spend: SpendContext,
+    ) -> Authorization:
+        """The spend's one serialized transaction: allow (signed), deny, or a pending review."""
         offer = self._offer(requirement)
         path, host = _target(url)
         method = _method(method)
@@ -879,6 +913,8 @@ class WalletService:
                 request, await self._history(conn, request, rules), rules, candidate.limits, await self._kill_switch(conn)
             )
             context = {"url": url, "method": method, "requirement": offer.entry}
+            if spend.to_json():
+                context["spend"] = spend.to_json()
             if decision.outcome == "allow":
                 return await self._sign(
                     conn, candidate.row, offer, binding, url, now, decision, context, idempotency_key, digest
@@ -918,6 +954,54 @@ class WalletService:
                 "review", str(decision.rule), decision.reason, decision_id, candidate.row.id, offer.amount,
                 review_id=review_id,
             )
+
+    async def _convene(self, auth: Authorization, spend: SpendContext) -> Authorization:
+        """The council decides the pending review ``auth`` names, outside any write transaction:
+        read the case, ask the judges, store their votes, then approve or deny the review as
+        actor ``council``. If the owner decided it meanwhile, the owner's decision stands."""
+        assert self.council is not None and auth.review_id is not None
+        async with self.db.snapshot() as conn:
+            review = await self._review_row(conn, auth.review_id)
+            intent = await self._intent_row(conn, review.intent_id)
+            remaining = (await self._limits(conn, intent)).remaining
+            record = json.loads(
+                (await conn.execute(select(wallet_decisions.c.record).where(wallet_decisions.c.id == auth.decision_id))).scalar_one()
+            )
+            recent = (
+                await conn.execute(
+                    select(wallet_payments.c.at, wallet_payments.c.amount, wallet_payments.c.payee, wallet_payments.c.host)
+                    .where(wallet_payments.c.agent_id == review.agent_id,
+                           wallet_payments.c.status != PaymentStatus.RELEASED.value)
+                    .order_by(wallet_payments.c.at.desc())
+                    .limit(_RECENT_SPENDS)
+                )
+            ).all()
+        request, usage = record["inputs"]["request"], record["inputs"]["usage"]
+        case = SpendCase(
+            review_id=review.id, agent_id=review.agent_id, intent_id=intent.id, amount=request["amount"],
+            payee=request["payee"], host=request["host"], resource=_resource(review.url), method=review.method,
+            rule=auth.rule, reason=auth.reason, purpose=intent.purpose, budget=intent.budget, remaining=remaining,
+            per_payment_cap=intent.per_payment_cap,
+            mission=mission_check(intent.purpose, request["host"], request.get("path")), context=spend,
+            spent_24h=usage["rolling_24h"], payee_paid_before=usage["payee_paid_before"],
+            recent=tuple(RecentSpend(r.at, r.amount, r.payee, r.host) for r in recent), now=request["at"],
+        )
+        verdict = await self.council.deliberate(case)
+        async with self.db.transaction() as conn:
+            await store_votes(conn, review.id, verdict)
+            await audit.append(conn, COUNCIL_ACTOR, "council.voted", {
+                "review_id": review.id, "agent_id": review.agent_id, "approved": verdict.approved,
+                "approvals": verdict.approvals, "denials": verdict.denials, "abstentions": verdict.abstentions,
+                "quorum": verdict.quorum,
+            })
+        try:
+            if verdict.approved:
+                await self.approve_review(review.id, actor=COUNCIL_ACTOR)
+            else:
+                await self.deny_review(review.id, actor=COUNCIL_ACTOR, reason=verdict.reason)
+        except InvalidState:
+            pass  # the owner decided first
+        return await self.review_authorization(review.agent_id, review.id)
 
     async def approve_review(self, review_id: str, *, actor: str = _OWNER_ACTOR) -> Authorization:
         """The reviewer allows a spend that went to review. It is evaluated again on the
@@ -1314,15 +1398,16 @@ class WalletService:
     async def _from_review(self, conn: AsyncConnection, review: Any, *, replayed: bool) -> Authorization:
         decision = (await conn.execute(select(wallet_decisions).where(wallet_decisions.c.id == review.decision_id))).one()
         amount = int(json.loads(review.requirement)["amount"])
+        council = await load_verdict(conn, review.id) if review.decided_by == COUNCIL_ACTOR else None
         if review.status == ReviewStatus.APPROVED.value:
             header = (
                 await conn.execute(select(wallet_payments.c.header).where(wallet_payments.c.payment_id == review.payment_id))
             ).scalar_one()
             return Authorization("allow", decision.rule, decision.reason, decision.id, review.intent_id, amount,
-                                 review.payment_id, header, review_id=review.id, replayed=replayed)
+                                 review.payment_id, header, review_id=review.id, replayed=replayed, council=council)
         outcome: Outcome = "review" if review.status == ReviewStatus.PENDING.value else "deny"
         return Authorization(outcome, decision.rule, decision.reason, decision.id, review.intent_id, amount,
-                             review_id=review.id, replayed=replayed)
+                             review_id=review.id, replayed=replayed, council=council)
 
     async def _store_decision(
         self,
