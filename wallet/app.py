@@ -657,7 +657,9 @@ class _Api:
             "required": ["type", "title", "status", "code"],
             "properties": {"type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
                            "detail": {"type": "string"}, "code": {"type": "string", "enum": sorted(PROBLEMS)},
-                           "field": {"type": "string"}, "rule": {"type": "string"}},
+                           "field": {"type": "string"}, "rule": {"type": "string"},
+                           "votes": {"type": "array", "items": {"type": "object"},
+                                     "description": "council_denied: every judge's ballot"}},
         }
         problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
         paths: dict[str, dict[str, Any]] = {}

@@ -555,3 +555,20 @@ def test_a_verdict_lists_why_it_did_not_approve():
     verdict = Verdict.of(ballots, 2)
 
     assert not verdict.approved and verdict.reasons == ["cfo: too dear", "risk: abstained: timeout"]
+
+
+def test_the_cli_reads_the_council_from_the_environment(tmp_path, capsys):
+    from wallet.__main__ import main
+
+    deployment = tmp_path / "deployment.json"
+    OFFLINE_DEPLOYMENT.save(deployment)
+    env = {
+        "AEP2_WALLET_DB": f"sqlite+aiosqlite:///{tmp_path / 'cli.sqlite'}", "AEP2_WALLET_KEY": Sealer.generate_key(),
+        "AEP2_WALLET_OWNER_PASSWORD": "pw", "AEP2_WALLET_OWNER_KEYSTORE": str(tmp_path / "owner.json"),
+        "AEP2_DEPLOYMENT": str(deployment), "AEP2_PROCESSOR": PROCESSOR,
+    }
+    assert main(["init"], env) == 0
+
+    assert main(["add-agent", "a"], env | {"AEP2_WALLET_COUNCIL": "offline"}) == 0
+    assert main(["add-agent", "b"], env | {"AEP2_WALLET_COUNCIL": "anthropic"}) == 2
+    assert "error: AEP2_WALLET_COUNCIL=anthropic needs ANTHROPIC_API_KEY" in capsys.readouterr().err
