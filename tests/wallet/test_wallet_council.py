@@ -451,7 +451,8 @@ async def test_a_council_denial_reaches_the_agent_as_council_denied_with_its_rea
     service.council = council(service.council.backend, timeout=0.5)  # type: ignore[union-attr]
     agent_id, api_key = await funded_agent(service, review_above=FORECAST_PRICE - 1)
 
-    async with wallet_auth(world, api_key) as auth, agent_client(world, auth) as client:
+    spend = {"justification": "a default for every request", "urgency": "low"}
+    async with wallet_auth(world, api_key, spend_context=spend) as auth, agent_client(world, auth) as client:
         with pytest.raises(CouncilDenied) as denied:
             await client.get("/v1/forecast/paris")
 
@@ -466,6 +467,7 @@ async def test_a_council_denial_reaches_the_agent_as_council_denied_with_its_rea
     [review] = await service.reviews(status=None)
     assert (review.status, review.decided_by) == (ReviewStatus.DENIED, COUNCIL_ACTOR)
     assert len(await stored_votes(service, review.id)) == 5
+    assert (await service.decisions(agent_id=agent_id))[0]["record"]["context"]["spend"] == spend
 
 
 async def test_a_repeated_call_gets_the_councils_answer_without_asking_it_again(world):
