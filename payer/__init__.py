@@ -34,6 +34,7 @@ from .auth import AEP2Auth
 from .remote import WalletAuth
 from .errors import (
     BudgetExceeded,
+    CouncilDenied,
     IntentExpired,
     IntentNotYetValid,
     MalformedChallenge,
@@ -73,6 +74,7 @@ __all__ = [
     "MalformedChallenge",
     "PaymentRefused",
     "PolicyDenied",
+    "CouncilDenied",
     "ReviewPending",
     "WalletRequestError",
     "WalletUnavailable",

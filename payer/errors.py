@@ -10,6 +10,7 @@ The hierarchy::
     │   ├── IntentNotYetValid        now < validAfter
     │   ├── PayeeNotAllowed          payTo is not in the intent's payees
     │   └── PolicyDenied             the co-wallet's policy denied the spend (`.rule`, `.reason`)
+    │       └── CouncilDenied        the co-wallet's AI review council denied it (`.votes`, `.reasons`)
     ├── NoAcceptableRequirement      the 402 offers no aep2 entry for our network/asset/settlement/processor
     ├── MalformedChallenge           PAYMENT-REQUIRED (or the v1 body) cannot be parsed
     ├── PaymentRefused               the gateway answered our mandate with a 402 (`.code`, `.reason`)
@@ -43,6 +44,7 @@ __all__ = [
     "MalformedChallenge",
     "PaymentRefused",
     "PolicyDenied",
+    "CouncilDenied",
     "ReviewPending",
     "WalletRequestError",
     "WalletUnavailable",
@@ -115,6 +117,29 @@ class PolicyDenied(SpendingLimitError):
         self.rule = rule
         self.reason = reason
         self.decision_id = decision_id
+
+
+class CouncilDenied(PolicyDenied):
+    """The co-wallet's AI review council denied a spend the policy sent to review.
+
+    ``votes``: every judge's ballot as the wallet returned it (``judge``, ``vote`` approve,
+    deny or None for an abstention, ``rationale``, ``riskScore`` 0-100, ``confidence`` 0-1,
+    ``error`` when it abstained, token counts and ``latencyMs``). ``reasons``: the deny
+    rationales and abstentions, ``judge: text``.
+    """
+
+    def __init__(
+        self, rule: str, reason: str = "", *, decision_id: int | None = None, votes: typing.Sequence[dict[str, typing.Any]] = ()
+    ) -> None:
+        super().__init__(rule, reason, decision_id=decision_id)
+        self.votes = tuple(votes)
+
+    @property
+    def reasons(self) -> list[str]:
+        return [
+            f"{v.get('judge')}: {v.get('rationale') if v.get('vote') is not None else 'abstained: ' + str(v.get('error'))}"
+            for v in self.votes if v.get("vote") != "approve"
+        ]
 
 
 class ReviewPending(PayerError):

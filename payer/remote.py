@@ -8,7 +8,10 @@ value; the request is sent once more with it. The gateway's receipt is then repo
 (``POST /v1/payments/{id}/confirm``), or the reservation released when the gateway refused
 (``…/release``).
 
-* ``deny`` raises ``PolicyDenied`` before anything is sent to the payee.
+* ``deny`` raises ``PolicyDenied`` before anything is sent to the payee; a denial by the
+  wallet's AI review council raises its subclass ``CouncilDenied``, with every judge's vote.
+* The agent may say why it spends (justification, expected ROI, urgency) for the council: per
+  request in ``request.extensions["aep2_spend"]``, or for every request with ``spend_context``.
 * ``review`` waits up to ``review_timeout`` seconds, polling, for a reviewer; undecided, it
   raises ``ReviewPending``.
 * An ambiguous wallet call (a timeout, a dropped connection, a 5xx, a 429) is retried with
@@ -39,6 +42,7 @@ from aep2.x402 import PAYMENT_SIGNATURE_HEADER, X_PAYMENT_HEADER
 
 from .challenge import check_entry, is_refusal, parse_challenge, read_receipt, refusal
 from .errors import (
+    CouncilDenied,
     NoAcceptableRequirement,
     PayerError,
     PaymentRefused,
@@ -53,6 +57,7 @@ __all__ = [
     "Confirm",
     "PollReview",
     "Release",
+    "SPEND_EXTENSION",
     "Wait",
     "WalletAuth",
     "WalletDecision",
@@ -62,6 +67,9 @@ __all__ = [
 
 SCHEME = "aep2"
 IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+#: ``httpx`` request extension carrying the agent's spend context (``justification``,
+#: ``expected_roi``, ``urgency``) for the wallet's review council.
+SPEND_EXTENSION = "aep2_spend"
 logger = logging.getLogger("payer.remote")
 
 
@@ -73,13 +81,15 @@ logger = logging.getLogger("payer.remote")
 @dataclass(frozen=True)
 class Authorize:
     """Decide and sign: ``requirement`` an ``aep2`` accepts entry (v2 or v1 form) for the
-    request ``method url`` with ``body``. Answers a ``WalletDecision``."""
+    request ``method url`` with ``body``; ``context`` the agent's spend context, if any.
+    Answers a ``WalletDecision``."""
 
     requirement: dict[str, Any]
     url: str
     method: str
     body: bytes
     idempotency_key: str
+    context: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -142,7 +152,9 @@ class WalletPaymentFlow(httpx.Auth):
     ``review_timeout``: seconds to wait for a review (0: raise ``ReviewPending`` at once);
     ``poll_interval``: seconds between polls. ``raise_on_refusal``: a gateway refusal raises
     ``PaymentRefused`` (else the refusing response is returned). ``receipts``: the gateway
-    receipts of the payments made, oldest first.
+    receipts of the payments made, oldest first. ``spend_context``: the spend context sent
+    with every authorization (``justification``, ``expected_roi``, ``urgency``) unless the
+    request carries its own in ``extensions["aep2_spend"]``.
     """
 
     requires_request_body = True
@@ -154,9 +166,11 @@ class WalletPaymentFlow(httpx.Auth):
         poll_interval: float = 1.0,
         raise_on_refusal: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        spend_context: typing.Mapping[str, str] | None = None,
     ) -> None:
         if review_timeout < 0 or poll_interval <= 0:
             raise ValueError("review_timeout must be >= 0 and poll_interval > 0 (seconds)")
+        self.spend_context = None if spend_context is None else dict(spend_context)
         self.review_timeout = review_timeout
         self.poll_interval = poll_interval
         self.raise_on_refusal = raise_on_refusal
@@ -234,9 +248,11 @@ class WalletPaymentFlow(httpx.Auth):
             raise NoAcceptableRequirement(f"accepts: no {SCHEME} entry (offered: {schemes})")
         decision: WalletDecision | None = None
         unpayable: list[str] = []
+        spend = request.extensions.get(SPEND_EXTENSION, self.spend_context)
         for index, entry in offers:
             check_entry(index, entry, challenge.source)
-            step = Authorize(entry, str(request.url), request.method, request.content, key)
+            step = Authorize(entry, str(request.url), request.method, request.content, key,
+                             None if spend is None else dict(spend))
             try:
                 decision = yield step
             except NoAcceptableRequirement as exc:
@@ -296,6 +312,8 @@ class WalletAuth(WalletPaymentFlow):
     ``timeout``: seconds per wallet call; ``retries``: further attempts of a wallet call that
     got no definite answer (network error, 5xx, 429), ``backoff`` seconds apart, doubling.
     ``transport``/``async_transport``: httpx transports for the wallet calls (tests).
+    ``spend_context``: see ``WalletPaymentFlow``; the wallet's council must answer within
+    ``timeout`` (its judges' budget), or the retried call finds the review pending.
     Close with ``close()``/``aclose()`` (or use as a context manager). Raises the errors of
     ``payer.errors``: ``PolicyDenied``, ``ReviewPending``, ``NoAcceptableRequirement``,
     ``MalformedChallenge``, ``PaymentRefused``, ``WalletRequestError``, ``WalletUnavailable``.
@@ -314,8 +332,10 @@ class WalletAuth(WalletPaymentFlow):
         raise_on_refusal: bool = True,
         transport: httpx.BaseTransport | None = None,
         async_transport: httpx.AsyncBaseTransport | None = None,
+        spend_context: typing.Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(review_timeout=review_timeout, poll_interval=poll_interval, raise_on_refusal=raise_on_refusal)
+        super().__init__(review_timeout=review_timeout, poll_interval=poll_interval, raise_on_refusal=raise_on_refusal,
+                         spend_context=spend_context)
         if retries < 0 or backoff < 0:
             raise ValueError("retries and backoff must not be negative")
         self.wallet_url = wallet_url.rstrip("/")
@@ -411,6 +431,8 @@ def _http(step: WalletStep) -> tuple[str, str, dict[str, Any] | None, dict[str, 
             "body": base64.b64encode(step.body).decode("ascii"),
             "idempotencyKey": step.idempotency_key,
         }
+        if step.context is not None:
+            body["context"] = {_CAMEL.get(k, k): v for k, v in step.context.items()}
         return "POST", "/v1/payments/authorize", body, {IDEMPOTENCY_KEY_HEADER: step.idempotency_key}
     if isinstance(step, PollReview):
         return "GET", f"/v1/reviews/{step.review_id}", None, {}
@@ -419,6 +441,10 @@ def _http(step: WalletStep) -> tuple[str, str, dict[str, Any] | None, dict[str, 
     if isinstance(step, Release):
         return "POST", f"/v1/payments/{step.payment_id}/release", {"reason": step.reason[:2000]}, {}
     raise TypeError(f"not a wallet call: {step!r}")
+
+
+#: The spend context's wire names (the wallet's API is camelCase).
+_CAMEL = {"expected_roi": "expectedRoi"}
 
 
 def _retryable(response: httpx.Response) -> bool:
@@ -437,10 +463,12 @@ def _answer(step: WalletStep, response: httpx.Response) -> WalletDecision | None
     if response.status_code >= 400:
         code = str(data.get("code") or "wallet_error")
         detail = str(data.get("detail") or response.reason_phrase)
+        decision_id = data.get("decisionId") if isinstance(data.get("decisionId"), int) else None
+        if code == "council_denied":
+            votes = [v for v in data.get("votes") or () if isinstance(v, dict)]
+            raise CouncilDenied(str(data.get("rule") or code), detail, decision_id=decision_id, votes=votes)
         if code == "policy_denied":
-            decision_id = data.get("decisionId")
-            raise PolicyDenied(str(data.get("rule") or code), detail,
-                               decision_id=decision_id if isinstance(decision_id, int) else None)
+            raise PolicyDenied(str(data.get("rule") or code), detail, decision_id=decision_id)
         if code == "no_matching_intent":
             raise NoAcceptableRequirement(f"{data.get('field') or 'requirement'}: {detail}")
         raise WalletRequestError(response.status_code, code, detail)

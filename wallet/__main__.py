@@ -24,6 +24,9 @@ the same approval as one over HTTP. Configuration is read once, from the environ
 - ``AEP2_DEPLOYMENT``: the deployment file; ``AEP2_PROCESSOR``: the settlement processor;
 - ``AEP2_WALLET_WEBHOOKS_ALLOW_PRIVATE``: ``1`` lets webhook endpoints be on loopback or
   private addresses (a receiver on the same host); off by default (``webhooks``, "Targets").
+- ``AEP2_WALLET_COUNCIL`` (``off``, ``offline``, ``anthropic``, ``auto``), ``ANTHROPIC_API_KEY``,
+  ``ANTHROPIC_BASE_URL`` and ``AEP2_WALLET_COUNCIL_*``: the AI review council that decides
+  reviews (``wallet.council``; off by default: reviews wait for the owner).
 
 ``audit verify`` needs only the database: an auditor does not need the owner's keys.
 Exit status: 0 done, 1 refused (or a broken audit chain), 2 bad usage or configuration.
@@ -44,6 +47,7 @@ from pathlib import Path
 from aep2.deployment import Deployment
 
 from . import audit
+from .council import council_from_env
 from .db import DEFAULT_URL, Database
 from .keys import KeyCustodyError, OwnerKeystore, Sealer
 from .ledger import LedgerError
@@ -99,17 +103,23 @@ async def _service(config: Config) -> AsyncIterator[WalletService]:
     owner = OwnerKeystore.load(config.keystore, environ=config.environ)
     from payer import Escrow  # web3: only for the commands that may touch the chain
 
+    try:
+        council = council_from_env(config.environ)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     chain = Escrow(deployment, owner.account.key, processor=config.processor)
     db = Database(config.db_url)
     hooks = Webhooks(db, sealer=sealer, allow_private_targets=config.allow_private_webhooks)
     try:
         yield WalletService(
             db, owner=owner, sealer=sealer, deployment=deployment, processor=config.processor,
-            webhooks=hooks, chain=chain,
+            webhooks=hooks, chain=chain, council=council,
         )
     finally:
         await hooks.aclose()
         await db.aclose()
+        if council is not None:
+            await council.aclose()
 
 
 # ---------------------------------------------------------------------------------------------

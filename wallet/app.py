@@ -26,7 +26,8 @@ everywhere).
 
 Errors are RFC 9457 problem details (``application/problem+json``) with a stable ``code``
 (``PROBLEMS``) and, when one argument is at fault, the ``field``. A policy denial is 403 with
-the ``rule`` that decided; a review is 202 with the ``reviewId`` to poll.
+the ``rule`` that decided; a review is 202 with the ``reviewId`` to poll. A denial by the AI
+review council (``wallet.council``) is 403 ``council_denied`` with every judge's ``votes``.
 
 Secrets. No response carries key material; the only full API key ever returned is the one in
 the answer to ``POST /v1/agents``. Every log handler of the process gets ``keys.RedactingFilter``
@@ -60,7 +61,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from payer.errors import MalformedChallenge, NoAcceptableRequirement, PolicyDenied, ReviewPending, WalletRequestError
+from payer.errors import (
+    CouncilDenied,
+    MalformedChallenge,
+    NoAcceptableRequirement,
+    PolicyDenied,
+    ReviewPending,
+    WalletRequestError,
+)
 
 from . import audit, webhooks
 from .execute import Executor, HostNotAllowed, ResponseTooLarge, paid_call_json
@@ -110,6 +118,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "invalid_request": (422, "Invalid request"),
     "invalid_body": (422, "Invalid request body"),
     "policy_denied": (403, "Denied by the owner's policy"),
+    "council_denied": (403, "Denied by the AI review council"),
     "payload_too_large": (413, "Request body too large"),
     "rate_limited": (429, "Too many requests"),
     "host_not_allowed": (403, "The owner named no such host for this agent"),
@@ -258,11 +267,20 @@ class _WithBody(_Body):
         return b"" if self.body is None else base64.b64decode(self.body, validate=True)
 
 
+class SpendContextBody(_Body):
+    """``council.SpendContext`` on the wire: the agent's own words on a spend, for the council."""
+
+    justification: str | None = Field(default=None, max_length=2000)
+    expected_roi: str | None = Field(default=None, max_length=2000)
+    urgency: Literal["low", "normal", "high", "critical"] | None = None
+
+
 class AuthorizePayment(_WithBody):
     requirement: dict[str, Any]
     url: str = Field(min_length=1, max_length=8192)
     method: str = "GET"
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    context: SpendContextBody | None = None
 
 
 class ExecutePayment(_WithBody):
@@ -324,6 +342,7 @@ class RulesBody(_Body):
     review_new_payee: bool = False
     scope: Literal["agent", "owner"] = "agent"
     auto_approve: AutoApproveBody | None = None
+    off_mission: Literal["deny", "review"] | None = None
 
     def rules(self) -> Rules:
         """The ``Rules``; a value ``Rules`` refuses becomes a 422 naming its field."""
@@ -413,6 +432,8 @@ def _authorization(auth: Authorization, *, with_header: bool = True) -> Response
     """allow → 200 (with the header for the agent), review → 202, deny → 403 problem."""
     common = {"decisionId": auth.decision_id, "intentId": auth.intent_id, "rule": auth.rule,
               "reviewId": auth.review_id, "replayed": auth.replayed}
+    if auth.outcome == "deny" and auth.council is not None and not auth.council.approved:
+        raise Problem("council_denied", auth.reason, votes=[b.to_json() for b in auth.council.ballots], **common)
     if auth.outcome == "deny":
         raise Problem("policy_denied", auth.reason, **common)
     if auth.outcome == "review":
@@ -554,6 +575,7 @@ class _Api:
         auth = await self.service.authorize_payment(
             agent_id, body.requirement, body.url, body.method, body.body_bytes(),
             idempotency_key=_idempotency_key(request, body.idempotency_key),
+            context=None if body.context is None else body.context.model_dump(exclude_none=True),
         )
         return _authorization(auth)
 
@@ -566,6 +588,9 @@ class _Api:
                 agent_id, body.url, body.method, headers=body.headers, body=body.body_bytes(),
                 idempotency_key=key, review_timeout=body.review_timeout_seconds,
             )
+        except CouncilDenied as exc:
+            raise Problem("council_denied", exc.reason, rule=exc.rule, decisionId=exc.decision_id,
+                          votes=list(exc.votes)) from None
         except PolicyDenied as exc:
             raise Problem("policy_denied", exc.reason, rule=exc.rule, decisionId=exc.decision_id) from None
         except ReviewPending as exc:
@@ -809,7 +834,9 @@ class _Api:
             "required": ["type", "title", "status", "code"],
             "properties": {"type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
                            "detail": {"type": "string"}, "code": {"type": "string", "enum": sorted(PROBLEMS)},
-                           "field": {"type": "string"}, "rule": {"type": "string"}},
+                           "field": {"type": "string"}, "rule": {"type": "string"},
+                           "votes": {"type": "array", "items": {"type": "object"},
+                                     "description": "council_denied: every judge's ballot"}},
         }
         problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
         paths: dict[str, dict[str, Any]] = {}

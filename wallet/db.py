@@ -39,6 +39,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     Column,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -60,6 +61,7 @@ __all__ = [
     "transactions",
     "entries",
     "audit_log",
+    "wallet_council_votes",
     "serialize",
     "statement_guard",
     "utc_now",
@@ -137,6 +139,37 @@ audit_log = Table(
     Column("hash", String(64), nullable=False, unique=True),
 )
 
+# ---------------------------------------------------------------------------------------------
+# AI review council (wallet/council.py): one row per judge per review, abstentions included
+# (``vote`` NULL, ``error`` set). The verdict is not stored: it is a pure function of the
+# review's rows and their ``quorum`` (``council.tally``).
+# ---------------------------------------------------------------------------------------------
+
+wallet_council_votes = Table(
+    "wallet_council_votes",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("review_id", String(40), nullable=False),  # wallet_reviews.id (rev_…)
+    Column("at", String(32), nullable=False),
+    Column("judge", String(40), nullable=False),  # the role's name: cfo, growth, risk…
+    Column("backend", String(40), nullable=False),  # anthropic, offline…
+    Column("model", String(100), nullable=True),
+    Column("vote", String(8), nullable=True),  # approve | deny; NULL: abstained
+    Column("rationale", Text, nullable=True),
+    Column("risk_score", Integer, nullable=True),  # 0-100
+    Column("confidence", Float, nullable=True),  # 0-1
+    Column("input_tokens", Integer, nullable=True),
+    Column("output_tokens", Integer, nullable=True),
+    Column("latency_ms", Float, nullable=False),
+    Column("error", Text, nullable=True),  # why the judge abstained
+    Column("quorum", Integer, nullable=False),  # approvals the council needed
+    UniqueConstraint("review_id", "judge", name="wallet_council_votes_one_per_judge"),
+    CheckConstraint("vote IN ('approve', 'deny') OR (vote IS NULL AND error IS NOT NULL)",
+                    name="wallet_council_votes_vote"),
+    CheckConstraint("risk_score BETWEEN 0 AND 100", name="wallet_council_votes_risk"),
+    CheckConstraint("confidence BETWEEN 0 AND 1", name="wallet_council_votes_confidence"),
+)
+
 
 # ---------------------------------------------------------------------------------------------
 # Dialect-specific DDL
@@ -188,7 +221,7 @@ def _append_only(table: Table) -> None:
     )
 
 
-for _table in (transactions, entries, audit_log):
+for _table in (transactions, entries, audit_log, wallet_council_votes):
     _append_only(_table)
 
 

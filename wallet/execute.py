@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import httpx
 
-from payer.errors import NoAcceptableRequirement, PolicyDenied, WalletRequestError
+from payer.errors import CouncilDenied, NoAcceptableRequirement, PolicyDenied, WalletRequestError
 from payer.remote import Authorize, Confirm, PollReview, Release, WalletDecision, WalletPaymentFlow, WalletStep
 
 from .policy import host_matches
@@ -86,6 +86,9 @@ class ServiceAuth(WalletPaymentFlow):
             raise NoAcceptableRequirement(str(exc)) from None
         except WalletError as exc:
             raise WalletRequestError(409, type(exc).__name__, str(exc)) from exc
+        if auth.outcome == "deny" and auth.council is not None and not auth.council.approved:
+            raise CouncilDenied(auth.rule, auth.reason, decision_id=auth.decision_id,
+                                votes=[ballot.to_json() for ballot in auth.council.ballots])
         if auth.outcome == "deny":
             raise PolicyDenied(auth.rule, auth.reason, decision_id=auth.decision_id)
         if auth.outcome == "review":

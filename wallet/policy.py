@@ -22,6 +22,11 @@ Windows (all end at the request's ``at``):
 - velocity: spends with ``at - 60 < spend.at <= at``.
 
 Caps are inclusive: ``spent + amount == cap`` is allowed, one base unit more is denied.
+
+On mission. :func:`mission_check` compares a spend (its host and URL path) with the purpose
+the owner approved with the intent: a keyword overlap heuristic, cheap and explainable, not a
+classifier. ``Rules.off_mission`` chooses what an off-mission spend gets: ``deny`` or
+``review`` (the AI review council, ``wallet.council``, sees the same check).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time
 from enum import StrEnum
 from types import MappingProxyType
@@ -41,6 +46,7 @@ __all__ = [
     "Decision",
     "IntentLimits",
     "KillSwitch",
+    "MissionCheck",
     "Outcome",
     "RULE_ORDER",
     "Rule",
@@ -53,6 +59,7 @@ __all__ = [
     "history_since",
     "host_matches",
     "measure",
+    "mission_check",
 ]
 
 Outcome = Literal["allow", "deny", "review"]
@@ -111,6 +118,9 @@ class Rule(StrEnum):
     VELOCITY = "max_calls_per_minute"
     #: ``at`` is outside the owner's active hours.
     ACTIVE_HOURS = "active_hours"
+    #: The spend shares nothing with the intent's purpose and ``off_mission`` is ``deny`` or
+    #: ``review`` (after every other deny rule, before the other review rules).
+    OFF_MISSION = "off_mission"
     #: The amount is above ``review_above``: a reviewer decides.
     REVIEW_ABOVE = "review_above"
     #: The payee was never paid before: a reviewer decides.
@@ -166,7 +176,8 @@ class SpendRequest:
 
     ``payee`` is the EVM address to be paid; ``host`` the host name of the paid URL (no port),
     or None when the agent sent a bare challenge; ``amount`` in base units (> 0); ``at`` the
-    unix time of the request in seconds, read once by the service.
+    unix time of the request in seconds, read once by the service; ``path`` the paid URL's
+    path without its query (which may carry credentials), or None, for the on-mission check.
 
     Raises:
         ValueError: naming the field, for a malformed address or host, a non-positive or
@@ -179,6 +190,7 @@ class SpendRequest:
     host: str | None
     amount: int
     at: float
+    path: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "payee", _address(self.payee, "payee"))
@@ -335,6 +347,11 @@ class Rules:
     - ``review_above``: spends with ``amount > review_above`` go to review.
     - ``review_new_payee``: spends to a payee never paid before go to review.
 
+    On mission (after every other deny rule, before the review rules above):
+
+    - ``off_mission``: what a spend :func:`mission_check` finds off the intent's purpose gets,
+      ``"deny"`` or ``"review"`` (``None``: not checked).
+
     ``scope``: whose spends count against the caps, velocity and ``review_new_payee``:
     ``"agent"`` (this agent's only) or ``"owner"`` (all the owner's agents together).
 
@@ -361,6 +378,7 @@ class Rules:
     review_new_payee: bool = False
     scope: Literal["agent", "owner"] = "agent"
     auto_approve: AutoApprove | None = None
+    off_mission: Literal["deny", "review"] | None = None
 
     def __post_init__(self) -> None:
         for name in ("per_transaction_cap", "rolling_24h_cap", "daily_cap",
@@ -403,6 +421,8 @@ class Rules:
                 raise ValueError(f"auto_approve: {exc}") from None
         elif self.auto_approve is not None and not isinstance(self.auto_approve, AutoApprove):
             raise ValueError(f"auto_approve: {self.auto_approve!r} is not an AutoApprove")
+        if self.off_mission not in (None, "deny", "review"):
+            raise ValueError(f"off_mission: {self.off_mission!r} is neither 'deny', 'review' nor None")
 
     def _normalize(self, name: str, check: Callable[[object], str]) -> None:
         items = getattr(self, name)
@@ -435,7 +455,14 @@ class Rules:
             "review_new_payee": self.review_new_payee,
             "scope": self.scope,
             "auto_approve": self.auto_approve.to_json() if self.auto_approve else None,
+            "off_mission": self.off_mission,
         }
+
+    def without_review(self) -> Rules:
+        """These rules with every rule that sends to review turned off (a ``deny`` stays), for
+        re-evaluating a spend a reviewer allowed."""
+        off_mission = None if self.off_mission == "review" else self.off_mission
+        return replace(self, review_above=None, review_new_payee=False, off_mission=off_mission)
 
 
 @dataclass(frozen=True)
@@ -447,6 +474,8 @@ class IntentLimits:
     ``valid_after`` / ``valid_before``: the intent is usable when ``valid_after <= at <
     valid_before`` (docs/PROTOCOL.md §2). ``payees``: the intent's payee allowlist and
     ``hosts`` the hosts its draft named (empty = any). ``revoked``: revoked by the owner.
+    ``purpose``: the purpose the owner approved with the intent (free text, for the on-mission
+    check).
     """
 
     remaining: int
@@ -456,6 +485,7 @@ class IntentLimits:
     payees: frozenset[str] = frozenset()
     hosts: frozenset[str] = frozenset()
     revoked: bool = False
+    purpose: str = ""
 
     def __post_init__(self) -> None:
         _amount(self.remaining, "remaining", minimum=0)
@@ -474,6 +504,7 @@ class IntentLimits:
             "payees": sorted(self.payees),
             "hosts": sorted(self.hosts),
             "revoked": self.revoked,
+            "purpose": self.purpose,
         }
 
 
@@ -673,6 +704,14 @@ def _first_failure(
                 f"local time {usage.local_time} ({rules.timezone}) is outside active_hours {start}-{end}"
             )
 
+    # On mission: after every other deny rule, so an off-mission review never hides a deny.
+    if rules.off_mission is not None:
+        mission = mission_check(intent.purpose, host, request.path)
+        if not mission.on_mission:
+            return rules.off_mission, Rule.OFF_MISSION, (
+                f"the spend ({mission.spend_text}) shares no term with the intent's purpose"
+            )
+
     # Review: only once no deny rule objects.
     if rules.review_above is not None and amount > rules.review_above:
         return "review", Rule.REVIEW_ABOVE, f"amount {amount} > review_above {rules.review_above}"
@@ -704,6 +743,7 @@ def evaluate(
             "host": request.host,
             "amount": request.amount,
             "at": request.at,
+            "path": request.path,
         },
         "usage": usage.to_json(),
         "rules": rules.to_json(),
@@ -717,3 +757,63 @@ def host_matches(host: str, patterns: frozenset[str]) -> bool:
     """Whether ``host`` (lower-case) matches one of ``patterns``, as ``Rules.host_allowlist``
     matches: exact names, and ``*.example.com`` for any subdomain."""
     return _host_matches(host, patterns)
+
+
+# --------------------------------------------------------------------------------------------
+# On mission
+# --------------------------------------------------------------------------------------------
+
+_TERM = re.compile(r"[a-z0-9]+")
+#: Terms that say nothing about a mission: URL furniture and English glue words.
+_STOPWORDS = frozenset(
+    "a an and api app are as at be by com for from get in io is it net of on or org our the to "
+    "us v1 v2 v3 we web with www http https html json index".split()
+)
+#: Shortest term that may match inside a longer one (``weather`` in ``openweathermap``).
+_MIN_INFIX = 5
+
+
+def _terms(text: str) -> frozenset[str]:
+    """Lower-case word stems of ``text``: no stopwords, no numbers, no one- or two-letter words,
+    a plural ``s`` dropped."""
+    terms = set()
+    for word in _TERM.findall(text.lower()):
+        if len(word) < 3 or word.isdigit() or word in _STOPWORDS:
+            continue
+        terms.add(word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word)
+    return frozenset(terms)
+
+
+def _related(a: str, b: str) -> bool:
+    return a == b or (len(a) >= _MIN_INFIX and a in b) or (len(b) >= _MIN_INFIX and b in a)
+
+
+@dataclass(frozen=True)
+class MissionCheck:
+    """What :func:`mission_check` found: ``on_mission``; ``matched`` the purpose terms the
+    spend shares (sorted); ``spend_text`` the host and path it compared."""
+
+    on_mission: bool
+    matched: tuple[str, ...]
+    spend_text: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"on_mission": self.on_mission, "matched": list(self.matched), "spend": self.spend_text}
+
+
+def mission_check(purpose: str, host: str | None, path: str | None) -> MissionCheck:
+    """Whether a spend to ``host`` at ``path`` serves ``purpose`` (the intent's approved text).
+
+    Both sides are cut into terms (lower-case words of three letters or more, stopwords and
+    numbers dropped, a plural ``s`` removed); a purpose term matches a spend term when they are
+    equal or, five letters or more, one contains the other. On mission when at least one term
+    matches, or when the purpose has no term at all (nothing to be off from). Pure and
+    deterministic; ``path``'s query, if any, is ignored.
+    """
+    spend_text = f"{host or ''}{(path or '').split('?', 1)[0]}"
+    wanted = _terms(purpose)
+    if not wanted:
+        return MissionCheck(True, (), spend_text)
+    offered = _terms(spend_text)
+    matched = tuple(sorted(term for term in wanted if any(_related(term, other) for other in offered)))
+    return MissionCheck(bool(matched), matched, spend_text)

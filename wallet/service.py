@@ -55,7 +55,6 @@ propagate as they are.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import json
 import secrets
@@ -99,6 +98,7 @@ from payer import create_intent, create_session_key
 from payer.auth import DEFAULT_DEADLINE_SECONDS, SCHEME
 
 from . import audit, ledger
+from .council import COUNCIL_ACTOR, Council, InvalidContext, RecentSpend, SpendCase, SpendContext, Verdict, load_verdict, store_votes
 from .db import Database, metadata, serialize, utc_now
 from .keys import ApiKeyRecord, OwnerKeystore, Sealer, averify_api_key, issue_api_key, session_key_aad
 from .ledger import AccountKind
@@ -114,6 +114,7 @@ from .policy import (
     SpendRequest,
     evaluate,
     history_since,
+    mission_check,
 )
 from .webhooks import EventType, Webhooks
 
@@ -153,6 +154,8 @@ _SPEND_LOCK = "wallet.spend"
 _ALL = "*"
 _AUTO_APPROVE_ACTOR = "owner:auto-approve"
 _OWNER_ACTOR = "owner"
+#: How many of the agent's latest spends the council sees.
+_RECENT_SPENDS = 20
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,6 +430,7 @@ class Authorization:
     ``payment_id`` the mandate's payment id. ``deny``: nothing was signed. ``review``: nothing
     was signed yet; ``review_id`` names the pending review. ``rule`` and ``reason`` come from
     the policy; ``replayed`` is true when an idempotency key returned an earlier answer.
+    ``council``: the AI review council's verdict when the council decided the review.
     """
 
     outcome: Outcome
@@ -439,6 +443,7 @@ class Authorization:
     header: str | None = field(default=None, repr=False)
     review_id: str | None = None
     replayed: bool = False
+    council: Verdict | None = None
 
     @property
     def allowed(self) -> bool:
@@ -521,7 +526,8 @@ class WalletService:
     intents are registered and revoked (``payer.Escrow`` for the owner); None records
     revocations only in the wallet. ``clock``: unix seconds. ``deadline_seconds``: mandate
     lifetime unless a requirement asks for more (as ``payer.AEP2Auth``). ``review_ttl_seconds``:
-    how long a review waits for the reviewer before it is ``expired``.
+    how long a review waits for the reviewer before it is ``expired``. ``council``: decides
+    every review at once (``wallet.council``); None leaves reviews to the owner.
     """
 
     def __init__(
@@ -537,6 +543,7 @@ class WalletService:
         clock: Callable[[], float] = time.time,
         deadline_seconds: int = DEFAULT_DEADLINE_SECONDS,
         review_ttl_seconds: float = 3600.0,
+        council: Council | None = None,
     ) -> None:
         if deadline_seconds <= 0:
             raise ValueError(f"deadline_seconds: {deadline_seconds} must be positive")
@@ -551,6 +558,7 @@ class WalletService:
         self.chain = chain
         self.deadline_seconds = deadline_seconds
         self.review_ttl_seconds = review_ttl_seconds
+        self.council = council
         self._clock = clock
 
     def __repr__(self) -> str:
@@ -945,6 +953,7 @@ class WalletService:
         method: str = "GET",
         body: bytes = b"",
         idempotency_key: str | None = None,
+        context: Mapping[str, Any] | None = None,
     ) -> Authorization:
         """Decide one spend and, on ``allow``, sign its mandate.
 
@@ -954,9 +963,34 @@ class WalletService:
         first call's answer, the same header included, and never signs twice; the same key
         with another request raises ``IdempotencyConflict``.
 
-        Raises ``NotFound`` (agent), ``InvalidRequest`` (malformed requirement or URL),
-        ``NoMatchingIntent`` (no intent of the agent can pay this requirement).
+        ``context``: what the agent says of the spend (``council.SpendContext``: justification,
+        expected ROI, urgency), stored with the decision. When the policy says ``review`` and a
+        council is set, the council decides the review once this spend's transaction has
+        committed, and the answer is the final ``allow`` or ``deny`` (``council`` set).
+
+        Raises ``NotFound`` (agent), ``InvalidRequest`` (malformed requirement, URL or
+        context), ``NoMatchingIntent`` (no intent of the agent can pay this requirement).
         """
+        try:
+            spend = SpendContext.from_mapping(context)
+        except InvalidContext as exc:
+            raise InvalidRequest(f"context.{exc.field}", exc.reason) from None
+        auth = await self._decide(agent_id, requirement, url, method, body, idempotency_key, spend)
+        if auth.outcome == "review" and self.council is not None and not auth.replayed:
+            return await self._convene(auth, spend)
+        return auth
+
+    async def _decide(
+        self,
+        agent_id: str,
+        requirement: Mapping[str, Any],
+        url: str,
+        method: str,
+        body: bytes,
+        idempotency_key: str | None,
+        spend: SpendContext,
+    ) -> Authorization:
+        """The spend's one serialized transaction: allow (signed), deny, or a pending review."""
         offer = self._offer(requirement)
         path, host = _target(url)
         method = _method(method)
@@ -976,11 +1010,13 @@ class WalletService:
             now = self._clock()  # after the lock: decisions are timed in the order they are made
             candidate = await self._pick_intent(conn, agent_id, offer, now)
             rules = await self._rules(conn, agent_id)
-            request = SpendRequest(agent_id, candidate.row.id, offer.payee, host, offer.amount, now)
+            request = SpendRequest(agent_id, candidate.row.id, offer.payee, host, offer.amount, now, path=_path_only(path))
             decision = evaluate(
                 request, await self._history(conn, request, rules), rules, candidate.limits, await self._kill_switch(conn)
             )
             context = {"url": url, "method": method, "requirement": offer.entry}
+            if spend.to_json():
+                context["spend"] = spend.to_json()
             if decision.outcome == "allow":
                 return await self._sign(
                     conn, candidate.row, offer, binding, url, now, decision, context, idempotency_key, digest
@@ -1022,6 +1058,54 @@ class WalletService:
                 review_id=review_id,
             )
 
+    async def _convene(self, auth: Authorization, spend: SpendContext) -> Authorization:
+        """The council decides the pending review ``auth`` names, outside any write transaction:
+        read the case, ask the judges, store their votes, then approve or deny the review as
+        actor ``council``. If the owner decided it meanwhile, the owner's decision stands."""
+        assert self.council is not None and auth.review_id is not None
+        async with self.db.snapshot() as conn:
+            review = await self._review_row(conn, auth.review_id)
+            intent = await self._intent_row(conn, review.intent_id)
+            remaining = (await self._limits(conn, intent)).remaining
+            record = json.loads(
+                (await conn.execute(select(wallet_decisions.c.record).where(wallet_decisions.c.id == auth.decision_id))).scalar_one()
+            )
+            recent = (
+                await conn.execute(
+                    select(wallet_payments.c.at, wallet_payments.c.amount, wallet_payments.c.payee, wallet_payments.c.host)
+                    .where(wallet_payments.c.agent_id == review.agent_id,
+                           wallet_payments.c.status != PaymentStatus.RELEASED.value)
+                    .order_by(wallet_payments.c.at.desc())
+                    .limit(_RECENT_SPENDS)
+                )
+            ).all()
+        request, usage = record["inputs"]["request"], record["inputs"]["usage"]
+        case = SpendCase(
+            review_id=review.id, agent_id=review.agent_id, intent_id=intent.id, amount=request["amount"],
+            payee=request["payee"], host=request["host"], resource=_resource(review.url), method=review.method,
+            rule=auth.rule, reason=auth.reason, purpose=intent.purpose, budget=intent.budget, remaining=remaining,
+            per_payment_cap=intent.per_payment_cap,
+            mission=mission_check(intent.purpose, request["host"], request.get("path")), context=spend,
+            spent_24h=usage["rolling_24h"], payee_paid_before=usage["payee_paid_before"],
+            recent=tuple(RecentSpend(r.at, r.amount, r.payee, r.host) for r in recent), now=request["at"],
+        )
+        verdict = await self.council.deliberate(case)
+        async with self.db.transaction() as conn:
+            await store_votes(conn, review.id, verdict)
+            await audit.append(conn, COUNCIL_ACTOR, "council.voted", {
+                "review_id": review.id, "agent_id": review.agent_id, "approved": verdict.approved,
+                "approvals": verdict.approvals, "denials": verdict.denials, "abstentions": verdict.abstentions,
+                "quorum": verdict.quorum,
+            })
+        try:
+            if verdict.approved:
+                await self.approve_review(review.id, actor=COUNCIL_ACTOR)
+            else:
+                await self.deny_review(review.id, actor=COUNCIL_ACTOR, reason=verdict.reason)
+        except InvalidState:
+            pass  # the owner decided first
+        return await self.review_authorization(review.agent_id, review.id)
+
     async def approve_review(self, review_id: str, *, actor: str = _OWNER_ACTOR) -> Authorization:
         """The reviewer allows a spend that went to review. It is evaluated again on the
         history of now, with the review rules off: a deny rule that fires now (the cap filled
@@ -1035,12 +1119,12 @@ class WalletService:
             review = await self._pending_review(conn, review_id)
             entry = json.loads(review.requirement)
             offer = self._offer(entry)
-            _path, host = _target(review.url)
+            path, host = _target(review.url)
             now = self._clock()
             row = await self._intent_row(conn, review.intent_id)
             limits = await self._limits(conn, row)
-            rules = dataclasses.replace(await self._rules(conn, review.agent_id), review_above=None, review_new_payee=False)
-            request = SpendRequest(review.agent_id, row.id, offer.payee, host, offer.amount, now)
+            rules = (await self._rules(conn, review.agent_id)).without_review()
+            request = SpendRequest(review.agent_id, row.id, offer.payee, host, offer.amount, now, path=_path_only(path))
             decision = evaluate(request, await self._history(conn, request, rules), rules, limits, await self._kill_switch(conn))
             context = {"url": review.url, "method": review.method, "requirement": entry, "review_id": review_id,
                        "reviewer": actor}
@@ -1296,6 +1380,7 @@ class WalletService:
             payees=frozenset(json.loads(row.payees)),
             hosts=frozenset(json.loads(row.hosts)),
             revoked=row.status == IntentStatus.REVOKED.value,
+            purpose=row.purpose,
         )
 
     async def _history(self, conn: AsyncConnection, request: SpendRequest, rules: Rules) -> SpendHistory:
@@ -1440,15 +1525,16 @@ class WalletService:
             raise ReviewExpired("review_id", f"{review.id!r} expired undecided; ask again with a new idempotency key")
         decision = (await conn.execute(select(wallet_decisions).where(wallet_decisions.c.id == review.decision_id))).one()
         amount = int(json.loads(review.requirement)["amount"])
+        council = await load_verdict(conn, review.id) if review.decided_by == COUNCIL_ACTOR else None
         if review.status == ReviewStatus.APPROVED.value:
             header = (
                 await conn.execute(select(wallet_payments.c.header).where(wallet_payments.c.payment_id == review.payment_id))
             ).scalar_one()
             return Authorization("allow", decision.rule, decision.reason, decision.id, review.intent_id, amount,
-                                 review.payment_id, header, review_id=review.id, replayed=replayed)
+                                 review.payment_id, header, review_id=review.id, replayed=replayed, council=council)
         outcome: Outcome = "review" if review.status == ReviewStatus.PENDING.value else "deny"
         return Authorization(outcome, decision.rule, decision.reason, decision.id, review.intent_id, amount,
-                             review_id=review.id, replayed=replayed)
+                             review_id=review.id, replayed=replayed, council=council)
 
     async def _store_decision(
         self,
@@ -1674,6 +1760,11 @@ def _target(url: str) -> tuple[str, str | None]:
     if not path.startswith("/"):
         raise InvalidRequest("url", "not a URL (absolute, or a path starting with '/')")
     return path, (parsed.host or None)
+
+
+def _path_only(path: str) -> str:
+    """The path of a ``_target`` path and query: the query may carry credentials."""
+    return path.split("?", 1)[0]
 
 
 def _method(method: str) -> str:

@@ -108,6 +108,7 @@ def test_exported_members():
             "PaymentRefused",
             "WalletAuth",
             "PolicyDenied",
+            "CouncilDenied",
             "ReviewPending",
             "WalletRequestError",
             "WalletUnavailable",
@@ -122,7 +123,8 @@ def test_error_tree():
     assert issubclass(payer.SpendingLimitError, payer.PayerError)
     for name in ("NoAcceptableRequirement", "MalformedChallenge", "PaymentRefused", "ReviewPending", "WalletRequestError"):
         assert issubclass(getattr(payer, name), payer.PayerError)
-    assert issubclass(payer.PolicyDenied, payer.SpendingLimitError)  # like the local limits: nothing was signed
+    assert issubclass(payer.PolicyDenied, payer.SpendingLimitError)
+    assert issubclass(payer.CouncilDenied, payer.PolicyDenied)  # like the local limits: nothing was signed
     assert issubclass(payer.WalletUnavailable, payer.WalletRequestError)
     refused = payer.PaymentRefused("nonce_used", "payload.mandate.nonce: 3")
     assert (refused.code, refused.reason, str(refused)) == ("nonce_used", "payload.mandate.nonce: 3", "nonce_used: payload.mandate.nonce: 3")

@@ -124,6 +124,11 @@ BOUNDARIES: dict[Rule, tuple[Case, Case]] = {
     ),
     # 12:00 UTC: one minute before the start, then exactly at the (inclusive) start.
     Rule.ACTIVE_HOURS: ({"rules": {"active_hours": ("12:01", "18:00")}}, {"rules": {"active_hours": ("12:00", "18:00")}}),
+    # One purpose term in the host (``example``) is enough; none sends the spend to review.
+    Rule.OFF_MISSION: (
+        {"rules": {"off_mission": "review"}, "intent": {"purpose": "weather forecasts"}},
+        {"rules": {"off_mission": "review"}, "intent": {"purpose": "weather examples"}},
+    ),
     Rule.REVIEW_ABOVE: ({"rules": {"review_above": 99}}, {"rules": {"review_above": 100}}),
     Rule.REVIEW_NEW_PAYEE: (
         {"rules": {"review_new_payee": True}, "paid_by": {OTHER_AGENT}},
@@ -131,7 +136,7 @@ BOUNDARIES: dict[Rule, tuple[Case, Case]] = {
     ),
 }
 
-REVIEW_RULES = {Rule.REVIEW_ABOVE, Rule.REVIEW_NEW_PAYEE}
+REVIEW_RULES = {Rule.OFF_MISSION, Rule.REVIEW_ABOVE, Rule.REVIEW_NEW_PAYEE}
 
 
 def expected_outcome(rule: Rule) -> str:
@@ -197,6 +202,7 @@ def test_rule_names_are_stable() -> None:
         "daily_cap",
         "max_calls_per_minute",
         "active_hours",
+        "off_mission",
         "review_above",
         "review_new_payee",
         "default",
@@ -206,8 +212,9 @@ def test_rule_names_are_stable() -> None:
 def test_exported_members() -> None:
     assert sorted(policy.__all__) == sorted(
         [
-            "Decision", "IntentLimits", "KillSwitch", "Outcome", "RULE_ORDER", "Rule", "Rules", "Spend",
-            "SpendHistory", "SpendRequest", "Usage", "evaluate", "history_since", "measure",
+            "Decision", "IntentLimits", "KillSwitch", "MissionCheck", "Outcome", "RULE_ORDER", "Rule", "Rules", "Spend",
+            "SpendHistory", "SpendRequest", "Usage", "evaluate", "history_since", "measure", "mission_check",
+            "AutoApprove", "host_matches",
         ]
     )
 
@@ -233,6 +240,61 @@ def test_deny_beats_review_whatever_the_order_of_the_rules() -> None:
     case = merge(BOUNDARIES[Rule.REVIEW_ABOVE][0], BOUNDARIES[Rule.ACTIVE_HOURS][0])
 
     assert (decide(case).outcome, decide(case).rule) == ("deny", Rule.ACTIVE_HOURS)
+
+
+# --------------------------------------------------------------------------------------------
+# On mission: the owner picks deny or review; the heuristic at its edges
+# --------------------------------------------------------------------------------------------
+
+OFF = {"rules": {"off_mission": "deny"}, "intent": {"purpose": "weather forecasts for trips"}}
+
+
+def test_off_mission_denies_when_the_owner_chose_deny_and_deny_still_beats_review() -> None:
+    assert (decide(OFF).outcome, decide(OFF).rule) == ("deny", Rule.OFF_MISSION)
+    assert decide(OFF).reason == "the spend (api.example.com) shares no term with the intent's purpose"
+    assert decide(merge(OFF, {"rules": {"review_above": 1}})).outcome == "deny"
+
+
+def test_off_mission_is_not_checked_unless_the_owner_asks() -> None:
+    assert decide({"intent": {"purpose": "weather forecasts for trips"}}).outcome == "allow"
+
+
+def test_the_url_path_counts_and_its_query_does_not() -> None:
+    on = merge(OFF, {"request": {"path": "/v1/forecast/paris"}})
+    query_only = merge(OFF, {"request": {"path": "/v1/x?topic=forecast"}})
+
+    assert decide(on).outcome == "allow"
+    assert decide(query_only).rule == Rule.OFF_MISSION
+
+
+def test_a_reviewer_allow_turns_off_the_review_rules_but_keeps_an_off_mission_deny() -> None:
+    rules = Rules(review_above=1, review_new_payee=True, off_mission="review")
+
+    assert rules.without_review() == Rules()
+    assert Rules(off_mission="deny", review_above=1).without_review() == Rules(off_mission="deny")
+
+
+@pytest.mark.parametrize(
+    ("purpose", "host", "path", "on_mission", "matched"),
+    [
+        ("weather forecasts", "api.openweathermap.org", None, True, ("weather",)),  # 7 letters inside a host label
+        ("maps", "api.openweathermap.org", None, False, ()),  # 3 letters never match inside a word
+        ("for the 42", "api.example.com", "/v1", True, ()),  # no purpose term: nothing to be off from
+        ("Sentiment analysis", None, "/v1/sentiment", True, ("sentiment",)),
+        ("news", "api.example.com", "/v1/new", True, ("new",)),  # plural s dropped on both sides
+        ("news", "api.example.com", "/v1/nest", False, ()),
+    ],
+)
+def test_mission_check_at_its_edges(purpose: str, host: str | None, path: str | None, on_mission: bool,
+                                    matched: tuple[str, ...]) -> None:
+    check = policy.mission_check(purpose, host, path)
+
+    assert (check.on_mission, check.matched) == (on_mission, matched)
+
+
+def test_off_mission_must_be_deny_review_or_none() -> None:
+    with pytest.raises(ValueError, match="off_mission"):
+        Rules(off_mission="allow")  # type: ignore[arg-type]
 
 
 def test_kill_switch_for_one_agent_leaves_the_others_spending() -> None:
