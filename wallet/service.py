@@ -58,7 +58,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Iterator, Protocol
@@ -497,6 +497,11 @@ class WalletService:
     intents are registered and revoked (``payer.Escrow`` for the owner); None records
     revocations only in the wallet. ``clock``: unix seconds. ``deadline_seconds``: mandate
     lifetime unless a requirement asks for more (as ``payer.AEP2Auth``).
+
+    ``spend_sources``: other spends the policy must count besides signed mandates (the
+    single-use cards of ``wallet.cards`` add theirs): each is called as ``await
+    source(conn, since)`` inside the spend's transaction and returns the ``Spend``s with
+    ``at > since`` still counting.
     """
 
     def __init__(
@@ -523,6 +528,7 @@ class WalletService:
         self.chain = chain
         self.deadline_seconds = deadline_seconds
         self._clock = clock
+        self.spend_sources: list[Callable[[AsyncConnection, float], Awaitable[Sequence[Spend]]]] = []
 
     def __repr__(self) -> str:
         return f"WalletService(owner={self.owner.address!r}, processor={self.processor!r}, db={self.db!r})"
@@ -1189,6 +1195,8 @@ class WalletService:
             )
         )
         spends = tuple(Spend(r.agent_id, r.at, r.amount, r.payee, r.host) for r in rows)
+        for source in self.spend_sources:
+            spends += tuple(await source(conn, history_since(request.at, rules)))
         paid_by: frozenset[str] = frozenset()
         if rules.review_new_payee:
             paid_by = frozenset(
