@@ -9,6 +9,9 @@
     python -m wallet kill-switch on|off [--agent ID] [--reason TEXT]
     python -m wallet audit verify                  # exit status 1 on a broken chain
     python -m wallet reconcile [--settle-from-chain] [--json]   # exit status 1 on a difference
+    python -m wallet card create --amount 25.00 --intent INTENT_ID [--merchant ID] [--mcc NNNN] [--ttl SECONDS]
+    python -m wallet card list [--agent ID]
+    python -m wallet card cancel CARD_ID [--reason TEXT]
 
 The CLI talks to the same database as the server (SQLite's write lock, or PostgreSQL's, keeps
 the two consistent) and every command goes through ``WalletService``, so a CLI approval is
@@ -19,7 +22,11 @@ the same approval as one over HTTP. Configuration is read once, from the environ
 - ``AEP2_WALLET_OWNER_PASSWORD``: the owner keystore's password;
 - ``AEP2_WALLET_OWNER_KEYSTORE``: its file (default ``wallet-owner.json``);
 - ``AEP2_WALLET_OWNER_TOKEN``: the owner's bearer credential for the API (``serve`` only);
-- ``AEP2_DEPLOYMENT``: the deployment file; ``AEP2_PROCESSOR``: the settlement processor.
+- ``AEP2_DEPLOYMENT``: the deployment file; ``AEP2_PROCESSOR``: the settlement processor;
+- ``AEP2_CARD_BIN``: the card issuer's 6- or 8-digit BIN (default ``wallet.cards.DEFAULT_BIN``).
+
+``card create`` mints a single-use card for the intent's agent, the amount in tokens with up to
+6 decimals; it prints the number and CVV, the only time they are shown.
 
 ``audit verify`` needs only the database: an auditor does not need the owner's keys.
 Exit status: 0 done, 1 refused (or a broken audit chain), 2 bad usage or configuration.
@@ -40,6 +47,7 @@ from pathlib import Path
 from aep2.deployment import Deployment
 
 from . import audit
+from .cards import DEFAULT_BIN, CardIssuer, IssuerBin, to_base_units
 from .db import DEFAULT_URL, Database
 from .keys import KeyCustodyError, OwnerKeystore, Sealer
 from .ledger import LedgerError
@@ -63,6 +71,7 @@ class Config:
     owner_token: str | None
     deployment: str | None
     processor: str | None
+    card_bin: str
     environ: Mapping[str, str]
 
     @classmethod
@@ -74,6 +83,7 @@ class Config:
             owner_token=env.get("AEP2_WALLET_OWNER_TOKEN") or None,
             deployment=env.get("AEP2_DEPLOYMENT") or None,
             processor=env.get("AEP2_PROCESSOR") or None,
+            card_bin=env.get("AEP2_CARD_BIN") or DEFAULT_BIN,
             environ=env,
         )
 
@@ -106,6 +116,13 @@ async def _service(config: Config) -> AsyncIterator[WalletService]:
         await db.aclose()
 
 
+def _card_issuer(config: Config, service: WalletService) -> CardIssuer:
+    try:
+        return CardIssuer(service, bin=IssuerBin(config.card_bin))
+    except ValueError as exc:
+        raise ConfigError(f"AEP2_CARD_BIN: {exc}") from None
+
+
 # ---------------------------------------------------------------------------------------------
 # Commands
 # ---------------------------------------------------------------------------------------------
@@ -131,7 +148,8 @@ async def _serve(config: Config, args: argparse.Namespace) -> int:
         raise ConfigError("AEP2_WALLET_OWNER_TOKEN is not set: the owner's bearer credential (16+ characters)")
     async with _service(config) as service:
         try:
-            app = create_app(service, owner_token=config.owner_token, rate_limit=args.rate_limit)
+            app = create_app(service, owner_token=config.owner_token, rate_limit=args.rate_limit,
+                             cards=_card_issuer(config, service))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, lifespan="on", log_level=args.log_level))
@@ -200,6 +218,36 @@ async def _reconcile(config: Config, args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+async def _card(config: Config, args: argparse.Namespace) -> int:
+    async with _service(config) as service:
+        cards = _card_issuer(config, service)
+        if args.action == "list":
+            for card in await cards.cards(agent_id=args.agent):
+                print(f"{card.id} {card.status.value} {card.amount} ····{card.last4} "
+                      f"{card.exp_month:02d}/{card.exp_year} {card.merchant_id or '*'} {card.mcc or '*'}")
+            return 0
+        if args.action == "cancel":
+            card = await cards.cancel(args.card_id, actor=_CLI_ACTOR, reason=args.reason)
+            print(f"{card.id} {card.status.value}")
+            return 0
+        amount = to_base_units(args.amount)
+        intent = await service.intent(args.intent)
+        result = await cards.mint(intent.agent_id, intent_id=intent.id, amount=amount, merchant_id=args.merchant,
+                                  mcc=args.mcc, ttl_seconds=args.ttl, actor=_CLI_ACTOR)
+    if result.outcome == "review":
+        print(f"review {result.review_id}: {result.reason}")
+        return 1
+    if result.card is None or result.secrets is None:
+        print(f"refused: {result.rule}: {result.reason}", file=sys.stderr)
+        return 1
+    card = result.card
+    print(f"card:   {card.id} ({amount} base units, intent {card.intent_id})\n"
+          f"number: {result.secrets.number}\ncvv:    {result.secrets.cvv}\n"
+          f"expiry: {card.exp_month:02d}/{card.exp_year} (exactly at unix {card.expires_at:.0f})\n"
+          "(the number and CVV are shown once; store them now)")
+    return 0
+
+
 async def _audit_verify(config: Config, _args: argparse.Namespace) -> int:
     async with Database(config.db_url) as db:
         report = await audit.verify(db)
@@ -241,6 +289,18 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--settle-from-chain", action="store_true",
                        help="book payments the chain settled but the wallet never heard of")
     check.add_argument("--json", action="store_true")
+    card = command("card", _card, "single-use cards: create, list, cancel")
+    card_actions = card.add_subparsers(dest="action", required=True)
+    create = card_actions.add_parser("create", help="mint a card for the intent's agent; prints number and CVV once")
+    create.add_argument("--amount", required=True, help="in tokens, up to 6 decimals (25.00)")
+    create.add_argument("--intent", required=True, help="the funding intent's id")
+    create.add_argument("--merchant", default=None, help="lock the card to this merchant id")
+    create.add_argument("--mcc", default=None, help="lock the card to this 4-digit merchant category code")
+    create.add_argument("--ttl", type=int, default=86_400, help="lifetime in seconds (cut at the intent's end)")
+    card_actions.add_parser("list", help="every card, last 4 digits only").add_argument("--agent", default=None)
+    cancel = card_actions.add_parser("cancel", help="cancel a card: its hold returns to the intent")
+    cancel.add_argument("card_id")
+    cancel.add_argument("--reason", default="")
     audit_cmd = command("audit", _audit_verify, "audit trail commands")
     audit_cmd.add_argument("action", choices=["verify"])
     return parser

@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +38,22 @@ from wallet.cards import (
     luhn_valid,
     to_base_units,
 )
+from wallet.db import Database
+from wallet.keys import OwnerKeystore, Sealer
 from wallet.policy import Rules
-from wallet.service import InvalidRequest, InvalidState, NotFound
+from wallet.service import InvalidRequest, InvalidState, NotFound, WalletService
 
 from test_wallet_chain import served_here  # noqa: F401  (a fixture)
-from test_wallet_service import agent_with_intent, clock, registry, requirement, wallet  # noqa: F401  (fixtures)
+from test_wallet_service import (  # noqa: F401  (fixtures)
+    FAST_KDF,
+    PASSWORD,
+    agent_with_intent,
+    clock,
+    registry,
+    requirement,
+    wallet,
+)
+from gateway_fixtures import OFFLINE_DEPLOYMENT, PROCESSOR  # noqa: E402  (on the path test_wallet_service set)
 
 MERCHANT = "shop-1"
 MCC = "5734"
@@ -467,3 +481,49 @@ async def test_the_merchant_checks_out_a_card_over_loopback_and_no_secret_leaks(
         assert number not in text and '"cvv"' not in text.lower()
     assert number.encode() not in stored
     assert (await audit.verify(wallet.db)).ok
+
+
+# ---------------------------------------------------------------------------------------------
+# The CLI
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_the_cli_creates_lists_and_cancels_cards(tmp_path):
+    deployment = tmp_path / "deployment.json"
+    OFFLINE_DEPLOYMENT.save(deployment)
+    env = {
+        "AEP2_WALLET_DB": f"sqlite+aiosqlite:///{tmp_path / 'cli.sqlite'}",
+        "AEP2_WALLET_KEY": Sealer.generate_key(),
+        "AEP2_WALLET_OWNER_PASSWORD": PASSWORD,
+        "AEP2_WALLET_OWNER_KEYSTORE": str(tmp_path / "owner.json"),
+        "AEP2_DEPLOYMENT": str(deployment),
+        "AEP2_PROCESSOR": PROCESSOR,
+        "AEP2_CARD_BIN": "40000000",
+    }
+    async with Database(env["AEP2_WALLET_DB"]) as db:
+        await db.create()
+        service = WalletService(
+            db, owner=OwnerKeystore.create(tmp_path / "owner.json", PASSWORD, **FAST_KDF),
+            sealer=Sealer.from_env(env), deployment=OFFLINE_DEPLOYMENT, processor=PROCESSOR,
+            webhooks=webhooks.Webhooks(db),
+        )
+        await service.record_deposit(10**9)
+        _agent, _key, intent_id = await agent_with_intent(service)
+        await service.webhooks.aclose()
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "wallet", "card", *args], cwd=Path(__file__).parents[2],
+                              env=os.environ | env, capture_output=True, text=True, timeout=120)
+
+    made = await asyncio.to_thread(cli, "create", "--amount", "0.0025", "--intent", intent_id, "--mcc", MCC)
+    assert made.returncode == 0, made.stderr
+    fields = dict(line.split(":", 1) for line in made.stdout.splitlines() if ":" in line and not line.startswith("("))
+    number, card_id = fields["number"].strip(), fields["card"].split()[0]
+    assert luhn_valid(number) and number.startswith("40000000") and "2500 base units" in made.stdout
+    listed = await asyncio.to_thread(cli, "list")
+    assert listed.returncode == 0 and card_id in listed.stdout and number not in listed.stdout
+    assert number[-4:] in listed.stdout and " 2500 " in listed.stdout
+    cancelled = await asyncio.to_thread(cli, "cancel", card_id)
+    assert cancelled.returncode == 0 and cancelled.stdout.split() == [card_id, "cancelled"]
+    assert (await asyncio.to_thread(cli, "cancel", card_id)).returncode == 1
+    assert (await asyncio.to_thread(cli, "create", "--amount", "1.0000001", "--intent", intent_id)).returncode == 1
