@@ -8,6 +8,7 @@ restricts the batch sizes (default ``16,64,256``). ``latency`` times paid ``exac
 chain before the answer) and ``aep2`` calls one at a time against an unpriced call;
 ``AEP2_BENCH_LATENCY_CALLS`` sets its calls per kind (default 50). ``council`` times the AI
 review council's decision offline and against a local Messages API stub at a fixed latency.
+``cards`` times card authorizations under 32 concurrent merchants against one merchant at a time.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import sys
 import time
 
-SUITES = ("verify", "throughput", "latency", "wallet", "council", "prover", "gas")
+SUITES = ("verify", "throughput", "latency", "wallet", "council", "cards", "prover", "gas")
 
 
 def main(argv: list[str]) -> int:

@@ -11,6 +11,9 @@
     python -m wallet kill-switch on|off [--agent ID] [--reason TEXT]
     python -m wallet audit verify                  # exit status 1 on a broken chain
     python -m wallet reconcile [--settle-from-chain] [--json]   # exit status 1 on a difference
+    python -m wallet card create --amount 25.00 --intent INTENT_ID [--merchant ID] [--mcc NNNN] [--ttl SECONDS]
+    python -m wallet card list [--agent ID]
+    python -m wallet card cancel CARD_ID [--reason TEXT]
 
 The CLI talks to the same database as the server (SQLite's write lock, or PostgreSQL's, keeps
 the two consistent) and every command goes through ``WalletService``, so a CLI approval is
@@ -27,6 +30,10 @@ the same approval as one over HTTP. Configuration is read once, from the environ
 - ``AEP2_WALLET_COUNCIL`` (``off``, ``offline``, ``anthropic``, ``auto``), ``ANTHROPIC_API_KEY``,
   ``ANTHROPIC_BASE_URL`` and ``AEP2_WALLET_COUNCIL_*``: the AI review council that decides
   reviews (``wallet.council``; off by default: reviews wait for the owner).
+- ``AEP2_CARD_BIN``: the card issuer's 6- or 8-digit BIN (default ``wallet.cards.DEFAULT_BIN``).
+
+``card create`` mints a single-use card for the intent's agent, the amount in tokens with up to
+6 decimals; it prints the number and CVV, the only time they are shown.
 
 ``audit verify`` needs only the database: an auditor does not need the owner's keys.
 Exit status: 0 done, 1 refused (or a broken audit chain), 2 bad usage or configuration.
@@ -48,6 +55,7 @@ from aep2.deployment import Deployment
 
 from . import audit
 from .council import council_from_env
+from .cards import DEFAULT_BIN, CardIssuer, IssuerBin, to_base_units
 from .db import DEFAULT_URL, Database
 from .keys import KeyCustodyError, OwnerKeystore, Sealer
 from .ledger import LedgerError
@@ -72,6 +80,7 @@ class Config:
     deployment: str | None
     processor: str | None
     allow_private_webhooks: bool
+    card_bin: str
     environ: Mapping[str, str]
 
     @classmethod
@@ -84,6 +93,7 @@ class Config:
             deployment=env.get("AEP2_DEPLOYMENT") or None,
             processor=env.get("AEP2_PROCESSOR") or None,
             allow_private_webhooks=env.get("AEP2_WALLET_WEBHOOKS_ALLOW_PRIVATE", "") == "1",
+            card_bin=env.get("AEP2_CARD_BIN") or DEFAULT_BIN,
             environ=env,
         )
 
@@ -122,6 +132,13 @@ async def _service(config: Config) -> AsyncIterator[WalletService]:
             await council.aclose()
 
 
+def _card_issuer(config: Config, service: WalletService) -> CardIssuer:
+    try:
+        return CardIssuer(service, bin=IssuerBin(config.card_bin))
+    except ValueError as exc:
+        raise ConfigError(f"AEP2_CARD_BIN: {exc}") from None
+
+
 # ---------------------------------------------------------------------------------------------
 # Commands
 # ---------------------------------------------------------------------------------------------
@@ -148,7 +165,7 @@ async def _serve(config: Config, args: argparse.Namespace) -> int:
     async with _service(config) as service:
         try:
             app = create_app(service, owner_token=config.owner_token, rate_limit=args.rate_limit,
-                             auth_failures=args.auth_failures)
+                             auth_failures=args.auth_failures, cards=_card_issuer(config, service))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, lifespan="on", log_level=args.log_level))
@@ -232,6 +249,36 @@ async def _reconcile(config: Config, args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+async def _card(config: Config, args: argparse.Namespace) -> int:
+    async with _service(config) as service:
+        cards = _card_issuer(config, service)
+        if args.action == "list":
+            for card in await cards.cards(agent_id=args.agent):
+                print(f"{card.id} {card.status.value} {card.amount} ····{card.last4} "
+                      f"{card.exp_month:02d}/{card.exp_year} {card.merchant_id or '*'} {card.mcc or '*'}")
+            return 0
+        if args.action == "cancel":
+            card = await cards.cancel(args.card_id, actor=_CLI_ACTOR, reason=args.reason)
+            print(f"{card.id} {card.status.value}")
+            return 0
+        amount = to_base_units(args.amount)
+        intent = await service.intent(args.intent)
+        result = await cards.mint(intent.agent_id, intent_id=intent.id, amount=amount, merchant_id=args.merchant,
+                                  mcc=args.mcc, ttl_seconds=args.ttl, actor=_CLI_ACTOR)
+    if result.outcome == "review":
+        print(f"review {result.review_id}: {result.reason}")
+        return 1
+    if result.card is None or result.secrets is None:
+        print(f"refused: {result.rule}: {result.reason}", file=sys.stderr)
+        return 1
+    card = result.card
+    print(f"card:   {card.id} ({amount} base units, intent {card.intent_id})\n"
+          f"number: {result.secrets.number}\ncvv:    {result.secrets.cvv}\n"
+          f"expiry: {card.exp_month:02d}/{card.exp_year} (exactly at unix {card.expires_at:.0f})\n"
+          "(the number and CVV are shown once; store them now)")
+    return 0
+
+
 async def _audit_verify(config: Config, _args: argparse.Namespace) -> int:
     async with Database(config.db_url) as db:
         report = await audit.verify(db)
@@ -279,6 +326,18 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--settle-from-chain", action="store_true",
                        help="book payments the chain settled but the wallet never heard of")
     check.add_argument("--json", action="store_true")
+    card = command("card", _card, "single-use cards: create, list, cancel")
+    card_actions = card.add_subparsers(dest="action", required=True)
+    create = card_actions.add_parser("create", help="mint a card for the intent's agent; prints number and CVV once")
+    create.add_argument("--amount", required=True, help="in tokens, up to 6 decimals (25.00)")
+    create.add_argument("--intent", required=True, help="the funding intent's id")
+    create.add_argument("--merchant", default=None, help="lock the card to this merchant id")
+    create.add_argument("--mcc", default=None, help="lock the card to this 4-digit merchant category code")
+    create.add_argument("--ttl", type=int, default=86_400, help="lifetime in seconds (cut at the intent's end)")
+    card_actions.add_parser("list", help="every card, last 4 digits only").add_argument("--agent", default=None)
+    cancel = card_actions.add_parser("cancel", help="cancel a card: its hold returns to the intent")
+    cancel.add_argument("card_id")
+    cancel.add_argument("--reason", default="")
     audit_cmd = command("audit", _audit_verify, "audit trail commands")
     audit_cmd.add_argument("action", choices=["verify"])
     return parser

@@ -10,6 +10,9 @@ Two credentials, never interchangeable:
 - **the owner** sends ``Authorization: Bearer <owner token>`` (compared in constant time); it
   adds agents, approves intents, sets rules, decides reviews and throws the kill switch.
   An agent key on an owner route is 401, and the owner token on an agent route is 401 too.
+- **acquirers** (with a ``wallet.cards.CardIssuer``) send ``Authorization: Bearer <acq_ key>``
+  to the issuing routes (``/v1/issuing/…``): card authorization, capture, reversal, refund.
+  Neither of the other two credentials opens them, nor does an acquirer key open theirs.
 
 Limits. Each credential has its own moving-window rate limit (PyPI ``limits``, in-memory
 storage): 429 with ``Retry-After`` in whole seconds. The limit is counted after authentication,
@@ -40,6 +43,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import hmac
 import logging
 import math
@@ -71,6 +75,7 @@ from payer.errors import (
 )
 
 from . import audit, webhooks
+from .cards import Card, CardAuthorization, CardIssuer, CardReview, MintResult
 from .execute import Executor, HostNotAllowed, ResponseTooLarge, paid_call_json
 from .keys import RedactingFilter, parse_api_key
 from .ledger import InsufficientFunds, LedgerError
@@ -355,9 +360,38 @@ class RulesBody(_Body):
             raise Problem("invalid_body", str(exc), field=where) from None
 
 
+class MintCard(_Body):
+    """A single-use card: ``amount`` in base units, funded by ``intentId``."""
+
+    intent_id: str = Field(min_length=1, max_length=40)
+    amount: int = Field(gt=0)
+    merchant_id: str | None = Field(default=None, min_length=1, max_length=200)
+    mcc: str | None = Field(default=None, pattern=r"^[0-9]{4}$")
+    ttl_seconds: int = Field(default=86_400, gt=0)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class IssuingAuthorization(_Body):
+    """An acquirer's authorization request (card data as presented, amount in base units)."""
+
+    number: str = Field(max_length=32)
+    exp_month: int
+    exp_year: int
+    cvv: str = Field(max_length=8)
+    amount: int = Field(gt=0)
+    merchant_id: str = Field(min_length=1, max_length=200)
+    mcc: str = Field(pattern=r"^[0-9]{4}$")
+
+
+class Amount(_Body):
+    """A capture or refund: ``amount`` in base units (absent: all)."""
+
+    amount: int | None = Field(default=None, gt=0)
+
+
 _BODY_MODELS: tuple[type[BaseModel], ...] = (
     AddAgent, RotateKey, AddWebhook, DraftIntent, AuthorizePayment, ExecutePayment, Receipt, Reason, KillSwitchBody,
-    RulesBody,
+    RulesBody, MintCard, IssuingAuthorization, Amount,
 )
 
 
@@ -451,7 +485,7 @@ def _authorization(auth: Authorization, *, with_header: bool = True) -> Response
 
 @dataclass(frozen=True)
 class _Caller:
-    kind: Literal["agent", "owner"]
+    kind: Literal["agent", "owner", "acquirer"]
     id: str  # the agent id, or "owner"
 
 
@@ -466,6 +500,7 @@ class _Api:
         max_body: int,
         auth_failures: str,
         executor: Executor,
+        cards: CardIssuer | None = None,
     ) -> None:
         if len(owner_token) < 16:
             raise ValueError("owner_token: use at least 16 random characters")
@@ -478,6 +513,7 @@ class _Api:
         self._brake = parse_rate_limit(auth_failures)
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
         self.max_body = max_body
+        self.cards = cards
 
     # -- authentication and limits --------------------------------------------------------------
 
@@ -512,6 +548,12 @@ class _Api:
             await self._failed(scopes)
             raise Problem("unauthenticated", "owner credential required", headers={"WWW-Authenticate": "Bearer"})
         await self._throttle(_Caller("owner", "owner"))
+
+    async def acquirer(self, request: Request, cards: CardIssuer) -> str:
+        """The calling acquirer's id (401 otherwise), after its rate limit."""
+        acquirer_id = await cards.authenticate_acquirer(self._bearer(request))
+        await self._throttle(_Caller("acquirer", acquirer_id))
+        return acquirer_id
 
     async def _throttle(self, caller: _Caller) -> None:
         if not await self._limiter.hit(self._limit, caller.kind, caller.id):
@@ -821,7 +863,7 @@ class _Api:
              "Add a webhook endpoint; its signing secret is returned once"),
             ("GET", "/v1/webhooks", self.list_webhooks, "owner", None, "Webhook endpoints (no secrets)"),
             ("DELETE", "/v1/webhooks/{endpoint_id}", self.remove_webhook, "owner", None, "Remove a webhook endpoint"),
-        ]
+        ] + ([] if self.cards is None else _CardApi(self, self.cards).routes())
 
     def openapi(self) -> dict[str, Any]:
         """An OpenAPI 3.1 document built from the route table and the body models' schemas."""
@@ -847,14 +889,15 @@ class _Api:
             ]
             operation: dict[str, Any] = {
                 "summary": summary,
-                "security": [{"ownerToken": []} if security == "owner" else {"agentKey": []}],
+                "security": [{_SECURITY[security]: []}],
                 "responses": {"200": {"description": "OK"}, "default": {"description": "Problem", "content": problem}},
             }
             if parameters:
                 operation["parameters"] = parameters
             if model is not None:
                 operation["requestBody"] = {
-                    "required": model in (DraftIntent, AuthorizePayment, ExecutePayment, AddAgent, RulesBody, AddWebhook),
+                    "required": model in (DraftIntent, AuthorizePayment, ExecutePayment, AddAgent, RulesBody, AddWebhook,
+                                          MintCard, IssuingAuthorization),
                     "content": {"application/json": {"schema": refs[(model, "validation")]}},
                 }
             paths.setdefault(path, {})[method.lower()] = operation
@@ -867,9 +910,158 @@ class _Api:
                 "securitySchemes": {
                     "agentKey": {"type": "http", "scheme": "bearer", "description": "an agent's API key"},
                     "ownerToken": {"type": "http", "scheme": "bearer", "description": "the owner token"},
+                    "acquirerKey": {"type": "http", "scheme": "bearer", "description": "an acquirer's API key"},
                 },
             },
         }
+
+
+_SECURITY = {"agent": "agentKey", "owner": "ownerToken", "acquirer": "acquirerKey"}
+
+
+def _card(card: Card) -> dict[str, Any]:
+    return {
+        "id": card.id, "agentId": card.agent_id, "intentId": card.intent_id, "status": card.status.value,
+        "amount": card.amount, "captured": card.captured, "last4": card.last4, "expMonth": card.exp_month,
+        "expYear": card.exp_year, "expiresAt": card.expires_at, "merchantId": card.merchant_id, "mcc": card.mcc,
+        "createdAt": card.created_at,
+    }
+
+
+def _card_review(review: CardReview) -> dict[str, Any]:
+    return {
+        "id": review.id, "agentId": review.agent_id, "intentId": review.intent_id, "status": review.status,
+        "rule": review.rule, "amount": review.amount, "merchantId": review.merchant_id, "mcc": review.mcc,
+        "cardId": review.card_id, "createdAt": review.created_at, "decidedBy": review.decided_by,
+    }
+
+
+def _card_authorization(auth: CardAuthorization) -> dict[str, Any]:
+    return {
+        "id": auth.id, "approved": auth.approved,
+        "declineReason": None if auth.decline_reason is None else auth.decline_reason.value,
+        "status": auth.status.value, "amount": auth.amount, "merchantId": auth.merchant_id, "mcc": auth.mcc,
+        "captured": auth.captured, "refunded": auth.refunded, "cardId": auth.card_id, "createdAt": auth.created_at,
+    }
+
+
+def _mint(result: MintResult) -> Response:
+    """allow → 201 with the card (number and CVV only in the one answer that shows them),
+    review → 202, deny → 403 problem."""
+    common = {"decisionId": result.decision_id, "intentId": result.intent_id, "rule": result.rule,
+              "reviewId": result.review_id, "replayed": result.replayed}
+    if result.outcome == "deny":
+        raise Problem("policy_denied", result.reason, **common)
+    if result.outcome == "review":
+        return JSONResponse({"outcome": "review", "reason": result.reason, "amount": result.amount, **common},
+                            status_code=202)
+    assert result.card is not None
+    body: dict[str, Any] = {"outcome": "allow", "card": _card(result.card), **common}
+    if result.secrets is not None:
+        body["number"], body["cvv"] = result.secrets.number, result.secrets.cvv
+    return JSONResponse(body, status_code=200 if result.replayed else 201, headers={"Cache-Control": "no-store"})
+
+
+class _CardApi:
+    """The routes of single-use cards: the agent's, the owner's and the acquirers'."""
+
+    def __init__(self, api: _Api, cards: CardIssuer) -> None:
+        self.api = api
+        self.cards = cards
+
+    async def mint(self, request: Request) -> Response:
+        agent_id = await self.api.agent(request)
+        body = await self.api.body(request, MintCard)
+        result = await self.cards.mint(
+            agent_id, intent_id=body.intent_id, amount=body.amount, merchant_id=body.merchant_id, mcc=body.mcc,
+            ttl_seconds=body.ttl_seconds, idempotency_key=_idempotency_key(request, body.idempotency_key),
+        )
+        return _mint(result)
+
+    async def list(self, request: Request) -> Response:
+        agent_id = await self.api.agent(request)
+        return JSONResponse({"cards": [_card(c) for c in await self.cards.cards(agent_id=agent_id)]})
+
+    async def cancel(self, request: Request) -> Response:
+        agent_id = await self.api.agent(request)
+        body = await self.api.body(request, Reason, optional=True)
+        card = await self.cards.cancel(request.path_params["card_id"], agent_id=agent_id, actor=f"agent:{agent_id}",
+                                       reason=body.reason)
+        return JSONResponse(_card(card))
+
+    async def poll_review(self, request: Request) -> Response:
+        agent_id = await self.api.agent(request)
+        return _mint(await self.cards.review_result(agent_id, request.path_params["review_id"]))
+
+    async def approve_review(self, request: Request) -> Response:
+        """The owner's answer carries the outcome, never the card's secrets: those are the agent's."""
+        await self.api.owner(request)
+        result = await self.cards.approve_review(request.path_params["review_id"], actor=_OWNER_ACTOR)
+        return _mint(dataclasses.replace(result, secrets=None))
+
+    async def deny_review(self, request: Request) -> Response:
+        await self.api.owner(request)
+        body = await self.api.body(request, Reason, optional=True)
+        review = await self.cards.deny_review(request.path_params["review_id"], actor=_OWNER_ACTOR, reason=body.reason)
+        return JSONResponse(_card_review(review))
+
+    async def add_acquirer(self, request: Request) -> Response:
+        await self.api.owner(request)
+        body = await self.api.body(request, AddAgent)
+        new = await self.cards.add_acquirer(body.name, actor=_OWNER_ACTOR)
+        return JSONResponse({"acquirerId": new.acquirer_id, "name": new.name, "keyId": new.key_id,
+                             "apiKey": new.api_key}, status_code=201, headers={"Cache-Control": "no-store"})
+
+    async def authorize(self, request: Request) -> Response:
+        acquirer_id = await self.api.acquirer(request, self.cards)
+        body = await self.api.body(request, IssuingAuthorization)
+        auth = await self.cards.authorize(acquirer_id, **body.model_dump())
+        return JSONResponse(_card_authorization(auth))
+
+    async def capture(self, request: Request) -> Response:
+        acquirer_id = await self.api.acquirer(request, self.cards)
+        body = await self.api.body(request, Amount, optional=True)
+        auth = await self.cards.capture(acquirer_id, request.path_params["authorization_id"], body.amount)
+        return JSONResponse(_card_authorization(auth))
+
+    async def reverse(self, request: Request) -> Response:
+        acquirer_id = await self.api.acquirer(request, self.cards)
+        await self.api.body(request, _Body, optional=True)
+        auth = await self.cards.reverse(acquirer_id, request.path_params["authorization_id"])
+        return JSONResponse(_card_authorization(auth))
+
+    async def refund(self, request: Request) -> Response:
+        acquirer_id = await self.api.acquirer(request, self.cards)
+        body = await self.api.body(request, Amount, optional=True)
+        auth = await self.cards.refund(acquirer_id, request.path_params["authorization_id"], body.amount)
+        return JSONResponse(_card_authorization(auth))
+
+    def routes(self) -> list[tuple[str, str, Callable[[Request], Awaitable[Response]], str, type[BaseModel] | None, str]]:
+        """The rows ``_Api.routes`` adds when the app has a card issuer."""
+        issuing = "/v1/issuing/authorizations"
+        return [
+            ("POST", "/v1/cards", self.mint, "agent", MintCard,
+             "Mint a single-use card (201 with number and CVV, shown once; 202 review; 403 deny)"),
+            ("GET", "/v1/cards", self.list, "agent", None, "The calling agent's cards (last 4 digits only)"),
+            ("POST", "/v1/cards/{card_id}/cancel", self.cancel, "agent", Reason,
+             "Cancel an active or authorized card: its hold returns to the intent"),
+            ("GET", "/v1/cards/reviews/{review_id}", self.poll_review, "agent", None,
+             "Poll a card review: 202 pending, 200/201 with the card once approved (secrets once), 403 denied"),
+            ("POST", "/v1/cards/reviews/{review_id}/approve", self.approve_review, "owner", None,
+             "Allow a card request in review (re-evaluated without the review rules)"),
+            ("POST", "/v1/cards/reviews/{review_id}/deny", self.deny_review, "owner", Reason,
+             "Deny a card request in review"),
+            ("POST", "/v1/acquirers", self.add_acquirer, "owner", AddAgent,
+             "Add an acquirer; its API key is returned once"),
+            ("POST", issuing, self.authorize, "acquirer", IssuingAuthorization,
+             "Authorize a card purchase in real time: approved, or declined with its declineReason"),
+            ("POST", issuing + "/{authorization_id}/capture", self.capture, "acquirer", Amount,
+             "Capture all or part of an authorization (the rest returns to the intent)"),
+            ("POST", issuing + "/{authorization_id}/reverse", self.reverse, "acquirer", None,
+             "Reverse an uncaptured authorization: the card is cancelled"),
+            ("POST", issuing + "/{authorization_id}/refund", self.refund, "acquirer", Amount,
+             "Refund all or part of a capture to the card's intent"),
+        ]
 
 
 def _idempotency_key(request: Request, in_body: str | None) -> str | None:
@@ -927,6 +1119,7 @@ def create_app(
     max_body: int = DEFAULT_MAX_BODY,
     webhook_interval: float = 1.0,
     executor: Executor | None = None,
+    cards: CardIssuer | None = None,
 ) -> Starlette:
     """The wallet's HTTP API over ``service``.
 
@@ -937,9 +1130,10 @@ def create_app(
     The lifespan runs the webhook delivery loop every ``webhook_interval`` seconds and stops it
     on shutdown; the service (database, webhook client) stays the caller's to close.
     ``executor``: makes the paid calls of ``POST /v1/payments/execute`` (default: an
-    ``Executor`` on ``service``, closed with the lifespan).
+    ``Executor`` on ``service``, closed with the lifespan). ``cards``: the card issuer of
+    ``wallet.cards``; with it the card, card-review, acquirer and issuing routes are served.
     """
-    api = _Api(service, owner_token, rate_limit, max_body, auth_failures, executor or Executor(service))
+    api = _Api(service, owner_token, rate_limit, max_body, auth_failures, executor or Executor(service), cards)
     install_log_redaction()
 
     @contextlib.asynccontextmanager

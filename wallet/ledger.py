@@ -24,7 +24,8 @@ kind          ref                    holds
 ``payee``     payee address          what was paid to the payee (left the escrow)
 ``external``  ``"world"``            the outside world (negative)
 ``agent``     agent id               no flow yet: per-agent allowances, later
-``card``      card id                no flow yet: card spending, later
+``card``      card id                what is held for a single-use card (``wallet.cards``)
+``merchant``  merchant id            what card captures paid to a merchant (left the escrow)
 ============  =====================  ===================================================
 
 The flows, each one ledger transaction (one entry) returning its id:
@@ -40,6 +41,22 @@ operation      debit (from)                credit (to)                     when
 ``reclaim``    ``intent``                  ``owner``                       intent expired/revoked
 ``withdraw``   ``owner``                   ``external``                    owner withdraws
 =============  ==========================  ==============================  ======================
+
+Single-use cards (``wallet.cards``) have four more, keyed by the card id (``payment_id``):
+
+================  ===============================================  ==========================
+operation         entries (debit → credit)                         when
+================  ===============================================  ==========================
+``card_hold``     ``intent → card:<id>``                           card minted
+``card_capture``  ``card → merchant``, rest ``card → intent``      authorization captured
+``card_release``  ``card → intent`` (all that is held)             expired, cancelled, reversed
+``card_refund``   ``merchant → card``, ``card → intent``           merchant refunds a capture
+================  ===============================================  ==========================
+
+A card is held once, captured at most once and released at most once (a capture releases its
+own remainder, so a captured card has nothing left to release); refunds, any number, never
+exceed what was captured. The card account passes a refund straight through, so its balance is
+what is still held for it, and a refund returns to the intent's budget like a release.
 
 So an owner's escrow on chain is ``escrow(owner)``: its own account plus its intents' and their
 reservations'; an intent's settled total is ``settled(intent)``, what its reservations paid
@@ -100,6 +117,11 @@ __all__ = [
     "entries",
     "escrow",
     "settled",
+    "hold_card",
+    "capture_card",
+    "release_card",
+    "refund_card",
+    "card_held",
 ]
 
 #: The one ``external`` account's ref.
@@ -115,6 +137,7 @@ class AccountKind(StrEnum):
     RESERVED = "reserved"
     PAYEE = "payee"
     CARD = "card"
+    MERCHANT = "merchant"
     EXTERNAL = "external"
 
 
@@ -126,6 +149,10 @@ class TxKind(StrEnum):
     RELEASE = "release"
     RECLAIM = "reclaim"
     WITHDRAW = "withdraw"
+    CARD_HOLD = "card_hold"
+    CARD_CAPTURE = "card_capture"
+    CARD_RELEASE = "card_release"
+    CARD_REFUND = "card_refund"
 
 
 class LedgerError(Exception):
@@ -177,12 +204,12 @@ async def find_account(conn: AsyncConnection, kind: AccountKind | str, ref: str)
 async def account(conn: AsyncConnection, kind: AccountKind | str, ref: str, *, parent: int | None = None) -> int:
     """The id of account ``(kind, ref)``, created if missing.
 
-    ``intent`` and ``reserved`` accounts belong to a parent (the owner, the intent) given when
-    they are created; an existing account given another parent raises.
+    ``intent``, ``reserved`` and ``card`` accounts belong to a parent (the owner, the intent)
+    given when they are created; an existing account given another parent raises.
     """
     kind = _kind(kind)
     _ref("ref", ref)
-    if kind in (AccountKind.INTENT, AccountKind.RESERVED) and parent is None:
+    if kind in (AccountKind.INTENT, AccountKind.RESERVED, AccountKind.CARD) and parent is None:
         existing = await find_account(conn, kind, ref)
         if existing is None:
             raise LedgerError("parent", f"a new {kind} account needs its parent account")
@@ -368,6 +395,102 @@ async def release(
 
 
 # ---------------------------------------------------------------------------------------------
+# Single-use cards (wallet.cards)
+# ---------------------------------------------------------------------------------------------
+
+
+async def hold_card(
+    conn: AsyncConnection, *, intent: str, card: str, amount: int, memo: str = "", idempotency_key: str | None = None
+) -> int:
+    """A card was minted for ``amount``: ``intent → card:<card>``, refused beyond the budget.
+
+    Raises ``LedgerError`` (unknown intent, card already held) or ``InsufficientFunds``.
+    """
+    _ref("intent", intent)
+    _ref("card", card)
+    _amount(amount)
+    request = {"intent": intent, "card": card, "amount": amount}
+    if (replayed := await _replay(conn, TxKind.CARD_HOLD, idempotency_key, request)) is not None:
+        return replayed
+    intent_row = await _lock_row(conn, AccountKind.INTENT, intent)
+    if intent_row is None:
+        raise LedgerError("intent", f"no intent {intent!r} was allocated")
+    if await find_account(conn, AccountKind.CARD, card) is not None:
+        raise LedgerError("card", f"{card!r} is already held")
+    await _cover(conn, intent_row[0], amount, f"intent {intent!r}")
+    hold = await account(conn, AccountKind.CARD, card, parent=intent_row[0])
+    return await _post(conn, TxKind.CARD_HOLD, [(intent_row[0], hold, amount)], memo, idempotency_key, request,
+                       payment_id=card)
+
+
+async def capture_card(
+    conn: AsyncConnection, *, card: str, merchant: str, amount: int, memo: str = "", idempotency_key: str | None = None
+) -> int:
+    """The card's authorization was captured for ``amount`` (at most what is held): one
+    transaction of ``card → merchant:<merchant>`` and, for a partial capture, ``card → intent``
+    for the rest, so a captured card holds nothing.
+
+    Raises ``LedgerError`` (never held, already captured or released) or ``InsufficientFunds``.
+    """
+    _ref("card", card)
+    _ref("merchant", merchant)
+    _amount(amount)
+    request = {"card": card, "merchant": merchant, "amount": amount}
+    if (replayed := await _replay(conn, TxKind.CARD_CAPTURE, idempotency_key, request)) is not None:
+        return replayed
+    hold, intent_id, held = await _open_card(conn, card)
+    if amount > held:
+        raise InsufficientFunds("amount", f"{amount} exceeds the {held} held for card {card!r}")
+    merchant_id = await account(conn, AccountKind.MERCHANT, merchant)
+    postings = [(hold, merchant_id, amount)] + ([(hold, intent_id, held - amount)] if held > amount else [])
+    return await _post(conn, TxKind.CARD_CAPTURE, postings, memo, idempotency_key, request, payment_id=card)
+
+
+async def release_card(conn: AsyncConnection, *, card: str, memo: str = "", idempotency_key: str | None = None) -> int:
+    """The card expired, was cancelled or its authorization reversed: ``card → intent``, all
+    that is held. Raises ``LedgerError`` (never held, already captured or released)."""
+    _ref("card", card)
+    request = {"card": card}
+    if (replayed := await _replay(conn, TxKind.CARD_RELEASE, idempotency_key, request)) is not None:
+        return replayed
+    hold, intent_id, held = await _open_card(conn, card)
+    return await _post(conn, TxKind.CARD_RELEASE, [(hold, intent_id, held)], memo, idempotency_key, request,
+                       payment_id=card)
+
+
+async def refund_card(
+    conn: AsyncConnection, *, card: str, merchant: str, amount: int, memo: str = "", idempotency_key: str | None = None
+) -> int:
+    """The merchant refunded ``amount`` of the card's capture: ``merchant → card → intent``.
+
+    Raises ``LedgerError`` (never held) or ``InsufficientFunds`` when ``amount`` exceeds what
+    the card paid ``merchant`` less what was refunded already.
+    """
+    _ref("card", card)
+    _ref("merchant", merchant)
+    _amount(amount)
+    request = {"card": card, "merchant": merchant, "amount": amount}
+    if (replayed := await _replay(conn, TxKind.CARD_REFUND, idempotency_key, request)) is not None:
+        return replayed
+    row = await _lock_row(conn, AccountKind.CARD, card)
+    merchant_id = await find_account(conn, AccountKind.MERCHANT, merchant)
+    if row is None or merchant_id is None:
+        raise LedgerError("card", f"card {card!r} never paid merchant {merchant!r}")
+    hold, intent_id = row
+    paid = await _flow(conn, hold, merchant_id) - await _flow(conn, merchant_id, hold)
+    if amount > paid:
+        raise InsufficientFunds("amount", f"{amount} exceeds the {paid} card {card!r} paid and was not refunded")
+    return await _post(conn, TxKind.CARD_REFUND, [(merchant_id, hold, amount), (hold, intent_id, amount)], memo,
+                       idempotency_key, request)
+
+
+async def card_held(conn: AsyncConnection, card: str) -> int:
+    """What is still held for ``card`` (0 if it was never held)."""
+    hold = await find_account(conn, AccountKind.CARD, card)
+    return 0 if hold is None else await balance(conn, hold)
+
+
+# ---------------------------------------------------------------------------------------------
 # Queries
 # ---------------------------------------------------------------------------------------------
 
@@ -534,6 +657,33 @@ async def _take_from_hold(
     if amount > held:
         raise InsufficientFunds("amount", f"{amount} exceeds the {held} still reserved for {payment_id!r}")
     return hold, amount
+
+
+async def _open_card(conn: AsyncConnection, card: str) -> tuple[int, int, int]:
+    """Lock ``card``'s account and check it was neither captured nor released; its account,
+    its intent's account and what it holds."""
+    row = await _lock_row(conn, AccountKind.CARD, card)
+    if row is None:
+        raise LedgerError("card", f"{card!r} was never held")
+    hold, intent_id = row
+    done = await conn.execute(
+        select(exists().where(
+            transactions.c.kind.in_([TxKind.CARD_CAPTURE, TxKind.CARD_RELEASE]), transactions.c.payment_id == card
+        ))
+    )
+    if done.scalar_one():
+        raise LedgerError("card", f"{card!r} was already captured or released")
+    return hold, intent_id, await balance(conn, hold)
+
+
+async def _flow(conn: AsyncConnection, debit: int, credit: int) -> int:
+    """Everything ever moved from account ``debit`` to account ``credit``."""
+    total = await conn.execute(
+        select(func.coalesce(func.sum(entry_rows.c.amount), 0)).where(
+            entry_rows.c.debit_account == debit, entry_rows.c.credit_account == credit
+        )
+    )
+    return int(total.scalar_one())
 
 
 def _digest(kind: TxKind, request: dict[str, Any]) -> str:

@@ -59,7 +59,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Iterator, Protocol
@@ -528,6 +528,11 @@ class WalletService:
     lifetime unless a requirement asks for more (as ``payer.AEP2Auth``). ``review_ttl_seconds``:
     how long a review waits for the reviewer before it is ``expired``. ``council``: decides
     every review at once (``wallet.council``); None leaves reviews to the owner.
+
+    ``spend_sources``: other spends the policy must count besides signed mandates (the
+    single-use cards of ``wallet.cards`` add theirs): each is called as ``await
+    source(conn, since)`` inside the spend's transaction and returns the ``Spend``s with
+    ``at > since`` still counting.
     """
 
     def __init__(
@@ -560,6 +565,7 @@ class WalletService:
         self.review_ttl_seconds = review_ttl_seconds
         self.council = council
         self._clock = clock
+        self.spend_sources: list[Callable[[AsyncConnection, float], Awaitable[Sequence[Spend]]]] = []
 
     def __repr__(self) -> str:
         return f"WalletService(owner={self.owner.address!r}, processor={self.processor!r}, db={self.db!r})"
@@ -1399,6 +1405,8 @@ class WalletService:
             )
         )
         spends = tuple(Spend(r.agent_id, r.at, r.amount, r.payee, r.host) for r in rows)
+        for source in self.spend_sources:
+            spends += tuple(await source(conn, history_since(request.at, rules)))
         paid_by: frozenset[str] = frozenset()
         if rules.review_new_payee:
             paid_by = frozenset(

@@ -118,7 +118,7 @@ _USER_AGENT = "aep2-wallet-webhooks/1"
 
 
 class EventType(StrEnum):
-    """The events an endpoint can subscribe to (issue 10)."""
+    """The events an endpoint can subscribe to (issue 10; ``card.*``: issue 11, ``wallet.cards``)."""
 
     INTENT_REQUESTED = "intent.requested"
     INTENT_APPROVED = "intent.approved"
@@ -126,6 +126,11 @@ class EventType(StrEnum):
     PAYMENT_DENIED = "payment.denied"
     PAYMENT_SETTLED = "payment.settled"
     KILLSWITCH_ENGAGED = "killswitch.engaged"
+    CARD_CREATED = "card.created"
+    CARD_AUTHORIZED = "card.authorized"
+    CARD_USED = "card.used"
+    CARD_EXPIRED = "card.expired"
+    CARD_CANCELLED = "card.cancelled"
 
 
 class DeliveryStatus(StrEnum):

@@ -410,7 +410,8 @@ async def test_each_credential_has_its_own_rate_limit_with_retry_after(wallet):
 
 
 async def test_failed_authentications_brake_even_correct_credentials_until_the_window_passes(wallet):
-    app = create_app(wallet, owner_token=OWNER_TOKEN, auth_failures="3/2 seconds")
+    # A window long enough that a loaded machine cannot let it pass before the checks are done.
+    app = create_app(wallet, owner_token=OWNER_TOKEN, auth_failures="3/6 seconds")
 
     def from_client(host: str) -> httpx.AsyncClient:
         transport = httpx.ASGITransport(app=app, client=(host, 4000))
@@ -424,7 +425,7 @@ async def test_failed_authentications_brake_even_correct_credentials_until_the_w
                     401, "unauthenticated")
         braked = await guesser.get("/v1/intents", headers=bearer(key_a))  # the right key, too late
         problem(braked, 429, "rate_limited")
-        assert 1 <= int(braked.headers["retry-after"]) <= 2
+        assert 1 <= int(braked.headers["retry-after"]) <= 6
         problem(await guesser.get("/v1/intents", headers=bearer(key_b)), 429, "rate_limited")  # the client
         problem(await bystander.get("/v1/intents", headers=bearer(key_a)), 429, "rate_limited")  # the key id
         assert (await bystander.get("/v1/intents", headers=bearer(key_b))).status_code == 200
@@ -435,7 +436,7 @@ async def test_failed_authentications_brake_even_correct_credentials_until_the_w
         async with from_client("203.0.113.3") as other:
             assert (await other.get("/v1/audit/verify", headers=owner())).status_code == 200
 
-        await asyncio.sleep(2.1)  # the window passes
+        await asyncio.sleep(6.1)  # the window passes
         assert (await guesser.get("/v1/intents", headers=bearer(key_a))).status_code == 200
         assert (await bystander.get("/v1/audit/verify", headers=owner())).status_code == 200
 
