@@ -1,4 +1,5 @@
-"""Paid MCP tools (``gateway.mcp.PaidTools``) on a real Anvil node, over the ``mcp`` SDK's client.
+"""Paid MCP tools (``gateway.mcp.PaidTools``) on a real Anvil node, over the ``mcp`` SDK's client
+(in process, and over streamable HTTP on loopback).
 
 ``exact`` is paid with the official x402 SDK's MCP client (``x402.mcp.x402MCPClient``) and
 settled on chain by our facilitator before the result leaves; ``aep2`` is paid with our
@@ -33,6 +34,9 @@ from gateway.config import GatewayConfig
 from gateway.mcp import PaidTools
 from payer import AEP2Auth, PayerState, PaymentRefused, create_intent, create_session_key
 from payer.mcp import MCPToolPayer, payment_required_of
+from settlement.chain import SettlementClient
+from settlement.processor import SettlementProcessor
+from settlement.prover import Prover
 
 pytestmark = pytest.mark.chain
 
@@ -336,3 +340,43 @@ async def test_a_payment_for_another_scheme_network_or_payee_is_refused(paid, ma
             codes[expected] = refusal_code(result)
     assert codes == {code: code for code in cases}
     assert paid.handled == [] and await paid.store.mandates() == []
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end: paid over streamable HTTP, settled on chain by the processor
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_our_payer_pays_over_streamable_http(deployment, make_payer, tmp_path, serve):
+    """The paid server on uvicorn on loopback, its store on uvicorn's loop: the receipts and the
+    gateway's own count say what was paid."""
+    paid = PaidServer(deployment, str(tmp_path / "http.sqlite"), exact=False)
+    live = serve(paid.server.streamable_http_app())
+    auth = aep2_auth(make_payer(escrow=100_000), deployment)
+    async with Client(f"{live.url}/mcp", read_timeout_seconds=60) as client:
+        tools = MCPToolPayer(client, auth)
+        results = [await tools.call_tool("forecast", {"city": city}) for city in ("paris", "rome")]
+    assert [r.is_error for r in results] == [False, False]
+    assert [r.meta[PAYMENT_RESPONSE_META_KEY]["success"] for r in results] == [True, True]
+    assert auth.spent == 2 * FORECAST_PRICE and len({r["paymentId"] for r in auth.receipts}) == 2
+    assert paid.handled == ["forecast", "forecast"]
+
+
+@pytest.mark.circuit
+async def test_aep2_tool_payments_settle_on_chain(paid, make_payer, deployment, small_artifacts, processor_key):
+    payer = make_payer(escrow=100_000)
+    auth = aep2_auth(payer, deployment)
+    payee_before = token_balance(deployment, PAYEE)
+    async with connected(paid) as client:
+        tools = MCPToolPayer(client, auth)
+        await tools.call_tool("forecast", {"city": "paris"})
+        await tools.call_tool("sentiment", {"text": "good"})
+    chain = SettlementClient(deployment.rpc_url, deployment.settlement, processor_key)
+    try:
+        results = await SettlementProcessor(paid.store, chain, Prover(small_artifacts), deployment.token).settle_all()
+        assert sum(r.mandates for r in results) == 2
+        assert [m.status for m in await paid.store.mandates()] == ["settled", "settled"]
+    finally:
+        await chain.aclose()
+    assert token_balance(deployment, PAYEE) - payee_before == FORECAST_PRICE + SENTIMENT_PRICE
+    assert payer.balance() == 100_000 - FORECAST_PRICE - SENTIMENT_PRICE
