@@ -42,8 +42,8 @@ from typing import Any, Mapping
 
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.extension import Extension
-from mcp_types import INTERNAL_ERROR, CallToolRequestParams, CallToolResult, TextContent
 from mcp.shared.exceptions import MCPError
+from mcp_types import INTERNAL_ERROR, CallToolRequestParams, CallToolResult, TextContent
 
 from aep2.errors import ErrorCode, PaymentError
 from aep2.store import PaymentStore

@@ -310,10 +310,11 @@ async def test_openapi_lists_every_path_with_its_security(client):
         "/v1/payments/{payment_id}/release", "/v1/reviews/{review_id}", "/v1/agents",
         "/v1/intents/{intent_id}/approve", "/v1/intents/{intent_id}/deny", "/v1/intents/{intent_id}/revoke",
         "/v1/kill-switch", "/v1/rules", "/v1/reviews/{review_id}/approve", "/v1/reviews/{review_id}/deny",
-        "/v1/audit/verify",
+        "/v1/audit/verify", "/v1/payments/mine",
     } == set(document["paths"])
     assert document["paths"]["/v1/agents"]["post"]["security"] == [{"ownerToken": []}]
     assert document["paths"]["/v1/intents"]["get"]["security"] == [{"agentKey": []}]
+    assert document["paths"]["/v1/payments/mine"]["get"]["security"] == [{"agentKey": []}]
     draft = document["components"]["schemas"]["DraftIntent"]
     assert {"budget", "perPaymentCap", "durationSeconds"} <= set(draft["properties"])
 

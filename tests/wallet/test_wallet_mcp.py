@@ -211,3 +211,20 @@ async def test_a_wallet_out_of_reach_is_wallet_unavailable() -> None:
     async with Client(server) as client:
         result = await client.call_tool("list_payments", {})
     assert result.is_error and result.structured_content["code"] == "wallet_unavailable"
+
+
+async def test_the_payments_route_lists_only_the_calling_agents_payments(world):
+    """``GET /v1/payments/mine`` (``list_payments``): another agent's payments stay hidden, and
+    the owner token is refused there."""
+    service: WalletService = world["service"]
+    _agent, api_key = await funded_agent(service, hosts=["gateway.test"])
+    _other, other_key = await funded_agent(service, hosts=["gateway.test"])
+    async with tools_for(world, api_key) as client:
+        paid = await client.call_tool("pay", {"url": "http://gateway.test/v1/forecast/paris"})
+        mine = (await client.call_tool("list_payments", {})).structured_content["payments"]
+    async with tools_for(world, other_key) as client:
+        theirs = (await client.call_tool("list_payments", {})).structured_content["payments"]
+    async with tools_for(world, OWNER_TOKEN) as client:
+        owner = await client.call_tool("list_payments", {})
+    assert [p["paymentId"] for p in mine] == [paid.structured_content["paymentId"]] and theirs == []
+    assert owner.is_error and owner.structured_content["code"] == "unauthenticated"
