@@ -26,7 +26,6 @@ import logging
 import time
 from typing import Any, Sequence
 
-from pydantic import ValidationError
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -44,8 +43,7 @@ from aep2.x402 import (
     encode_header,
 )
 from aep2.x402.facilitator import Facilitator
-from aep2.x402.models import PaymentPayload, PaymentPayloadV1, ResourceInfo, SettleResponse
-from aep2.x402.networks import caip2, v1_network
+from aep2.x402.models import PaymentPayload, ResourceInfo, SettleResponse
 
 from .bazaar import (
     BAZAAR,
@@ -60,6 +58,7 @@ from .chain import ChainCache, ChainReader
 from .config import GatewayConfig
 from .discovery import discovery_json, discovery_markdown
 from .pricing import PricedRoute
+from .payment import open_schemes, parse_payment, settle
 from .quote import EXPOSED_HEADERS, VARY, Quote, payment_required_response
 from .schemes.aep2 import AEP2Scheme
 from .schemes.base import AcceptedPayment, PaidRequest, Scheme
@@ -172,12 +171,7 @@ class PaymentMiddleware:
             if self._started:
                 return
             await self.store.open()
-            if self.facilitator is not None and self.config.exact_enabled:
-                name, version = await self._token_domain()
-                self.schemes["exact"] = ExactScheme(
-                    self.config, self.store, self.facilitator, token_name=name, token_version=version
-                )
-            self.schemes["aep2"] = self.aep2
+            self.schemes = await open_schemes(self.config, self.store, self.facilitator, self.aep2)
             exact = self.schemes.get("exact")
             domain = (exact.token_name, exact.token_version) if isinstance(exact, ExactScheme) else None
             self._skill_json = json.dumps(
@@ -185,22 +179,6 @@ class PaymentMiddleware:
             ).encode()
             self._skill_md = discovery_markdown(self.config, self.routes, self.service, exact_domain=domain)
             self._started = True
-
-    async def _token_domain(self) -> tuple[str, str]:
-        config = self.config
-        read = getattr(self.chain.reader, "token_domain", None)
-        domain = await read(config.asset) if read is not None else None
-        if domain is None:
-            if config.token_name is None or config.token_version is None:
-                raise ValueError(
-                    f"token_name/token_version: {config.asset} has no EIP-5267 eip712Domain(); give its EIP-712 domain"
-                )
-            return config.token_name, config.token_version
-        name, version = domain
-        for field, expected, actual in (("token_name", config.token_name, name), ("token_version", config.token_version, version)):
-            if expected is not None and expected != actual:
-                raise ValueError(f"{field}: {expected!r} configured, but the token {config.asset} signs with {actual!r}")
-        return name, version
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Start with the app, so a bad token domain stops the server before it takes traffic.
@@ -441,17 +419,7 @@ class _PaidRequest:
             await scheme.release(accepted)
             await held.replay(send)
             return False
-        try:
-            outcome = await scheme.settle(paid, accepted)
-        except Exception as exc:  # outcome unknown: the facilitator may yet mine it
-            logger.warning("settlement of %s failed: %r", accepted.payment_id, exc)
-            outcome = SettleResponse(
-                success=False,
-                error_reason=ErrorCode.UNEXPECTED_SETTLE_ERROR,
-                error_message=type(exc).__name__,
-                payer=accepted.payer,
-                network=paid.network,
-            )
+        outcome = await settle(scheme, paid, accepted)
         if not outcome.success:
             error = f"{outcome.error_reason}: {outcome.error_message or 'settlement failed'}"
             await self._answer(
@@ -472,52 +440,14 @@ class _PaidRequest:
     def _parse(self, header: str, header_name: str, quote: Quote) -> tuple[PaidRequest, Scheme]:
         """The client's payment envelope, checked against the quote: which scheme, and that it
         accepted our terms. Raises ``PaymentError`` naming the field."""
-        config = self.gateway.config
         raw = decode_header(header, header=header_name)
-        version = raw.get("x402Version")
-        if version not in (1, 2) or isinstance(version, bool):
-            raise PaymentError(ErrorCode.UNSUPPORTED_VERSION, f"x402Version: {version!r} (supported: 1, 2)")
-        envelope: PaymentPayload | PaymentPayloadV1
-        try:
-            envelope = PaymentPayload.model_validate(raw) if version == 2 else PaymentPayloadV1.model_validate(raw)
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            where = ".".join(str(part) for part in error["loc"])
-            raise PaymentError(ErrorCode.INVALID_PAYLOAD, f"{where}: {error['msg']}") from None
-        if isinstance(envelope, PaymentPayload):
-            name, network = envelope.accepted.scheme, envelope.accepted.network
-            networks = {config.network}
-        else:
-            name, network = envelope.scheme, envelope.network
-            networks = {v1_network(config.chain_id), caip2(config.chain_id)}
-        if network not in networks:
-            raise PaymentError(ErrorCode.NETWORK_MISMATCH, f"network: {network!r} is not {sorted(networks)[0]}")
-        scheme = self.gateway.schemes.get(name)
-        requirements = quote.requirement(name) if scheme is not None else None
-        if scheme is None or requirements is None:
-            offered = ", ".join(self.gateway.schemes)
-            raise PaymentError(ErrorCode.UNSUPPORTED_SCHEME, f"scheme: {name!r} (accepted: {offered})")
-        if isinstance(envelope, PaymentPayload):
-            accepted = envelope.accepted
-            if accepted.asset.lower() != requirements.asset.lower():
-                raise PaymentError(ErrorCode.ASSET_MISMATCH, f"accepted.asset: not {requirements.asset}")
-            if accepted.pay_to.lower() != requirements.pay_to.lower():
-                raise PaymentError(ErrorCode.PAYEE_MISMATCH, f"accepted.payTo: not {requirements.pay_to}")
-            if accepted.amount != requirements.amount:
-                raise PaymentError(ErrorCode.AMOUNT_MISMATCH, f"accepted.amount: not {requirements.amount}")
         raw_path = self.scope.get("raw_path") or self.scope["path"].encode()
         query = self.scope.get("query_string", b"")
         path_and_query = raw_path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
-        paid = PaidRequest(
-            envelope=envelope,
-            requirements=requirements,
-            resource=quote.resource,
-            chain_id=config.chain_id,
-            method=self.scope["method"],
-            path_and_query=path_and_query,
-            body=self.body,
+        return parse_payment(
+            raw, quote, self.gateway.config, self.gateway.schemes,
+            method=self.scope["method"], path_and_query=path_and_query, body=self.body,
         )
-        return paid, scheme
 
     def _payment_identifier(self, paid: PaidRequest) -> str | None:
         """The client's x402 ``payment-identifier`` id, if any. Raises ``PaymentError``

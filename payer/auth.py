@@ -147,7 +147,7 @@ class AEP2Auth(httpx.Auth):
         ``PayeeNotAllowed`` or ``MalformedChallenge`` when it could not be paid.
         """
         entry = dict(requirement)
-        self._select([entry], source="requirement")
+        self.select([entry], source="requirement")
         self.prices[(method.upper(), _route_url(url))] = entry
 
     @typing.overload
@@ -242,7 +242,7 @@ class AEP2Auth(httpx.Auth):
         if response.status_code != 402:
             return
         challenge = parse_challenge(response, request)
-        requirement = self._select(challenge.accepts, source=challenge.source)
+        requirement = self.select(challenge.accepts, source=challenge.source)
         pending = self._pay(request, requirement, challenge.resource, challenge.version)
         response = yield request
         self._finish(pending, response)
@@ -251,6 +251,26 @@ class AEP2Auth(httpx.Auth):
 
     def _pay(self, request: httpx.Request, requirement: dict[str, Any], resource: Any, version: int) -> _Pending:
         """Reserve, sign and attach one mandate for ``request``."""
+        mandate, envelope = self.sign(
+            requirement, resource, version=version,
+            method=request.method, path_and_query=request.url.raw_path.decode("ascii"), body=request.content,
+        )
+        request.headers[PAYMENT_SIGNATURE_HEADER if version == 2 else X_PAYMENT_HEADER] = encode_header(envelope)
+        return _Pending(mandate, version)
+
+    def sign(
+        self, requirement: dict[str, Any], resource: Any, *, method: str, path_and_query: str, body: bytes, version: int = 2
+    ) -> tuple[Mandate, dict[str, Any]]:
+        """Reserve a nonce and ``requirement``'s amount (base units) in the state and sign one
+        mandate for it, bound to ``method path_and_query`` with ``body`` (docs/PROTOCOL.md §3).
+
+        ``requirement``: an ``aep2`` ``accepts`` entry, as ``select`` returns it; ``resource``:
+        the x402 ``ResourceInfo`` echoed in a v2 envelope. Returns the mandate and the x402
+        ``PaymentPayload`` (v2, or v1 for ``version=1``) as a JSON object. The caller confirms
+        or releases the reservation in ``state`` once the payee answers. Raises
+        ``IntentExpired``, ``IntentNotYetValid``, or what ``PayerState.allocate`` raises
+        (``BudgetExceeded``, ``PerPaymentCapExceeded``); nothing stays reserved then.
+        """
         intent = self.intent
         now = int(self._clock())
         if now >= intent.valid_before:
@@ -261,7 +281,7 @@ class AEP2Auth(httpx.Auth):
         lifetime = max(self.deadline_seconds or DEFAULT_DEADLINE_SECONDS, extra.get("minDeadlineSeconds") or 0)
         deadline = min(now + lifetime, MAX_DEADLINE)
         amount = int(_amount(requirement))
-        binding = request_hash(request.method, request.url.raw_path.decode("ascii"), request.content)
+        binding = request_hash(method, path_and_query, body)
         nonce = self.state.allocate(self.intent_id, amount)
         try:
             mandate = Mandate(
@@ -275,17 +295,12 @@ class AEP2Auth(httpx.Auth):
             signature = mandate.sign(self.session_key)
             include_intent = not self.state.is_known(self.intent_id) or extra.get("intentKnown") is False
             payload = build_payload(mandate, signature, self.signed_intent if include_intent else None)
-            if version == 2:
-                name = PAYMENT_SIGNATURE_HEADER
-                envelope = {"x402Version": 2, "accepted": requirement, "resource": resource, "payload": payload}
-            else:
-                name = X_PAYMENT_HEADER
-                envelope = {"x402Version": 1, "scheme": SCHEME, "network": requirement["network"], "payload": payload}
-            request.headers[name] = encode_header(envelope)
         except BaseException:
             self.state.release(self.intent_id, nonce)
             raise
-        return _Pending(mandate, version)
+        if version == 2:
+            return mandate, {"x402Version": 2, "accepted": requirement, "resource": resource, "payload": payload}
+        return mandate, {"x402Version": 1, "scheme": SCHEME, "network": requirement["network"], "payload": payload}
 
     def _finish(self, pending: _Pending, response: httpx.Response) -> None:
         """Confirm or release the payment from the gateway's answer to the paid request."""
@@ -325,9 +340,14 @@ class AEP2Auth(httpx.Auth):
                 return (method, candidate)
         return None
 
-    def _select(self, accepts: list[dict[str, Any]], *, source: str) -> dict[str, Any]:
-        """The first ``aep2`` entry on our network, asset, settlement and processor (an entry
-        whose ``extra`` names no processor is tried) whose payee we may pay."""
+    def select(self, accepts: list[dict[str, Any]], *, source: str) -> dict[str, Any]:
+        """The first ``aep2`` entry of ``accepts`` (x402 ``accepts`` entries, JSON objects) on
+        our network, asset, settlement and processor (an entry whose ``extra`` names no
+        processor is tried) whose payee we may pay.
+
+        ``source`` names where the entries came from in errors. Raises
+        ``NoAcceptableRequirement``, ``PayeeNotAllowed``, or ``MalformedChallenge`` naming
+        ``accepts[i].<field>``."""
         intent = self.intent
         network = caip2(intent.chain_id)
         matching: list[tuple[int, dict[str, Any]]] = []

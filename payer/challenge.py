@@ -20,7 +20,7 @@ from aep2.x402.models import PaymentRequirements, PaymentRequirementsV1
 
 from .errors import MalformedChallenge
 
-__all__ = ["BODY", "Challenge", "check_entry", "is_refusal", "parse_challenge", "read_receipt", "refusal"]
+__all__ = ["BODY", "Challenge", "check_challenge", "check_entry", "is_refusal", "parse_challenge", "read_receipt", "refusal"]
 
 #: The ``source`` of a challenge read from the v1 JSON body.
 BODY = "402 body"
@@ -60,6 +60,20 @@ def parse_challenge(response: httpx.Response, request: httpx.Request) -> Challen
             raise MalformedChallenge("header missing and the 402 body is not a JSON object", header=PAYMENT_REQUIRED_HEADER)
         source = BODY
         version = 2 if data.get("x402Version") == 2 else 1
+    check_challenge(data, source, version=version)
+    resource = data.get("resource")
+    if version == 2 and resource is None:
+        resource = {"url": str(request.url)}
+    return Challenge(version, data.get("error"), resource, data["accepts"], source)
+
+
+def check_challenge(data: dict[str, Any], source: str, *, version: int = 2) -> None:
+    """Check the shape of an x402 ``PaymentRequired`` object read from ``source`` (a header
+    name, ``"402 body"``, or an MCP result field): ``accepts`` a list of objects, ``error``
+    a string or absent, and in v2 ``resource`` an object or absent.
+
+    Raises ``MalformedChallenge`` naming ``source`` and the field.
+    """
     accepts = data.get("accepts")
     if not isinstance(accepts, list) or not all(isinstance(entry, dict) for entry in accepts):
         raise MalformedChallenge(f"accepts: {accepts!r:.80} is not a list of objects", header=source)
@@ -69,9 +83,6 @@ def parse_challenge(response: httpx.Response, request: httpx.Request) -> Challen
     resource = data.get("resource")
     if version == 2 and resource is not None and not isinstance(resource, dict):
         raise MalformedChallenge(f"resource: {resource!r:.80} is not an object", header=source)
-    if version == 2 and resource is None:
-        resource = {"url": str(request.url)}
-    return Challenge(version, error, resource, accepts, source)
 
 
 def check_entry(index: int, entry: dict[str, Any], source: str) -> None:

@@ -611,6 +611,10 @@ class _Api:
         agent_id = await self.agent(request)
         return JSONResponse({"intents": [_intent(r) for r in await self.service.intents(agent_id=agent_id)]})
 
+    async def list_own_payments(self, request: Request) -> Response:
+        agent_id = await self.agent(request)
+        return JSONResponse({"payments": [_payment(p) for p in await self.service.payments(agent_id=agent_id)]})
+
     async def authorize(self, request: Request) -> Response:
         agent_id = await self.agent(request)
         body = await self.body(request, AuthorizePayment)
@@ -824,6 +828,7 @@ class _Api:
         return [
             ("POST", "/v1/intents", self.draft_intent, "agent", DraftIntent, "Draft an intent (pending approval)"),
             ("GET", "/v1/intents", self.list_intents, "agent", None, "The calling agent's intents"),
+            ("GET", "/v1/payments/mine", self.list_own_payments, "agent", None, "The calling agent's payments"),
             ("POST", "/v1/payments/authorize", self.authorize, "agent", AuthorizePayment,
              "Decide a spend; on allow, the signed PAYMENT-SIGNATURE header (202 review, 403 deny)"),
             ("POST", "/v1/payments/execute", self.execute, "agent", ExecutePayment,

@@ -451,9 +451,11 @@ async def test_openapi_lists_every_path_with_its_security(client):
         "/v1/kill-switch", "/v1/rules", "/v1/reviews/{review_id}/approve", "/v1/reviews/{review_id}/deny",
         "/v1/audit/verify", "/v1/agents/{agent_id}/rotate-key", "/v1/intents/{intent_id}/register",
         "/v1/payments", "/v1/decisions", "/v1/reviews", "/v1/webhooks", "/v1/webhooks/{endpoint_id}",
+        "/v1/payments/mine",
     } == set(document["paths"])
     assert document["paths"]["/v1/agents"]["post"]["security"] == [{"ownerToken": []}]
     assert document["paths"]["/v1/intents"]["get"]["security"] == [{"agentKey": []}]
+    assert document["paths"]["/v1/payments/mine"]["get"]["security"] == [{"agentKey": []}]
     draft = document["components"]["schemas"]["DraftIntent"]
     assert {"budget", "perPaymentCap", "durationSeconds"} <= set(draft["properties"])
 
