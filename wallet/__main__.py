@@ -55,7 +55,7 @@ from aep2.deployment import Deployment
 
 from . import audit
 from .council import council_from_env
-from .cards import DEFAULT_BIN, CardIssuer, IssuerBin, to_base_units
+from .cards import DEFAULT_BIN, CardIssuer, CouncilCardReviewer, IssuerBin, to_base_units
 from .db import DEFAULT_URL, Database
 from .keys import KeyCustodyError, OwnerKeystore, Sealer
 from .ledger import LedgerError
@@ -134,7 +134,8 @@ async def _service(config: Config) -> AsyncIterator[WalletService]:
 
 def _card_issuer(config: Config, service: WalletService) -> CardIssuer:
     try:
-        return CardIssuer(service, bin=IssuerBin(config.card_bin))
+        reviewer = None if service.council is None else CouncilCardReviewer(service.council, service)
+        return CardIssuer(service, bin=IssuerBin(config.card_bin), reviewer=reviewer)
     except ValueError as exc:
         raise ConfigError(f"AEP2_CARD_BIN: {exc}") from None
 

@@ -90,7 +90,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from . import audit, ledger
 from .db import metadata, serialize, statement_guard, utc_now
 from .keys import ApiKeyRecord, averify_api_key, issue_api_key
-from .policy import Decision, Outcome, Rule, Spend, SpendHistory, SpendRequest, evaluate
+from .council import COUNCIL_ACTOR, Council, SpendCase, store_votes
+from .policy import Decision, Outcome, Rule, Spend, SpendHistory, SpendRequest, evaluate, mission_check
 from .service import _SPEND_LOCK, _agent_actor, _new_id, _positive, _same_request
 from .service import (
     InvalidRequest,
@@ -112,6 +113,7 @@ __all__ = [
     "CardReview",
     "CardVerdict",
     "CardReviewer",
+    "CouncilCardReviewer",
     "NewAcquirer",
     "CardStatus",
     "AuthorizationStatus",
@@ -476,6 +478,39 @@ class CardReviewer(Protocol):
     request's transaction committed, never inside one; None leaves the review to the owner."""
 
     async def __call__(self, review: CardReview) -> CardVerdict | None: ...
+
+
+class CouncilCardReviewer:
+    """``CardReviewer`` by the AI review council: the judges see the card request as a spend
+    (amount, the merchant's pseudo-payee, ``card:<merchant id>`` as the resource, the intent's
+    purpose, budget and remaining, the on-mission check against the merchant id and MCC), their
+    votes are stored with the card review's id and audited, and the council's tally decides.
+    """
+
+    def __init__(self, council: Council, service: WalletService) -> None:
+        self.council = council
+        self.service = service
+
+    async def __call__(self, review: CardReview) -> CardVerdict:
+        intent = await self.service.intent(review.intent_id)
+        merchant = review.merchant_id or "any-merchant"
+        path = f"/{merchant}" + (f"/mcc-{review.mcc}" if review.mcc else "")
+        case = SpendCase(
+            review_id=review.id, agent_id=review.agent_id, intent_id=review.intent_id, amount=review.amount,
+            payee=card_payee(review.merchant_id), host=None, resource=f"card:{merchant}", method="CARD",
+            rule=review.rule, reason=f"single-use card of {review.amount} for {merchant}", purpose=intent.purpose,
+            budget=intent.budget, remaining=intent.remaining or 0, per_payment_cap=intent.per_payment_cap,
+            mission=mission_check(intent.purpose, None, path), now=self.service._clock(),
+        )
+        verdict = await self.council.deliberate(case)
+        async with self.service.db.transaction() as conn:
+            await store_votes(conn, review.id, verdict)
+            await audit.append(conn, COUNCIL_ACTOR, "council.voted", {
+                "card_review_id": review.id, "agent_id": review.agent_id, "approved": verdict.approved,
+                "approvals": verdict.approvals, "denials": verdict.denials, "abstentions": verdict.abstentions,
+                "quorum": verdict.quorum,
+            })
+        return CardVerdict(verdict.approved, verdict.reason, COUNCIL_ACTOR)
 
 
 @dataclass(frozen=True, slots=True)

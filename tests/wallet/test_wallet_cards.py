@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -31,6 +32,7 @@ from wallet.cards import (
     CardIssuer,
     CardStatus,
     CardVerdict,
+    CouncilCardReviewer,
     DeclineReason,
     IssuerBin,
     card_payee,
@@ -38,7 +40,8 @@ from wallet.cards import (
     luhn_valid,
     to_base_units,
 )
-from wallet.db import Database
+from wallet.council import Council, JudgeAnswer, JudgeRole, SpendCase, Vote
+from wallet.db import Database, wallet_council_votes
 from wallet.keys import OwnerKeystore, Sealer
 from wallet.policy import Rules
 from wallet.service import InvalidRequest, InvalidState, NotFound, WalletService
@@ -216,6 +219,33 @@ async def test_the_reviewer_hook_decides_card_reviews(wallet):
     assert denied.outcome == "deny" and "offline council" in denied.reason
     assert [r.amount for r in seen] == [2_000, 4_000]
     assert (await cards.review(denied.review_id)).decided_by == "council"
+
+
+async def test_the_ai_council_decides_a_card_in_review_and_its_votes_are_stored(wallet):
+    """The real ``Council`` with a scripted backend: approve under 3 000, deny above."""
+
+    class Scripted:
+        name = "scripted"
+
+        async def judge(self, role: JudgeRole, case: SpendCase, *, timeout: float) -> JudgeAnswer:
+            assert case.method == "CARD" and case.resource == f"card:{MERCHANT}" and case.purpose == "forecasts"
+            vote = "approve" if case.amount < 3_000 else "deny"
+            return JudgeAnswer(Vote(vote, f"{role.name}: {vote} {case.amount}", 10, 0.9), model="scripted")
+
+        async def aclose(self) -> None:
+            return None
+
+    cards = CardIssuer(wallet, reviewer=CouncilCardReviewer(Council(Scripted()), wallet))
+    agent_id, _key, intent_id = await agent_with_intent(wallet)
+    await wallet.set_rules(Rules(review_above=1_000))
+    approved = await cards.mint(agent_id, intent_id=intent_id, amount=2_000, merchant_id=MERCHANT)
+    assert approved.outcome == "allow" and approved.secrets is not None
+    denied = await cards.mint(agent_id, intent_id=intent_id, amount=4_000, merchant_id=MERCHANT)
+    assert denied.outcome == "deny" and (await cards.review(denied.review_id)).decided_by == "council"
+    async with wallet.db.snapshot() as conn:
+        votes = (await conn.execute(select(wallet_council_votes.c.review_id, wallet_council_votes.c.vote))).all()
+    assert sorted(votes) == sorted([(approved.review_id, "approve")] * 5 + [(denied.review_id, "deny")] * 5)
+    assert (await balances(wallet))["card"] == {approved.card.id: 2_000}  # only the approved card holds funds
 
 
 # ---------------------------------------------------------------------------------------------
