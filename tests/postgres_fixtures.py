@@ -112,11 +112,14 @@ class PostgresServer:
             self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def create_database(self) -> str:
-        """A new empty database (a copy of ``template1``); its name."""
+    def create_database(self, template: str = "template1") -> str:
+        """A new database, a copy of ``template`` (by default an empty one); its name.
+
+        ``template`` must have no open connections: PostgreSQL refuses to copy it otherwise.
+        """
         name = f"test_{next(self._names)}"
         assert self._admin is not None, "start() the server first"
-        self._call(self._admin.execute(f'CREATE DATABASE "{name}" STRATEGY = FILE_COPY'))
+        self._call(self._admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}" STRATEGY = FILE_COPY'))
         return name
 
     def drop_database(self, name: str) -> None:

@@ -42,30 +42,38 @@ async def test_create_again_is_a_no_op(wallet_db: Database) -> None:
     assert await _revision(wallet_db) == migrations.head()
 
 
-async def test_two_processes_creating_one_database_at_once_both_succeed(wallet_db_url: Callable[[], str]) -> None:
-    url = wallet_db_url()
-    first, second = Database(url), Database(url)  # no shared lock in the process: the database's decides
-    try:
-        await asyncio.gather(first.create(), second.create())
-        assert await _revision(first) == migrations.head()
-    finally:
-        await first.aclose()
-        await second.aclose()
+async def _made_before_migrations(url: str) -> None:
+    """What ``create()`` did before migrations existed: ``create_all``, no version table; one row."""
+    async with Database(url) as db:
+        async with db.transaction() as conn:
+            await conn.run_sync(metadata.create_all)
+            await conn.execute(accounts.insert().values(kind="owner", ref="o"))
 
 
 async def test_a_database_made_before_migrations_existed_is_adopted(wallet_db_url: Callable[[], str]) -> None:
-    db = Database(wallet_db_url())
-    try:
-        async with db.transaction() as conn:  # what create() did before: create_all, no version table
-            await conn.run_sync(metadata.create_all)
-            await conn.execute(accounts.insert().values(kind="owner", ref="o"))
+    url = wallet_db_url()
+    await _made_before_migrations(url)
+    async with Database(url) as db:
         await db.create()
         assert await _revision(db) == migrations.head()
         async with db.snapshot() as conn:
             assert (await conn.execute(select(accounts.c.ref))).scalars().all() == ["o"]
             assert await conn.run_sync(_schema_diff) == []
+
+
+async def test_two_processes_upgrading_one_database_at_once_both_succeed(wallet_db_url: Callable[[], str]) -> None:
+    url = wallet_db_url()
+    await _made_before_migrations(url)
+    first, second = Database(url), Database(url)  # no lock shared in the process: the database's decides
+    try:
+        await asyncio.gather(first.create(), second.create())
+        async with first.snapshot() as conn:
+            assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars().all() == [
+                migrations.head()
+            ]
     finally:
-        await db.aclose()
+        await first.aclose()
+        await second.aclose()
 
 
 async def test_the_migrations_downgrade_to_nothing_and_upgrade_again(wallet_db: Database) -> None:
