@@ -16,7 +16,10 @@ transactions can never both read a balance and then both write, even from two pr
 CLI next to the server); a second writer waits up to ``busy_timeout``. Inside one process an
 ``asyncio.Lock`` queues writers before they take a pooled connection, so they wait their turn
 instead of polling SQLite's busy handler. ``snapshot()`` begins a plain deferred ``BEGIN``: in
-WAL mode readers neither wait for nor block the writer.
+WAL mode readers neither wait for nor block the writer. One limit: create a new SQLite file
+from one process (``python -m wallet init``) before others open it. Until the first commit
+reaches the main file (a checkpoint), a process opening it finds no WAL header, stays in
+rollback-journal mode and takes none of the WAL writer's locks.
 
 Writers on PostgreSQL (asyncpg). Transactions are concurrent at READ COMMITTED, so each lock
 below is taken before the rows it protects are read; every later statement then sees what the
