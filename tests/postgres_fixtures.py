@@ -86,6 +86,11 @@ class PostgresServer:
         return f"postgresql://postgres@{self.host}:{self.port}/{database}"
 
     def start(self) -> PostgresServer:
+        """``initdb``, ``pg_ctl start`` and an admin connection; ``self``.
+
+        Raises ``RuntimeError`` with the tool's stderr and the end of the server log when
+        ``initdb`` or ``pg_ctl`` fails.
+        """
         as_root = os.geteuid() == 0
         if as_root:  # initdb refuses root: the postgres user must own the directory it writes
             user = pwd.getpwnam("postgres")
