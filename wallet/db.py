@@ -23,7 +23,9 @@ rollback-journal mode and takes none of the WAL writer's locks.
 
 Writers on PostgreSQL (asyncpg). Transactions are concurrent at READ COMMITTED, so each lock
 below is taken before the rows it protects are read; every later statement then sees what the
-previous holder committed. The ledger locks the one account it debits with ``SELECT … FOR
+previous holder committed. Inside one process at most ``pool_size`` (5) write transactions run
+at once; the rest wait their turn before taking a connection, as on SQLite, so the pool's
+overflow stays free for readers. The ledger locks the one account it debits with ``SELECT … FOR
 UPDATE`` (portable Core, a no-op on SQLite); the audit log and the service's spends take a
 transaction-scoped advisory lock (``serialize``). Unique constraints back both, so a lost lock
 fails an insert instead of corrupting a chain. ``snapshot()`` is a read-only REPEATABLE READ
@@ -263,7 +265,11 @@ class Database:
             _sqlite_connect(self.engine, busy_timeout, synchronous.upper())
             self._writer: contextlib.AbstractAsyncContextManager[Any] = asyncio.Lock()
         else:
-            self._writer = contextlib.nullcontext()
+            # Writers queue on a row or advisory lock while holding a pooled connection. Let at
+            # most pool_size of them in at once and queue the rest here, as the SQLite lock
+            # does: a burst of spends then neither times out in the pool's queue (30 s) nor
+            # leaves the overflow connections to anyone but readers.
+            self._writer = asyncio.Semaphore(self.engine.pool.size())  # type: ignore[attr-defined]
 
     async def create(self) -> None:
         """Bring the schema to the newest migration: a new database gets every table, index and
