@@ -1,15 +1,19 @@
 # One command each: `make demo` (end-to-end run on a local Anvil), `make test`, `make bench`.
-# Every target installs what it needs: the Python venv from pyproject.toml and the Node
-# toolchain (Anvil, forge, solc-js, circom2, circomlib) from package-lock.json.
+# Every target installs what it needs: the Python venv from pyproject.toml, the Node
+# toolchain (Anvil, forge, solc-js, circom2, circomlib) from package-lock.json, and Debian's
+# PostgreSQL server binaries for the wallet's PostgreSQL tests.
 
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 FORGE := node_modules/.bin/forge
+# apt-get needs root: CI runs as root, a developer's shell may need sudo.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
 
-.PHONY: setup contracts test test-forge test-python demo bench clean
+.PHONY: setup postgres contracts test test-forge test-python demo bench clean
 
-setup: $(VENV)/.installed node_modules/.installed
+setup: $(VENV)/.installed node_modules/.installed postgres
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +26,13 @@ $(VENV)/.installed: pyproject.toml
 node_modules/.installed: package.json package-lock.json
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
+
+# The tests start their own throwaway server from these binaries (tests/postgres_fixtures.py):
+# the package's system cluster is never used. The package lists are refreshed only when the
+# first install attempt fails.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || $(APT_INSTALL) postgresql \
+		|| { $(SUDO) apt-get update && $(APT_INSTALL) postgresql; }
 
 contracts: setup
 	$(FORGE) build

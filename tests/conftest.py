@@ -22,6 +22,9 @@ from settlement.artifacts import CircuitArtifacts, build_artifacts
 from settlement.deploy import deploy
 from settlement.devchain import Anvil, anvil_key, mint
 
+# A throwaway PostgreSQL server for any package's tests (``postgresql_server``).
+pytest_plugins = ["postgres_fixtures"]
+
 # Property tests assert behaviour, not speed: no per-example deadline on these noisy 2-core machines.
 settings.register_profile("aep2", deadline=None)
 settings.load_profile("aep2")

@@ -1,10 +1,11 @@
 """The wallet's database layer: one schema, SQLite by default, PostgreSQL by URL.
 
 Everything above this module speaks SQLAlchemy Core 2 (async) and portable SQL. What differs
-per dialect is kept here, one small function per dialect:
+per dialect is kept here, one small function per dialect, and in the migrations:
 
 - **connection set-up** (``_sqlite_connect``): WAL, foreign keys, a busy timeout;
-- **append-only tables** (``_append_only``): triggers that refuse UPDATE and DELETE;
+- **append-only tables**: triggers that refuse UPDATE and DELETE, created by the initial
+  migration (``wallet/migrations/``) in each dialect's trigger language;
 - **writer serialisation** (``transaction`` and ``serialize``), the choice explained below;
 - **recoverable constraint failures** (``statement_guard``): a savepoint on PostgreSQL only.
 
@@ -15,12 +16,33 @@ transactions can never both read a balance and then both write, even from two pr
 CLI next to the server); a second writer waits up to ``busy_timeout``. Inside one process an
 ``asyncio.Lock`` queues writers before they take a pooled connection, so they wait their turn
 instead of polling SQLite's busy handler. ``snapshot()`` begins a plain deferred ``BEGIN``: in
-WAL mode readers neither wait for nor block the writer.
+WAL mode readers neither wait for nor block the writer. One limit: create a new SQLite file
+from one process (``python -m wallet init``) before others open it. Until the first commit
+reaches the main file (a checkpoint), a process opening it finds no WAL header, stays in
+rollback-journal mode and takes none of the WAL writer's locks.
 
-Writers on PostgreSQL (not yet run, see ``serialize``): transactions are concurrent at READ
-COMMITTED; the ledger locks the one account it debits with ``SELECT … FOR UPDATE`` (portable
-Core, a no-op on SQLite) and the audit log takes a transaction-scoped advisory lock.
-Unique constraints back both, so a lost lock fails an insert instead of corrupting a chain.
+Writers on PostgreSQL (asyncpg). Transactions are concurrent at READ COMMITTED, so each lock
+below is taken before the rows it protects are read; every later statement then sees what the
+previous holder committed. Inside one process at most ``pool_size`` (5) write transactions run
+at once; the rest wait their turn before taking a connection, as on SQLite, so the pool's
+overflow stays free for readers. The ledger locks the one account it debits with ``SELECT … FOR
+UPDATE`` (portable Core, a no-op on SQLite); the audit log and the service's spends take a
+transaction-scoped advisory lock (``serialize``). Unique constraints back both, so a lost lock
+fails an insert instead of corrupting a chain. ``snapshot()`` is a read-only REPEATABLE READ
+transaction. The wallet's test suite runs on both backends, its concurrency tests included.
+
+Schema and upgrades. Alembic migrations (``wallet/migrations/versions``) are the only thing
+that creates or changes tables; the ``Table`` objects here, in ``wallet.service`` and in
+``wallet.webhooks`` describe the result for queries (a test checks that the two agree on both
+backends). ``Database.create()`` brings a database to the newest revision in one transaction.
+To upgrade a deployed wallet: stop its servers, back the database up (copy the SQLite file
+while nothing writes, or ``pg_dump``), install the new version, and run
+``python -m wallet init`` with the same environment (it calls ``create()``, and leaves an
+existing owner keystore as it is); or, without the owner's environment,
+``AEP2_WALLET_DB=<url> alembic -c wallet/migrations/alembic.ini upgrade head``. A database
+created before the migrations existed is adopted at the first revision. On PostgreSQL, run
+the migrations as the role that owns the tables, and revoke UPDATE, DELETE and TRUNCATE on
+``transactions``, ``entries`` and ``audit_log`` from the role the server runs as.
 
 Keep a write transaction short and free of network calls: on SQLite it holds the only
 write lock.
@@ -35,7 +57,6 @@ from datetime import datetime, timezone
 from typing import Any, AsyncIterator
 
 from sqlalchemy import (
-    DDL,
     BigInteger,
     CheckConstraint,
     Column,
@@ -48,10 +69,13 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     event,
     text,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from . import migrations
 
 __all__ = [
     "Database",
@@ -74,6 +98,10 @@ _READ_ONLY = "wallet_read_only"
 
 metadata = MetaData()
 
+#: Ledger row ids: BIGINT on PostgreSQL (a busy ledger outgrows 2^31 entries); on SQLite an
+#: INTEGER PRIMARY KEY is the 64-bit rowid already, and only that spelling makes it one.
+_Id = BigInteger().with_variant(Integer(), "sqlite")
+
 # ---------------------------------------------------------------------------------------------
 # Ledger (wallet/ledger.py). One row of ``entries`` moves ``amount`` from one account to
 # another, so no transaction can be unbalanced; no balance is stored anywhere.
@@ -82,11 +110,11 @@ metadata = MetaData()
 accounts = Table(
     "accounts",
     metadata,
-    Column("id", Integer, primary_key=True),
+    Column("id", _Id, primary_key=True),
     Column("kind", String(16), nullable=False),
     Column("ref", String(200), nullable=False),
     # intent -> its owner; reserved (one per payment) -> its intent. Set once, at creation.
-    Column("parent_id", Integer, ForeignKey("accounts.id"), nullable=True),
+    Column("parent_id", _Id, ForeignKey("accounts.id"), nullable=True),
     UniqueConstraint("kind", "ref", name="accounts_kind_ref"),
     CheckConstraint("ref <> ''", name="accounts_ref_nonempty"),
 )
@@ -95,7 +123,7 @@ Index("accounts_by_parent", accounts.c.parent_id)
 transactions = Table(
     "transactions",
     metadata,
-    Column("id", Integer, primary_key=True),
+    Column("id", _Id, primary_key=True),
     Column("kind", String(16), nullable=False),
     # the payment a reserve/settle/release belongs to; NULL for the others
     Column("payment_id", String(200), nullable=True),
@@ -111,10 +139,10 @@ transactions = Table(
 entries = Table(
     "entries",
     metadata,
-    Column("id", Integer, primary_key=True),
-    Column("transaction_id", Integer, ForeignKey("transactions.id"), nullable=False),
-    Column("debit_account", Integer, ForeignKey("accounts.id"), nullable=False),
-    Column("credit_account", Integer, ForeignKey("accounts.id"), nullable=False),
+    Column("id", _Id, primary_key=True),
+    Column("transaction_id", _Id, ForeignKey("transactions.id"), nullable=False),
+    Column("debit_account", _Id, ForeignKey("accounts.id"), nullable=False),
+    Column("credit_account", _Id, ForeignKey("accounts.id"), nullable=False),
     Column("amount", BigInteger, nullable=False),
     CheckConstraint("amount > 0", name="entries_amount_positive"),
     CheckConstraint("debit_account <> credit_account", name="entries_two_accounts"),
@@ -172,57 +200,9 @@ wallet_council_votes = Table(
 
 
 # ---------------------------------------------------------------------------------------------
-# Dialect-specific DDL
+# Dialect-specific behaviour (the append-only triggers of transactions, entries and audit_log
+# are DDL in wallet/migrations/, which create every table)
 # ---------------------------------------------------------------------------------------------
-
-
-def _append_only(table: Table) -> None:
-    """Refuse UPDATE and DELETE on ``table`` with triggers, created right after the table.
-
-    These stop mistakes and the application's own SQL, not an attacker with the file: the
-    audit chain's ``verify`` is what detects that. On PostgreSQL also revoke UPDATE, DELETE
-    and TRUNCATE from the application's role.
-    """
-    name = table.name
-    for op in ("UPDATE", "DELETE"):
-        event.listen(
-            table,
-            "after_create",
-            DDL(
-                f"CREATE TRIGGER {name}_no_{op.lower()} BEFORE {op} ON {name} "
-                f"BEGIN SELECT RAISE(ABORT, '{name} is append-only: {op} refused'); END"
-            ).execute_if(dialect="sqlite"),
-        )
-    # PostgreSQL: one shared function, one row trigger and one TRUNCATE trigger per table.
-    event.listen(
-        table,
-        "after_create",
-        DDL(
-            "CREATE OR REPLACE FUNCTION wallet_append_only() RETURNS trigger LANGUAGE plpgsql AS "
-            "$$ BEGIN RAISE EXCEPTION USING MESSAGE = TG_TABLE_NAME || ' is append-only: ' "
-            "|| TG_OP || ' refused', ERRCODE = 'integrity_constraint_violation'; END $$"
-        ).execute_if(dialect="postgresql"),
-    )
-    event.listen(
-        table,
-        "after_create",
-        DDL(
-            f"CREATE TRIGGER {name}_append_only BEFORE UPDATE OR DELETE ON {name} "
-            "FOR EACH ROW EXECUTE FUNCTION wallet_append_only()"
-        ).execute_if(dialect="postgresql"),
-    )
-    event.listen(
-        table,
-        "after_create",
-        DDL(
-            f"CREATE TRIGGER {name}_no_truncate BEFORE TRUNCATE ON {name} "
-            "FOR EACH STATEMENT EXECUTE FUNCTION wallet_append_only()"
-        ).execute_if(dialect="postgresql"),
-    )
-
-
-for _table in (transactions, entries, audit_log, wallet_council_votes):
-    _append_only(_table)
 
 
 def _sqlite_connect(engine: AsyncEngine, busy_timeout: float, synchronous: str) -> None:
@@ -245,19 +225,25 @@ def _sqlite_connect(engine: AsyncEngine, busy_timeout: float, synchronous: str) 
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
+_ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(:key)").bindparams(bindparam("key", type_=BigInteger))
+#: The resource ``Database.create()`` serializes on: two processes never migrate at once.
+_MIGRATE_LOCK = "wallet.migrations"
+
+
 async def serialize(conn: AsyncConnection, resource: str) -> None:
     """Make other writers of ``resource`` wait until this transaction ends.
 
     SQLite: nothing to do, a ``Database.transaction()`` already holds the database's only
     write lock. PostgreSQL: a transaction-scoped advisory lock on a 64-bit key derived from
-    ``resource`` (not yet run against a server).
+    ``resource``, released by the commit or rollback. Raises ``NotImplementedError`` on any
+    other dialect.
     """
     dialect = conn.dialect.name
     if dialect == "sqlite":
         return
     if dialect == "postgresql":
         key = int.from_bytes(hashlib.sha256(resource.encode()).digest()[:8], "big", signed=True)
-        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        await conn.execute(_ADVISORY_LOCK, {"key": key})
         return
     raise NotImplementedError(f"serialize: no writer lock for dialect {dialect!r}")
 
@@ -312,12 +298,22 @@ class Database:
             _sqlite_connect(self.engine, busy_timeout, synchronous.upper())
             self._writer: contextlib.AbstractAsyncContextManager[Any] = asyncio.Lock()
         else:
-            self._writer = contextlib.nullcontext()
+            # Writers queue on a row or advisory lock while holding a pooled connection. Let at
+            # most pool_size of them in at once and queue the rest here, as the SQLite lock
+            # does: a burst of spends then neither times out in the pool's queue (30 s) nor
+            # leaves the overflow connections to anyone but readers.
+            self._writer = asyncio.Semaphore(self.engine.pool.size())  # type: ignore[attr-defined]
 
     async def create(self) -> None:
-        """Create the tables, indexes and the dialect's triggers (idempotent)."""
+        """Bring the schema to the newest migration: a new database gets every table, index and
+        trigger, an older one its pending migrations, a current one nothing (idempotent).
+
+        One transaction, serialized against other processes doing the same: a failed
+        migration leaves the database as it was.
+        """
         async with self.transaction() as conn:
-            await conn.run_sync(self.metadata.create_all)
+            await serialize(conn, _MIGRATE_LOCK)
+            await conn.run_sync(migrations.upgrade)
 
     async def aclose(self) -> None:
         """Close every pooled connection."""

@@ -1,16 +1,18 @@
-"""The hash-chained audit log: appends, refusals, and tampering done behind the triggers' back."""
+"""The hash-chained audit log: appends, refusals, and tampering done behind the triggers' back,
+on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
-import sqlite3
-from typing import Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from wallet import audit, ledger
 from wallet.audit import GENESIS, AuditFault
@@ -27,14 +29,21 @@ async def _fill(db: Database, n: int = N) -> list[audit.AuditRecord]:
     return out
 
 
-def _raw(db: Database) -> sqlite3.Connection:
-    """The file opened with the plain sqlite3 module and the triggers dropped: an attacker's view."""
-    path = db.engine.url.database
-    assert path is not None
-    raw = sqlite3.connect(path)
-    raw.execute("DROP TRIGGER audit_log_no_update")
-    raw.execute("DROP TRIGGER audit_log_no_delete")
-    return raw
+@contextlib.asynccontextmanager
+async def _behind_the_triggers(db: Database) -> AsyncIterator[AsyncConnection]:
+    """A transaction of someone with direct access to the database: an attacker's view.
+
+    The append-only triggers are out of their way: dropped on SQLite (the file is theirs),
+    bypassed on PostgreSQL with ``session_replication_role = replica`` (what a superuser can
+    set; ordinary triggers do not fire, and ``SET LOCAL`` leaves no trace after the commit).
+    """
+    async with db.transaction() as conn:
+        if db.dialect == "sqlite":
+            await conn.execute(text("DROP TRIGGER audit_log_no_update"))
+            await conn.execute(text("DROP TRIGGER audit_log_no_delete"))
+        else:
+            await conn.execute(text("SET LOCAL session_replication_role = replica"))
+        yield conn
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,51 +133,58 @@ async def test_RevertIf_the_log_is_updated_or_deleted_through_the_database(walle
 
 
 # ---------------------------------------------------------------------------------------------
-# Tampering with file access
+# Tampering with direct access to the database
 # ---------------------------------------------------------------------------------------------
 
 
-def _edit_payload(raw: sqlite3.Connection) -> None:
-    raw.execute("""UPDATE audit_log SET payload = '{"amount":1,"i":5}' WHERE seq = 5""")
+Tamper = Callable[[AsyncConnection], Awaitable[object]]
 
 
-def _edit_actor(raw: sqlite3.Connection) -> None:
-    raw.execute("UPDATE audit_log SET actor = 'owner:o' WHERE seq = 5")
+async def _sql(conn: AsyncConnection, statement: str, **params: object) -> Any:
+    return await conn.execute(text(statement), params)
 
 
-def _delete_row(raw: sqlite3.Connection) -> None:
-    raw.execute("DELETE FROM audit_log WHERE seq = 5")
+def _edit_payload(conn: AsyncConnection) -> Awaitable[object]:
+    return _sql(conn, "UPDATE audit_log SET payload = :payload WHERE seq = 5", payload='{"amount":1,"i":5}')
 
 
-def _delete_first_row(raw: sqlite3.Connection) -> None:
-    raw.execute("DELETE FROM audit_log WHERE seq = 1")
+def _edit_actor(conn: AsyncConnection) -> Awaitable[object]:
+    return _sql(conn, "UPDATE audit_log SET actor = 'owner:o' WHERE seq = 5")
 
 
-def _swap_seq(a: int, b: int) -> Callable[[sqlite3.Connection], None]:
-    def swap(raw: sqlite3.Connection) -> None:
-        raw.execute("UPDATE audit_log SET seq = -1 WHERE seq = ?", (a,))
-        raw.execute("UPDATE audit_log SET seq = ? WHERE seq = ?", (a, b))
-        raw.execute("UPDATE audit_log SET seq = ? WHERE seq = -1", (b,))
+def _delete_row(conn: AsyncConnection) -> Awaitable[object]:
+    return _sql(conn, "DELETE FROM audit_log WHERE seq = 5")
+
+
+def _delete_first_row(conn: AsyncConnection) -> Awaitable[object]:
+    return _sql(conn, "DELETE FROM audit_log WHERE seq = 1")
+
+
+def _swap_seq(a: int, b: int) -> Tamper:
+    async def swap(conn: AsyncConnection) -> None:
+        await _sql(conn, "UPDATE audit_log SET seq = -1 WHERE seq = :a", a=a)
+        await _sql(conn, "UPDATE audit_log SET seq = :a WHERE seq = :b", a=a, b=b)
+        await _sql(conn, "UPDATE audit_log SET seq = :b WHERE seq = -1", b=b)
 
     return swap
 
 
-def _delete_and_renumber(raw: sqlite3.Connection) -> None:
-    raw.execute("DELETE FROM audit_log WHERE seq = 5")
+async def _delete_and_renumber(conn: AsyncConnection) -> None:
+    await _sql(conn, "DELETE FROM audit_log WHERE seq = 5")
     for seq in range(6, N + 1):
-        raw.execute("UPDATE audit_log SET seq = ? WHERE seq = ?", (seq - 1, seq))
+        await _sql(conn, "UPDATE audit_log SET seq = :new WHERE seq = :old", new=seq - 1, old=seq)
 
 
-def _rewrite_with_a_fresh_hash(raw: sqlite3.Connection) -> None:
+async def _rewrite_with_a_fresh_hash(conn: AsyncConnection) -> None:
     """Edit record 5 and give it the hash its new content deserves: record 6 still links to the old one."""
-    seq, at, actor, action, _payload, prev_hash = raw.execute(
-        "SELECT seq, at, actor, action, payload, prev_hash FROM audit_log WHERE seq = 5"
-    ).fetchone()
+    row = (await _sql(conn, "SELECT seq, at, actor, action, prev_hash FROM audit_log WHERE seq = 5")).one()
     payload = {"amount": 1, "i": 5}
-    new_hash = audit.chain_hash(prev_hash, seq, at, actor, action, payload)
-    raw.execute(
-        "UPDATE audit_log SET payload = ?, hash = ? WHERE seq = 5",
-        (audit.canonical_json(payload).decode(), new_hash),
+    new_hash = audit.chain_hash(row.prev_hash, row.seq, row.at, row.actor, row.action, payload)
+    await _sql(
+        conn,
+        "UPDATE audit_log SET payload = :payload, hash = :hash WHERE seq = 5",
+        payload=audit.canonical_json(payload).decode(),
+        hash=new_hash,
     )
 
 
@@ -185,16 +201,12 @@ def _rewrite_with_a_fresh_hash(raw: sqlite3.Connection) -> None:
         (_rewrite_with_a_fresh_hash, 6, AuditFault.BROKEN_LINK),
     ],
 )
-async def test_tampering_with_the_file_is_detected_at_its_seq(
-    wallet_db: Database, tamper: Callable[[sqlite3.Connection], None], seq: int, fault: AuditFault
+async def test_tampering_behind_the_triggers_is_detected_at_its_seq(
+    wallet_db: Database, tamper: Tamper, seq: int, fault: AuditFault
 ) -> None:
     await _fill(wallet_db)
-    raw = _raw(wallet_db)
-    try:
-        tamper(raw)
-        raw.commit()
-    finally:
-        raw.close()
+    async with _behind_the_triggers(wallet_db) as conn:
+        await tamper(conn)
 
     report = await audit.verify(wallet_db)
     assert not report.ok
@@ -207,12 +219,8 @@ async def test_a_cut_off_tail_is_detected_against_a_published_anchor(wallet_db: 
     anchor = (records[-1].seq, records[-1].hash)
     assert (await audit.verify(wallet_db, anchor=anchor)).ok
 
-    raw = _raw(wallet_db)
-    try:
-        raw.execute("DELETE FROM audit_log WHERE seq >= ?", (N - 1,))
-        raw.commit()
-    finally:
-        raw.close()
+    async with _behind_the_triggers(wallet_db) as conn:
+        await _sql(conn, "DELETE FROM audit_log WHERE seq >= :seq", seq=N - 1)
 
     assert (await audit.verify(wallet_db)).ok  # the chain alone cannot tell
     report = await audit.verify(wallet_db, anchor=anchor)
@@ -222,21 +230,19 @@ async def test_a_cut_off_tail_is_detected_against_a_published_anchor(wallet_db: 
 async def test_a_chain_rewritten_from_some_record_on_is_detected_against_an_anchor(wallet_db: Database) -> None:
     records = await _fill(wallet_db)
     anchor = (8, records[7].hash)
-    raw = _raw(wallet_db)
-    try:
-        raw.execute("DELETE FROM audit_log WHERE seq >= 5")
+    async with _behind_the_triggers(wallet_db) as conn:
+        await _sql(conn, "DELETE FROM audit_log WHERE seq >= 5")
         prev = records[3].hash
         for seq in range(5, N + 1):  # a forger's chain, valid on its own
             at, payload = records[seq - 1].at, {"forged": seq}
             digest = audit.chain_hash(prev, seq, at, "system", "tick", payload)
-            raw.execute(
-                "INSERT INTO audit_log (seq, at, actor, action, payload, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (seq, at, "system", "tick", audit.canonical_json(payload).decode(), prev, digest),
+            await _sql(
+                conn,
+                "INSERT INTO audit_log (seq, at, actor, action, payload, prev_hash, hash) "
+                "VALUES (:seq, :at, 'system', 'tick', :payload, :prev, :digest)",
+                seq=seq, at=at, payload=audit.canonical_json(payload).decode(), prev=prev, digest=digest,
             )
             prev = digest
-        raw.commit()
-    finally:
-        raw.close()
 
     assert (await audit.verify(wallet_db)).ok
     report = await audit.verify(wallet_db, anchor=anchor)

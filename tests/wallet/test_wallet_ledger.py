@@ -8,6 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -243,15 +244,24 @@ async def test_RevertIf_entries_or_transactions_are_updated_or_deleted(wallet_db
     with pytest.raises(IntegrityError, match="append-only"):
         async with wallet_db.transaction() as conn:
             await conn.execute(text(statement))
-    # and with the plain sqlite3 module, outside SQLAlchemy
-    path = wallet_db.engine.url.database
-    assert path is not None
-    raw = sqlite3.connect(path)
+    # and with the plain driver (sqlite3, asyncpg), outside SQLAlchemy
+    if wallet_db.dialect == "sqlite":
+        path = wallet_db.engine.url.database
+        assert path is not None
+        raw = sqlite3.connect(path)
+        try:
+            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                raw.execute(statement)
+        finally:
+            raw.close()
+        return
+    dsn = wallet_db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    pg = await asyncpg.connect(dsn)
     try:
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-            raw.execute(statement)
+        with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="append-only"):
+            await pg.execute(statement)
     finally:
-        raw.close()
+        await pg.close()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -57,13 +57,18 @@ URL = "http://gateway.test/v1/forecast/paris"
 
 
 class Clock:
-    """Real time plus an offset the test can move."""
+    """Real time plus an offset the test can move; ``freeze()`` stops real time, for tests of
+    a boundary a slow machine would otherwise cross on its own."""
 
     def __init__(self) -> None:
         self.offset = 0.0
+        self.frozen: float | None = None
+
+    def freeze(self) -> None:
+        self.frozen = time.time()
 
     def __call__(self) -> float:
-        return time.time() + self.offset
+        return (time.time() if self.frozen is None else self.frozen) + self.offset
 
 
 class FakeRegistry:
@@ -218,6 +223,7 @@ async def test_authenticate_refuses_anything_but_the_issued_key(wallet):
 
 
 async def test_a_rotated_key_stops_at_once_or_after_its_grace_period(wallet, clock):
+    clock.freeze()
     agent_id, first = await wallet.add_agent("a")
     other_id, other_key = await wallet.add_agent("b")
     second = await wallet.rotate_api_key(agent_id)
@@ -429,6 +435,7 @@ async def test_a_review_waits_for_the_owner_and_is_evaluated_again(wallet):
 
 
 async def test_an_undecided_review_expires_and_can_no_longer_be_signed(wallet, clock):
+    clock.freeze()
     agent_id, _key, _intent = await agent_with_intent(wallet, duration_seconds=86_400)
     await wallet.set_rules(Rules(review_above=0))
     early = await wallet.authorize_payment(agent_id, requirement(), URL, idempotency_key="early")
