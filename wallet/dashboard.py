@@ -60,7 +60,7 @@ from .ledger import AccountKind, LedgerError
 from .council import tally, wallet_council_votes
 from .service import IntentStatus, PaymentStatus, ReviewStatus, WalletError, WalletService, wallet_decisions, wallet_payments
 
-__all__ = ["dashboard_mount", "OwnerCheck", "EscrowBalance", "DASHBOARD_PATH", "CSRF_HEADER", "CSRF_FIELD",
+__all__ = ["dashboard_mount", "usd", "OwnerCheck", "EscrowBalance", "DASHBOARD_PATH", "CSRF_HEADER", "CSRF_FIELD",
            "SESSION_COOKIE"]
 
 #: Where ``create_app`` mounts the dashboard.
