@@ -51,5 +51,15 @@ demo: contracts
 bench: contracts
 	$(PY) -m bench
 
+# The dashboard's browser test drives Debian's Chromium (Playwright cannot download a browser here).
+CHROMIUM := /usr/lib/chromium/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(CHROMIUM):
+	$(SUDO) apt-get install -y --no-install-recommends chromium || \
+		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium; }
+
+test-python: $(CHROMIUM)
+
 clean:
 	rm -rf out cache build .pytest_cache .hypothesis

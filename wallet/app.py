@@ -75,6 +75,7 @@ from payer.errors import (
 )
 
 from . import audit, webhooks
+from .dashboard import dashboard_mount
 from .cards import Card, CardAuthorization, CardIssuer, CardReview, MintResult
 from .execute import Executor, HostNotAllowed, ResponseTooLarge, paid_call_json
 from .keys import RedactingFilter, parse_api_key
@@ -541,13 +542,19 @@ class _Api:
 
     async def owner(self, request: Request) -> None:
         """Pass for the owner token only (401 otherwise), after the brake and the owner's rate limit."""
-        token = self._bearer(request)
+        if not await self.is_owner_token(request, self._bearer(request)):
+            raise Problem("unauthenticated", "owner credential required", headers={"WWW-Authenticate": "Bearer"})
+
+    async def is_owner_token(self, request: Request, token: str) -> bool:
+        """Whether ``token`` is the owner's, counted by the brake and the owner's rate limit
+        (429 while either is full): the bearer header and the dashboard's login form share it."""
         scopes = _brake_scopes(request, None)
         await self._check_brake(scopes)
         if not hmac.compare_digest(token.encode(), self._owner_token):
             await self._failed(scopes)
-            raise Problem("unauthenticated", "owner credential required", headers={"WWW-Authenticate": "Bearer"})
+            return False
         await self._throttle(_Caller("owner", "owner"))
+        return True
 
     async def acquirer(self, request: Request, cards: CardIssuer) -> str:
         """The calling acquirer's id (401 otherwise), after its rate limit."""
@@ -1137,6 +1144,7 @@ def create_app(
     ``executor``: makes the paid calls of ``POST /v1/payments/execute`` (default: an
     ``Executor`` on ``service``, closed with the lifespan). ``cards``: the card issuer of
     ``wallet.cards``; with it the card, card-review, acquirer and issuing routes are served.
+    The owner's live dashboard (``wallet.dashboard``) is served under ``/dashboard``.
     """
     api = _Api(service, owner_token, rate_limit, max_body, auth_failures, executor or Executor(service), cards)
     install_log_redaction()
@@ -1161,6 +1169,7 @@ def create_app(
 
     routes = [Route(path, handler, methods=[method]) for method, path, handler, *_ in api.routes()]
     routes.append(Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False))
+    routes.append(dashboard_mount(service, owner_token=owner_token, is_owner_token=api.is_owner_token, cards=cards))
     return Starlette(
         routes=routes,
         lifespan=lifespan,
