@@ -6,7 +6,8 @@ from ``SUITES`` (default: all of them, in order). ``prover`` and ``gas`` share o
 batch size (``bench.settle`` runs the pipeline once per process); ``AEP2_BENCH_SIZES=16,64``
 restricts the batch sizes (default ``16,64,256``). ``latency`` times paid ``exact`` (settled on
 chain before the answer) and ``aep2`` calls one at a time against an unpriced call;
-``AEP2_BENCH_LATENCY_CALLS`` sets its calls per kind (default 50).
+``AEP2_BENCH_LATENCY_CALLS`` sets its calls per kind (default 50). ``replicas`` measures two gateway
+replicas on one PostgreSQL store against one (a throwaway server from Debian's package).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import sys
 import time
 
-SUITES = ("verify", "throughput", "latency", "prover", "gas")
+SUITES = ("verify", "throughput", "replicas", "latency", "prover", "gas")
 
 
 def main(argv: list[str]) -> int:
