@@ -13,7 +13,6 @@ backends implement) and ``records`` (rows to records, by column name).
 
 from __future__ import annotations
 
-from ..store import PaymentStore
 from .base import SQLStore
 from .postgres import PostgresStore, is_postgres_url
 from .schema import SCHEMA_VERSION
@@ -22,8 +21,8 @@ from .sqlite import SQLiteStore
 __all__ = ["create_store", "SQLStore", "SQLiteStore", "PostgresStore", "SCHEMA_VERSION"]
 
 
-def create_store(location: str) -> PaymentStore:
-    """The store at ``location``, not yet opened: a ``PostgresStore`` for a
+def create_store(location: str) -> SQLStore:
+    """The ``PaymentStore`` at ``location``, not yet opened: a ``PostgresStore`` for a
     ``postgresql://…`` (or ``postgres://…``) URL, otherwise a ``SQLiteStore`` on that file path.
 
     This is how ``AEP2_STORE`` (gateway), ``--store`` (processor) and ``FACILITATOR_STORE``
