@@ -1,7 +1,7 @@
 # One command each: `make demo` (end-to-end run on a local Anvil), `make test`, `make bench`.
 # Every target installs what it needs: the Python venv from pyproject.toml, the Node
 # toolchain (Anvil, forge, solc-js, circom2, circomlib) from package-lock.json, and Debian's
-# PostgreSQL server binaries for the wallet's PostgreSQL tests.
+# PostgreSQL server binaries for the PostgreSQL tests and the replica benchmark.
 
 PYTHON ?= python3
 VENV := .venv

@@ -7,13 +7,15 @@ batch's transaction succeeded) or ``failed`` (diagnosed as unsettleable, with a 
 A batch is ``proving`` → ``submitted`` (signed transaction recorded, then broadcast) →
 ``settled`` / ``failed``.
 
-Implementations: ``aep2.sqlite_store.SQLiteStore``. A server database can replace it by
-implementing ``PaymentStore``.
+Implementations (``aep2.stores``): ``SQLiteStore``, one file, the zero-configuration default;
+``PostgresStore``, one server shared by several gateway replicas and the processor.
+``aep2.stores.create_store(location)`` picks one by its location.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol, Sequence
 
 from .eddsa import Signature
@@ -21,12 +23,41 @@ from .intent import SignedIntent
 from .mandate import Mandate
 
 __all__ = [
+    "MandateStatus",
+    "BatchStatus",
+    "ExactStatus",
     "MandateRecord",
     "BatchRecord",
     "ExactPaymentRecord",
     "Reservation",
     "PaymentStore",
 ]
+
+
+class MandateStatus(StrEnum):
+    """Where a mandate is in its lifecycle (the module docstring draws it)."""
+
+    ACCEPTED = "accepted"
+    BATCHED = "batched"
+    SETTLED = "settled"
+    FAILED = "failed"
+
+
+class BatchStatus(StrEnum):
+    """Where a settlement batch is: ``proving`` → ``submitted`` → ``settled`` / ``failed``."""
+
+    PROVING = "proving"
+    SUBMITTED = "submitted"
+    SETTLED = "settled"
+    FAILED = "failed"
+
+
+class ExactStatus(StrEnum):
+    """An ``exact`` payment: ``accepted`` (being settled) → ``settled`` / ``failed``."""
+
+    ACCEPTED = "accepted"
+    SETTLED = "settled"
+    FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -38,7 +69,7 @@ class MandateRecord:
     signature: Signature
     payer: str
     asset: str
-    status: str
+    status: MandateStatus
     accepted_at: float
     batch_id: int | None = None
     tx_hash: str | None = None
@@ -55,7 +86,7 @@ class BatchRecord:
     """
 
     batch_id: int
-    status: str
+    status: BatchStatus
     payment_ids: tuple[str, ...]
     time_ref: int
     tx_hash: str | None = None
@@ -80,7 +111,7 @@ class ExactPaymentRecord:
     amount: int
     authorization: dict
     signature: str
-    status: str
+    status: ExactStatus
     tx_hash: str | None = None
     reason: str | None = None
 
@@ -142,7 +173,7 @@ class PaymentStore(Protocol):
     async def get_mandate(self, payment_id: str) -> MandateRecord | None:
         """One mandate by payment id."""
 
-    async def mandates(self, status: str | None = None) -> list[MandateRecord]:
+    async def mandates(self, status: MandateStatus | None = None) -> list[MandateRecord]:
         """All mandates, or those in one status, ordered by intent then nonce."""
 
     async def accepted_mandates(self) -> list[MandateRecord]:
@@ -154,6 +185,12 @@ class PaymentStore(Protocol):
 
     async def open_batches(self) -> list[BatchRecord]:
         """Batches neither ``settled`` nor ``failed`` (what a restarted processor resumes)."""
+
+    async def get_batch(self, batch_id: int) -> BatchRecord:
+        """One batch with its payment ids; raises ``KeyError`` for an unknown id."""
+
+    async def batches(self) -> list[BatchRecord]:
+        """Every batch with its payment ids, oldest first."""
 
     async def batch_mandates(self, batch_id: int) -> list[MandateRecord]:
         """The mandates of a batch, ordered by intent then nonce."""
@@ -177,7 +214,7 @@ class PaymentStore(Protocol):
     async def delete_exact_payment(self, nonce: str) -> None:
         """Forget an ``accepted`` ``exact`` payment whose request was not served."""
 
-    async def update_exact_payment(self, nonce: str, status: str, tx_hash: str | None, reason: str | None) -> None:
+    async def update_exact_payment(self, nonce: str, status: ExactStatus, tx_hash: str | None, reason: str | None) -> None:
         """Move an ``exact`` payment to ``settled`` / ``failed``."""
 
     async def resume_exact_payment(self, nonce: str, signature: str, now: float, stale_after: float) -> bool:
@@ -187,7 +224,7 @@ class PaymentStore(Protocol):
         it (and should settle it: the facilitator's settle is idempotent). Atomic: of two
         concurrent retries one wins."""
 
-    async def exact_payments(self, status: str | None = None) -> list[ExactPaymentRecord]:
+    async def exact_payments(self, status: ExactStatus | None = None) -> list[ExactPaymentRecord]:
         """``exact`` payments, all or in one status, oldest first."""
 
     async def claim_payment_identifier(

@@ -6,9 +6,11 @@ from ``SUITES`` (default: all of them, in order). ``prover`` and ``gas`` share o
 batch size (``bench.settle`` runs the pipeline once per process); ``AEP2_BENCH_SIZES=16,64``
 restricts the batch sizes (default ``16,64,256``). ``latency`` times paid ``exact`` (settled on
 chain before the answer) and ``aep2`` calls one at a time against an unpriced call;
-``AEP2_BENCH_LATENCY_CALLS`` sets its calls per kind (default 50). ``council`` times the AI
-review council's decision offline and against a local Messages API stub at a fixed latency.
-``cards`` times card authorizations under 32 concurrent merchants against one merchant at a time.
+``AEP2_BENCH_LATENCY_CALLS`` sets its calls per kind (default 50). ``replicas`` measures two gateway
+replicas on one PostgreSQL store against one (a throwaway server from Debian's package).
+``council`` times the AI review council's decision offline and against a local Messages API stub
+at a fixed latency. ``cards`` times card authorizations under 32 concurrent merchants against
+one merchant at a time.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import json
 import sys
 import time
 
-SUITES = ("verify", "throughput", "latency", "wallet", "council", "cards", "prover", "gas")
+SUITES = ("verify", "throughput", "replicas", "latency", "wallet", "council", "cards", "prover", "gas")
 
 
 def main(argv: list[str]) -> int:

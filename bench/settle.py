@@ -33,7 +33,7 @@ from web3 import Web3
 
 from aep2.deployment import Deployment, contract_artifact
 from aep2.mandate import Mandate, request_hash
-from aep2.store import MandateRecord
+from aep2.store import MandateRecord, MandateStatus
 from aep2.eip3009 import TRANSFER_WITH_AUTHORIZATION_TYPES
 from settlement.artifacts import PROJECT_ROOT, build_artifacts
 from settlement.chain import SettlementClient
@@ -148,7 +148,7 @@ async def _setup_batch(deployment: Deployment, payers: list[FundedPayer], n: int
             )
             records.append(
                 MandateRecord(mandate.payment_id, mandate, mandate.sign(payer.session_key), payer.address,
-                              deployment.token, "sealed", time.time())
+                              deployment.token, MandateStatus.BATCHED, time.time())
             )
         slots.append(IntentSlot(intent, 0, tuple(records)))
     return build_statement(slots, time_ref=time_ref, asset=deployment.token, n=n, i=INTENT_SLOTS, p=PAYEE_SLOTS)

@@ -24,7 +24,7 @@ import itertools
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import httpx
 from eth_account import Account
@@ -68,16 +68,41 @@ def presign(payer: FundedPayer, requirement: dict[str, Any], base_url: str, coun
     return out
 
 
+def prepare_priced(
+    payer: FundedPayer, base_url: str, count: int
+) -> tuple[dict[str, Any], Iterator[tuple[str, dict[str, str]]]]:
+    """The service's ``aep2`` requirement (from a 402 challenge) and ``count - 1`` pre-signed
+    paid requests, after the first one (carrying the intent) was served. Raises
+    ``RuntimeError`` if that first one is refused."""
+    challenge = httpx.get(base_url + "/v1/forecast/city0")
+    assert challenge.status_code == 402, challenge.status_code
+    accepts = decode_header(challenge.headers[PAYMENT_REQUIRED_HEADER], header=PAYMENT_REQUIRED_HEADER)["accepts"]
+    requirement = next(entry for entry in accepts if entry["scheme"] == "aep2")
+
+    log(f"throughput: pre-signing {count} mandates")
+    started = time.perf_counter()
+    presigned = presign(payer, requirement, base_url, count)
+    log(f"throughput: signed in {time.perf_counter() - started:.1f} s")
+    first_path, first_headers = presigned[0]
+    first = httpx.get(base_url + first_path, headers=first_headers)  # first use: carries the intent
+    if first.status_code != 200:
+        raise RuntimeError(f"first paid request refused: {first.status_code} {first.headers}")
+    return requirement, iter(presigned[1:])
+
+
 async def _load(
-    base_url: str, requests: Iterator[tuple[str, dict[str, str]]], *, duration: float, paid: bool, auth: httpx.Auth | None = None
+    base_urls: Sequence[str], requests: Iterator[tuple[str, dict[str, str]]], *, duration: float, paid: bool,
+    auth: httpx.Auth | None = None,
 ) -> tuple[float, collections.Counter[str]]:
-    """Fire ``requests`` at fixed concurrency for ``duration`` s; returns (requests/s, outcome counts)."""
+    """Fire ``requests`` at fixed concurrency for ``duration`` s, worker ``k`` at
+    ``base_urls[k % len(base_urls)]``; returns (requests/s over all, outcome counts)."""
     outcomes: collections.Counter[str] = collections.Counter()
     # One single-connection client per worker: httpx's shared pool serialises badly at high
     # concurrency (a shared 32-connection pool measured ~5x slower than 32 clients here).
     clients = [
-        httpx.AsyncClient(base_url=base_url, limits=httpx.Limits(max_connections=1), timeout=30, auth=auth)
-        for _ in range(CONCURRENCY)
+        httpx.AsyncClient(base_url=base_urls[k % len(base_urls)], limits=httpx.Limits(max_connections=1),
+                          timeout=30, auth=auth)
+        for k in range(CONCURRENCY)
     ]
     try:
         started = time.perf_counter()
@@ -106,10 +131,13 @@ async def _load(
     return outcomes["ok"] / elapsed, outcomes
 
 
-def _measure(base_url: str, requests: Iterator[tuple[str, dict[str, str]]], *, paid: bool, label: str,
-             duration: float = DURATION, auth: httpx.Auth | None = None) -> float:
-    warm_rate, warm = asyncio.run(_load(base_url, requests, duration=WARMUP, paid=paid, auth=auth))
-    rate, outcomes = asyncio.run(_load(base_url, requests, duration=duration, paid=paid, auth=auth))
+def measure(base_urls: Sequence[str], requests: Iterator[tuple[str, dict[str, str]]], *, paid: bool, label: str,
+            duration: float = DURATION, auth: httpx.Auth | None = None) -> float:
+    """Requests/s of ``requests`` spread over ``base_urls`` at ``CONCURRENCY``, timed for
+    ``duration`` s after a ``WARMUP``. Raises ``RuntimeError`` if any answer is not a 200 (with
+    a ``PAYMENT-RESPONSE`` when ``paid``)."""
+    warm_rate, warm = asyncio.run(_load(base_urls, requests, duration=WARMUP, paid=paid, auth=auth))
+    rate, outcomes = asyncio.run(_load(base_urls, requests, duration=duration, paid=paid, auth=auth))
     failures = {k: v for k, v in (outcomes + warm).items() if k not in ("ok", "exhausted")}
     log(f"throughput: {label}: {rate:.0f} req/s (warm-up {warm_rate:.0f}); outcomes {dict(outcomes)}")
     if failures:
@@ -138,28 +166,15 @@ def run() -> list[dict[str, Any]]:
                 processor=processor, uvicorn_args=("--workers", "1", "--no-access-log"),
             )
 
-            challenge = httpx.get(base_url + "/v1/forecast/city0")
-            assert challenge.status_code == 402, challenge.status_code
-            accepts = decode_header(challenge.headers[PAYMENT_REQUIRED_HEADER], header=PAYMENT_REQUIRED_HEADER)["accepts"]
-            requirement = next(entry for entry in accepts if entry["scheme"] == "aep2")
-
-            log(f"throughput: pre-signing {PRESIGNED} mandates")
-            started = time.perf_counter()
-            presigned = presign(payer, requirement, base_url, PRESIGNED)
-            log(f"throughput: signed in {time.perf_counter() - started:.1f} s")
-            first_path, first_headers = presigned[0]
-            first = httpx.get(base_url + first_path, headers=first_headers)  # first use: carries the intent
-            if first.status_code != 200:
-                raise RuntimeError(f"first paid request refused: {first.status_code} {first.headers}")
-
-            health = _measure(base_url, itertools.repeat(("/health", {})), paid=False, label="GET /health")
-            priced = _measure(base_url, iter(presigned[1:]), paid=True, label="GET /v1/forecast (pre-signed)")
+            requirement, presigned = prepare_priced(payer, base_url, PRESIGNED)
+            health = measure([base_url], itertools.repeat(("/health", {})), paid=False, label="GET /health")
+            priced = measure([base_url], presigned, paid=True, label="GET /v1/forecast (pre-signed)")
 
             auth = AEP2Auth(live_payer.signed_intent, live_payer.session_key, PayerState())
             for city in range(CITIES):
                 auth.prepay(requirement, url=f"/v1/forecast/city{city}")
             live_requests = ((f"/v1/forecast/city{k % CITIES}", {}) for k in itertools.count())
-            live = _measure(base_url, live_requests, paid=True, label="GET /v1/forecast (AEP2Auth)",
+            live = measure([base_url], live_requests, paid=True, label="GET /v1/forecast (AEP2Auth)",
                             duration=LIVE_DURATION, auth=auth)
         finally:
             if server is not None:

@@ -7,7 +7,8 @@ Run it on a deployment (``make demo`` writes one) with one uvicorn command::
 Routes: ``GET /v1/forecast/{city}`` (fixed price), ``POST /v1/sentiment`` (fixed price),
 ``GET /v1/primes?n=`` (price grows with ``n``), ``GET /health`` (free). Settings from the
 environment: ``AEP2_DEPLOYMENT`` (deployment file), ``AEP2_PAYEE`` (address paid),
-``AEP2_STORE`` (SQLite file, default ``payments.sqlite``), ``AEP2_PROCESSOR`` (the
+``AEP2_STORE`` (SQLite file, default ``payments.sqlite``, or the ``postgresql://`` URL of a
+store shared by several replicas of this service), ``AEP2_PROCESSOR`` (the
 settlement processor's address, required: payers' intents must name it), and for x402
 ``exact`` payments either ``AEP2_FACILITATOR_URL`` (any x402 facilitator, e.g. ours:
 ``uvicorn --factory facilitator.app:from_env``) or ``AEP2_FACILITATOR_KEY`` (a facilitator
@@ -30,7 +31,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from aep2.deployment import Deployment
-from aep2.sqlite_store import SQLiteStore
+from aep2.stores import create_store
 from gateway.chain import ChainCache, Web3ChainReader
 from gateway.config import GatewayConfig
 from aep2.x402.facilitator import Facilitator
@@ -138,7 +139,8 @@ def create_app(
     chain_refresh_seconds: float | None = None,
 ) -> Starlette:
     """The example API behind ``PaymentMiddleware`` on ``deployment``, paying ``payee``,
-    settled by ``processor`` (its address); ``store_path`` the SQLite payment store.
+    settled by ``processor`` (its address); ``store_path`` the payment store's location, a
+    SQLite file or a ``postgresql://`` URL (``aep2.stores.create_store``).
 
     ``exact`` payments are verified and settled by the facilitator at ``facilitator_url``, or
     else by one in-process sending from ``facilitator_key`` (neither: ``exact`` is not offered).
@@ -149,7 +151,7 @@ def create_app(
     config = GatewayConfig.from_deployment(
         deployment, payee, processor=processor, min_deadline_seconds=min_deadline_seconds
     )
-    store = SQLiteStore(store_path)
+    store = create_store(store_path)
     chain = ChainCache(
         Web3ChainReader(deployment.rpc_url, deployment.settlement),
         refresh_seconds=chain_refresh_seconds,
@@ -207,7 +209,8 @@ def start_process(
     timeout: float = 60.0,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Run this service under ``uvicorn`` in a child process on ``127.0.0.1:port``, configured
-    through the environment as in production (``processor``: the settlement processor's
+    through the environment as in production (``store``: a SQLite file or a ``postgresql://``
+    URL, as ``AEP2_STORE``; ``processor``: the settlement processor's
     address, as ``AEP2_PROCESSOR``; ``facilitator_url`` / ``facilitator_key`` as
     ``AEP2_FACILITATOR_URL`` / ``AEP2_FACILITATOR_KEY``); returns the process and its base URL
     once ``GET /health`` answers 200. Raises ``RuntimeError`` as ``start_uvicorn``.

@@ -31,8 +31,8 @@ over the same store settles it in its next batch):
 
 - ``FACILITATOR_DEPLOYMENT``: the deployment file (docs/PROTOCOL.md §6) of the Settlement
   contract on the chain of ``FACILITATOR_RPC_URL`` (read through that URL, not the file's);
-- ``FACILITATOR_STORE``: the processor's SQLite payment store (``--store`` of
-  ``python -m settlement run``);
+- ``FACILITATOR_STORE``: the processor's payment store, a SQLite file or a ``postgresql://``
+  URL (``--store`` of ``python -m settlement run``);
 - ``FACILITATOR_PROCESSOR``: the processor's address, which intents must name and payers
   must have consented to.
 """
@@ -58,7 +58,7 @@ from aep2.x402.facilitator import Facilitator
 from aep2.x402.models import SettleResponse, VerifyRequest, VerifyResponse
 
 from aep2.deployment import Deployment
-from aep2.sqlite_store import SQLiteStore
+from aep2.stores import create_store
 
 from .aep2 import AEP2Facilitator
 from .composite import Facilitators
@@ -272,7 +272,7 @@ def from_env(environ: Mapping[str, str] | None = None) -> Starlette:
         )
     aep2 = AEP2Facilitator(
         Deployment.load(env[DEPLOYMENT_ENV]),
-        SQLiteStore(env[STORE_ENV]),
+        create_store(env[STORE_ENV]),
         env[PROCESSOR_ENV],
         rpc_url=env[RPC_URL_ENV],
         close_store=True,

@@ -22,7 +22,7 @@ import signal
 import sys
 
 from aep2.deployment import Deployment
-from aep2.sqlite_store import SQLiteStore
+from aep2.stores import create_store
 
 from .artifacts import build_artifacts
 from .chain import SettlementClient
@@ -53,7 +53,7 @@ async def _run(args: argparse.Namespace) -> int:
     key = _key(args, "AEP2_PROCESSOR_KEY")
     deployment = Deployment.load(args.deployment)
     artifacts = _find_artifacts(deployment)
-    store = SQLiteStore(args.store)
+    store = create_store(args.store)
     await store.open()
     client = SettlementClient(args.rpc_url or deployment.rpc_url, deployment.settlement, key)
     processor = SettlementProcessor(
@@ -104,7 +104,10 @@ def main(argv: list[str] | None = None) -> int:
 
     run = commands.add_parser("run", help="settle accepted mandates")
     run.add_argument("--deployment", default=os.environ.get("AEP2_DEPLOYMENT"))
-    run.add_argument("--store", default=os.environ.get("AEP2_STORE", "payments.sqlite"))
+    run.add_argument(
+        "--store", default=os.environ.get("AEP2_STORE", "payments.sqlite"),
+        help="SQLite file, or postgresql://… URL of the store the gateways share",
+    )
     run.add_argument("--rpc-url", help="override the deployment's RPC URL")
     run.add_argument("--key", help="processor key (or $AEP2_PROCESSOR_KEY)")
     run.add_argument("--max-age", type=float, default=30.0, help="cut a batch when its oldest mandate is this old (s)")

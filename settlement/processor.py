@@ -33,8 +33,7 @@ from typing import Any
 
 from aep2.intent import SignedIntent
 from aep2.mandate import nonce_window
-from aep2.sqlite_store import SQLiteStore
-from aep2.store import BatchRecord, MandateRecord
+from aep2.store import BatchRecord, MandateRecord, PaymentStore
 
 from .batcher import IntentState, PendingMandate, plan_batch
 from .chain import ChainRevert, SettlementClient, SignedTx, TransactionPending, TxLookup, TxStatus
@@ -87,7 +86,7 @@ class SettlementProcessor:
 
     def __init__(
         self,
-        store: SQLiteStore,
+        store: PaymentStore,
         client: SettlementClient,
         prover: Prover,
         asset: str,

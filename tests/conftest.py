@@ -3,11 +3,12 @@ circuit, funded payers, and a real uvicorn server on loopback for any ASGI app."
 
 from __future__ import annotations
 
+import itertools
 import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import pytest
 import uvicorn
@@ -21,6 +22,9 @@ from payer import Escrow
 from settlement.artifacts import CircuitArtifacts, build_artifacts
 from settlement.deploy import deploy
 from settlement.devchain import Anvil, anvil_key, mint
+
+if TYPE_CHECKING:  # imported for real as a plugin, below: importing it here would skip its assertion rewriting
+    from postgres_fixtures import PostgresServer
 
 # A throwaway PostgreSQL server for any package's tests (``postgresql_server``).
 pytest_plugins = ["postgres_fixtures"]
@@ -144,3 +148,28 @@ def serve() -> Iterator[Callable[[Any], LiveServer]]:
 @pytest.fixture
 def store_path(tmp_path: Path) -> str:
     return str(tmp_path / "payments.sqlite")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def new_store_location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], str]]:
+    """``new_store_location()``: where a new, empty payment store lives, on the backend named
+    by the parameter: a SQLite file in ``tmp_path``, or a fresh database on the session's
+    PostgreSQL server (a ``postgresql://`` URL; dropped after the test). Either goes to
+    ``aep2.stores.create_store``."""
+    created: list[str] = []
+    files = itertools.count()
+    server: PostgresServer | None = (
+        request.getfixturevalue("postgresql_server") if request.param == "postgresql" else None
+    )
+
+    def location() -> str:
+        if server is None:
+            return str(tmp_path / f"payments{next(files)}.sqlite")
+        created.append(server.create_database())
+        return server.dsn(created[-1])
+
+    yield location
+    for name in created:
+        assert server is not None
+        server.drop_database(name)
+

@@ -1,4 +1,5 @@
-"""End to end on a real Anvil node: payer SDK → gateway (uvicorn) → store → processor → chain."""
+"""End to end on a real Anvil node: payer SDK → gateway (uvicorn) → store → processor → chain,
+with the store on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import httpx
 import pytest
 from eth_account import Account
 
-from aep2.sqlite_store import SQLiteStore
+from aep2.stores import create_store
 from examples.payee_service import create_app
 from payer import AEP2Auth, PayerState, create_intent, create_session_key
 from settlement.chain import SettlementClient
@@ -16,10 +17,13 @@ from settlement.prover import Prover
 pytestmark = [pytest.mark.chain, pytest.mark.circuit]
 
 
-async def test_paid_calls_settle_on_chain(deployment, make_payer, small_artifacts, serve, store_path, payee, processor_key):
+async def test_paid_calls_settle_on_chain(
+    deployment, make_payer, small_artifacts, serve, new_store_location, payee, processor_key
+):
+    location = new_store_location()
     payer = make_payer(escrow=1_000_000)
     processor = Account.from_key(processor_key).address
-    server = serve(create_app(deployment, payee, store_path, processor=processor))
+    server = serve(create_app(deployment, payee, location, processor=processor))
     key = create_session_key()
     intent = create_intent(
         payer.account.key, session_key=key, asset=deployment.token, max_amount=100_000, max_per_payment=5_000,
@@ -34,7 +38,7 @@ async def test_paid_calls_settle_on_chain(deployment, make_payer, small_artifact
     assert all(r.history and r.history[0].status_code == 402 for r in responses)
     assert auth.spent == 5 * 1_000 + 2_000
 
-    store = SQLiteStore(store_path)
+    store = create_store(location)
     await store.open()
     try:
         client = SettlementClient(deployment.rpc_url, deployment.settlement, processor_key)

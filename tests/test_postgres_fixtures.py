@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import glob
+
 import asyncpg
 import postgres_fixtures
 import pytest
@@ -10,7 +12,7 @@ from postgres_fixtures import PostgresServer
 
 def test_RevertIf_the_server_binaries_are_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     """A machine without them fails with what to install, instead of skipping the PostgreSQL tests."""
-    monkeypatch.setattr(postgres_fixtures.glob, "glob", lambda _pattern: [])
+    monkeypatch.setattr(glob, "glob", lambda _pattern: [])
     with pytest.raises(FileNotFoundError, match="apt-get install -y postgresql"):
         postgres_fixtures.find_bindir()
 

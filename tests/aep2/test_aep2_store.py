@@ -1,4 +1,5 @@
-"""The SQLite payment store: reservations are atomic and its running totals never drift."""
+"""The payment store, on SQLite and on PostgreSQL alike: reservations are atomic and its
+running totals never drift."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from aep2.eddsa import SessionKey
 from aep2.errors import ErrorCode, PaymentError
 from aep2.intent import Intent
 from aep2.mandate import Mandate
-from aep2.sqlite_store import SQLiteStore
-from aep2.store import Reservation
+from aep2.store import PaymentStore, Reservation
+from aep2.stores import SQLStore, create_store
 
 OWNER = Account.create()
 KEY = SessionKey(0xC0FFEE)
@@ -36,22 +37,21 @@ def mandate(intent: Intent, nonce: int, amount: int) -> Mandate:
     return Mandate(intent.intent_id, PAYEE, amount, nonce, 2**39, 7)
 
 
-async def opened(path: str) -> SQLiteStore:
-    store = SQLiteStore(path)
+async def opened(location: str) -> PaymentStore:
+    store = create_store(location)
     await store.open()
     return store
 
 
-async def totals(store: SQLiteStore) -> tuple[int, int]:
-    cursor = await store.conn.execute("SELECT committed FROM intents")
-    committed = (await cursor.fetchone())[0]
-    cursor = await store.conn.execute("SELECT COALESCE(SUM(amount), 0) FROM payer_outstanding")
-    outstanding = (await cursor.fetchone())[0]
-    return committed, outstanding
+async def totals(store: SQLStore) -> tuple[int, int]:
+    """The running totals the triggers keep: the intent's committed and the payer's outstanding."""
+    committed = await store.db.fetchrow("SELECT committed FROM intents")
+    outstanding = await store.db.fetchrow("SELECT COALESCE(SUM(amount), 0) AS amount FROM payer_outstanding")
+    return int(committed["committed"]), int(outstanding["amount"])
 
 
-async def test_reservation_refusals_name_their_reason(tmp_path):
-    store = await opened(str(tmp_path / "s.sqlite"))
+async def test_reservation_refusals_name_their_reason(new_store_location):
+    store = await opened(new_store_location())
     intent = make_intent(max_amount=150)
     await store.save_intent(intent.sign(OWNER.key))
     limits = Reservation(150, 100, escrow_balance=120, escrow_block=0)
@@ -70,12 +70,12 @@ async def test_reservation_refusals_name_their_reason(tmp_path):
     await store.close()
 
 
-async def test_nonces_are_one_time_in_any_order(tmp_path):
+async def test_nonces_are_one_time_in_any_order(new_store_location):
     """Nonces are unordered one-time values (docs/PROTOCOL.md §3): a lower nonce after a higher
     one is accepted, even once the higher one is sealed into a batch; a nonce is refused the
     second time; a batch that failed for a retry gives its mandates back as accepted, and their
     nonces stay used."""
-    store = await opened(str(tmp_path / "s.sqlite"))
+    store = await opened(new_store_location())
     intent = make_intent()
     await store.save_intent(intent.sign(OWNER.key))
     limits = Reservation(1_000, 100, 10_000, 0)
@@ -113,13 +113,13 @@ _STEP = st.one_of(
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=st.lists(_STEP, max_size=30))
-def test_running_totals_match_the_mandates(tmp_path_factory, steps):
+def test_running_totals_match_the_mandates(new_store_location, steps):
     """After any sequence of operations, the intent's committed total equals its non-failed
     mandates and the payer's outstanding total equals its accepted + batched mandates; the
     intent maximum is never exceeded."""
 
     async def run() -> None:
-        store = await opened(str(tmp_path_factory.mktemp("store") / "s.sqlite"))
+        store = await opened(new_store_location())
         intent = make_intent(max_amount=300)
         await store.save_intent(intent.sign(OWNER.key))
         limits = Reservation(300, 100, 250, 0)

@@ -1,35 +1,47 @@
 """Opening a schema 1 store (ordered nonces, the previous contract) is refused, unchanged:
-its mandates can only be settled by the release that accepted them."""
+its mandates can only be settled by the release that accepted them. On SQLite and on
+PostgreSQL alike."""
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
 
+import asyncpg
 import pytest
 
-from aep2.sqlite_store import SCHEMA_VERSION, SQLiteStore
+from aep2.stores import SCHEMA_VERSION, create_store
+from aep2.stores.postgres import is_postgres_url
 
 
-def version_of(path: str) -> int:
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        return int(db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+async def version_of(location: str) -> int:
+    """The recorded schema version, read past the store (which would migrate first)."""
+    query = "SELECT value FROM meta WHERE key = 'schema_version'"
+    if is_postgres_url(location):
+        conn = await asyncpg.connect(location)
+        try:
+            return int(await conn.fetchval(query))
+        finally:
+            await conn.close()
+    with contextlib.closing(sqlite3.connect(location)) as db:
+        return int(db.execute(query).fetchone()[0])
 
 
-async def test_a_schema_1_store_is_refused_and_left_unchanged(tmp_path):
-    path = str(tmp_path / "s.sqlite")
-    async with SQLiteStore(path) as store:
-        await store.conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
-    store = SQLiteStore(path)
+async def test_a_schema_1_store_is_refused_and_left_unchanged(new_store_location):
+    location = new_store_location()
+    async with create_store(location) as store:
+        await store.db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    store = create_store(location)
     with pytest.raises(RuntimeError, match="predates one-time nonces"):
         await store.open()
     await store.close()
-    assert version_of(path) == 1
+    assert await version_of(location) == 1
 
 
-async def test_a_new_store_records_batch_transactions(tmp_path):
-    async with SQLiteStore(str(tmp_path / "s.sqlite")) as store:
-        assert version_of(store.path) == SCHEMA_VERSION
+async def test_a_new_store_records_batch_transactions(new_store_location):
+    location = new_store_location()
+    async with create_store(location) as store:
+        assert await version_of(location) == SCHEMA_VERSION
         batch = await store.seal_batch([], time_ref=1)
         await store.mark_batch_submitted(batch.batch_id, "0x" + "cd" * 32, b"\x02signed", 7)
         submitted = await store.get_batch(batch.batch_id)
