@@ -34,6 +34,12 @@ postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || $(APT_INSTALL) postgresql \
 		|| { $(SUDO) apt-get update && $(APT_INSTALL) postgresql; }
 
+# The dashboard's browser test drives Debian's Chromium (Playwright cannot download a browser here).
+CHROMIUM := /usr/lib/chromium/chromium
+
+$(CHROMIUM):
+	$(APT_INSTALL) chromium || { $(SUDO) apt-get update && $(APT_INSTALL) chromium; }
+
 contracts: setup
 	$(FORGE) build
 
@@ -42,7 +48,7 @@ test: contracts test-forge test-python
 test-forge: contracts
 	$(FORGE) test
 
-test-python: contracts
+test-python: contracts $(CHROMIUM)
 	$(PY) -m pytest -q
 
 demo: contracts
@@ -50,16 +56,6 @@ demo: contracts
 
 bench: contracts
 	$(PY) -m bench
-
-# The dashboard's browser test drives Debian's Chromium (Playwright cannot download a browser here).
-CHROMIUM := /usr/lib/chromium/chromium
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-
-$(CHROMIUM):
-	$(SUDO) apt-get install -y --no-install-recommends chromium || \
-		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium; }
-
-test-python: $(CHROMIUM)
 
 clean:
 	rm -rf out cache build .pytest_cache .hypothesis
