@@ -13,9 +13,10 @@ Tools (amounts are token base units, integers):
 - ``request_intent``: draft an intent for the owner to approve (``POST /v1/intents``);
 - ``pay``: the wallet makes a paid HTTP call within the agent's intents and the owner's policy
   (``POST /v1/payments/execute``); the payee's status, headers, body and the ``paymentId``;
-- ``list_payments``: the agent's payments with their status (``GET /v1/payments/mine``).
-
-``create_card`` is not offered: the co-wallet has no card API yet.
+- ``list_payments``: the agent's payments with their status (``GET /v1/payments/mine``);
+- ``create_card``: a single-use AgentCard for one purchase at a card-accepting merchant,
+  funded by one of the agent's intents through the same policy (``POST /v1/cards``); the card
+  number and CVV are in this one answer only.
 
 Errors. A refusal is a tool result with ``isError: true`` (MCP "tools" spec: errors that come
 from the tool are reported in the result, so the model can read them): ``structuredContent`` is
@@ -198,6 +199,28 @@ def create_server(
         if isinstance(answer, CallToolResult):
             return answer
         return _ok(_paid_call(answer))
+
+    @server.tool()
+    async def create_card(
+        intent_id: str,
+        amount: int,
+        merchant_id: str = "",
+        mcc: str = "",
+        ttl_seconds: int = 86_400,
+        idempotency_key: str = "",
+    ) -> CallToolResult:
+        """Mint a single-use virtual card for one purchase: ``amount`` in token base units is
+        held from intent ``intent_id`` (the owner's policy decides, as for ``pay``); lock it to
+        ``merchant_id`` and/or ``mcc`` (4 digits) when you know them; it expires after
+        ``ttl_seconds``. Returns the card (last 4 digits, expiry, status) with its ``number`` and
+        ``cvv``, shown this once: use them at checkout. What the merchant does not capture
+        returns to the intent."""
+        request: dict[str, Any] = {"intentId": intent_id, "amount": amount, "ttlSeconds": ttl_seconds}
+        for name, value in (("merchantId", merchant_id), ("mcc", mcc), ("idempotencyKey", idempotency_key)):
+            if value:
+                request[name] = value
+        answer = await wallet.call("POST", "/v1/cards", request)
+        return answer if isinstance(answer, CallToolResult) else _ok(answer)
 
     @server.tool()
     async def list_payments() -> CallToolResult:

@@ -24,6 +24,7 @@ from test_wallet_remote import FAST_KDF, OWNER_TOKEN, funded_agent, new_service
 
 from wallet import webhooks
 from wallet.app import create_app
+from wallet.cards import CardIssuer, luhn_valid
 from wallet.db import Database
 from wallet.execute import Executor
 from wallet.keys import OwnerKeystore, Sealer
@@ -35,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
 from gateway_fixtures import FORECAST_PRICE, OFFLINE_DEPLOYMENT, PROCESSOR, SENTIMENT_PRICE, InProcessGateway, StaticChainReader  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-TOOLS = {"wallet_balance", "request_intent", "pay", "list_payments"}
+TOOLS = {"wallet_balance", "request_intent", "pay", "list_payments", "create_card"}
 
 
 class LiveWallet:
@@ -65,7 +66,7 @@ class LiveWallet:
         self.agent_id, self.api_key = asyncio.run(prepare())
         self.db = Database(url)  # first used on uvicorn's loop
         self.service = service_on(self.db)
-        self.wallet = serve(create_app(self.service, owner_token=OWNER_TOKEN))
+        self.wallet = serve(create_app(self.service, owner_token=OWNER_TOKEN, cards=CardIssuer(self.service)))
         self.gateway = InProcessGateway(OFFLINE_DEPLOYMENT, str(tmp_path / "gateway.sqlite"), reader=StaticChainReader())
         self.payee = serve(self.gateway.app)
 
@@ -96,7 +97,7 @@ def live(tmp_path, serve) -> Iterator[LiveWallet]:
 async def agent_session(live: LiveWallet, client: Client) -> None:
     """What an agent does through the tools, checked step by step."""
     tools = {tool.name for tool in (await client.list_tools()).tools}
-    assert tools == TOOLS  # no create_card: the wallet has no card API
+    assert tools == TOOLS
 
     drafted = await client.call_tool("request_intent", {
         "budget": 100_000, "purpose": "weather for the trip", "duration_seconds": 3600,
@@ -137,6 +138,20 @@ async def agent_session(live: LiveWallet, client: Client) -> None:
     elsewhere = await client.call_tool("pay", {"url": "http://169.254.169.254/latest/meta-data"})
     assert elsewhere.is_error and elsewhere.structured_content["code"] == "host_not_allowed"
     assert live.gateway.handled["/v1/forecast/rome"] == 0
+
+    # A single-use card for a card merchant, under the same policy (its cap of 999 allows 900),
+    # from an intent that names no hosts (a card pays no host: an intent limited to hosts cannot).
+    for_cards = await client.call_tool("request_intent", {
+        "budget": 10_000, "purpose": "shop purchases", "duration_seconds": 3600, "per_payment_cap": 5_000,
+    })
+    intent_id = for_cards.structured_content["id"]
+    live.owner("POST", f"/v1/intents/{intent_id}/approve")
+    card = await client.call_tool("create_card", {"intent_id": intent_id, "amount": 900, "merchant_id": "shop-1"})
+    assert not card.is_error, card
+    shown = card.structured_content
+    assert luhn_valid(shown["number"]) and shown["number"].endswith(shown["card"]["last4"]) and len(shown["cvv"]) == 3
+    too_big = await client.call_tool("create_card", {"intent_id": intent_id, "amount": FORECAST_PRICE})
+    assert too_big.is_error and too_big.structured_content["rule"] == "per_transaction_cap"
 
 
 def test_the_tools_over_stdio(live):
