@@ -41,6 +41,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -162,6 +163,28 @@ async def _watch_settlement(store_path: Path, progress: Progress, task: Any, sto
         await store.close()
 
 
+@dataclass
+class _World:
+    """What the services run on: the chain, the deployment, the keys and the processes."""
+
+    rpc_url: str
+    deployment: Deployment
+    deployment_path: Path
+    workdir: Path
+    w3: Web3
+    artifacts: CircuitArtifacts
+    wallet: CoWallet
+    processor_key: str
+    facilitator_key: str
+    payee: str  # the data API's
+    specialist_payees: dict[str, str]  # kind -> address
+    processes: list[subprocess.Popen[bytes]]
+
+    @property
+    def processor(self) -> str:
+        return str(Account.from_key(self.processor_key).address)
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     """Run the economy and return its summary (see the module's docstring)."""
     started = time.monotonic()
@@ -187,9 +210,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             _fund(w3, node.rpc_url, deployment.token, wallet.owner_address, OWNER_DEPOSIT)
             wallet.deposit(OWNER_DEPOSIT)
             wallet_url = wallet.serve(free_port())
+            # The wallet's settings, owner token included, for the dashboard and the CLI (--keep).
+            settings = workdir / "wallet.env"
+            settings.touch(mode=0o600)
+            settings.write_text("".join(f"{k}={v}\n" for k, v in wallet.env.items()))
             console.print(f"\n    [bold]dashboard:[/] [link={wallet_url}/dashboard]{wallet_url}/dashboard[/link]"
-                          f"  (owner token in {workdir}/wallet.env)\n")
-            (workdir / "wallet.env").write_text("".join(f"{k}={v}\n" for k, v in wallet.env.items()))
+                          f"  (owner token in {settings})\n")
             world = _World(node.rpc_url, deployment, deployment_path, workdir, w3, artifacts, wallet, processor_key,
                            facilitator_key, payee, specialist_payees, processes)
             report, background = await _economy(args, world)
@@ -197,35 +223,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             _emit(summary)
             if args.keep:
                 step("--keep: everything stays up (Anvil, wallet, services); Ctrl-C to stop")
-                await asyncio.Event().wait()
+                await _until_stopped()
         finally:
             for process in processes:
                 stop_process(process)
             if wallet is not None:
                 wallet.stop()
     return summary
-
-
-@dataclass
-class _World:
-    """What the services run on: the chain, the deployment, the keys and the processes."""
-
-    rpc_url: str
-    deployment: Deployment
-    deployment_path: Path
-    workdir: Path
-    w3: Web3
-    artifacts: CircuitArtifacts
-    wallet: CoWallet
-    processor_key: str
-    facilitator_key: str
-    payee: str  # the data API's
-    specialist_payees: dict[str, str]  # kind -> address
-    processes: list[subprocess.Popen[bytes]]
-
-    @property
-    def processor(self) -> str:
-        return str(Account.from_key(self.processor_key).address)
 
 
 async def _economy(args: argparse.Namespace, world: _World) -> tuple[MissionReport, dict[str, Any]]:
@@ -456,6 +460,20 @@ async def _summarise(
         "seconds": round(time.monotonic() - started, 1),
     }
     return summary
+
+
+async def _until_stopped() -> None:
+    """Wait for Ctrl-C or SIGTERM. Handled here, not as KeyboardInterrupt, so the services
+    are stopped either way, and also when the shell started the demo with SIGINT ignored."""
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopped.set)
+    try:
+        await stopped.wait()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
 
 
 def _emit(summary: dict[str, Any]) -> None:
