@@ -22,7 +22,7 @@ import hashlib
 import math
 import os
 import subprocess
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, Mapping
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -42,7 +42,7 @@ from gateway.pricing import PricedRoute
 
 from .processes import start_uvicorn, stop_process
 
-__all__ = ["create_app", "start_process", "stop_process", "ROUTES"]
+__all__ = ["create_app", "gateway_app", "gateway_settings", "start_process", "stop_process", "ROUTES"]
 
 _POSITIVE = {"good", "great", "excellent", "love", "fast", "happy", "correct", "pleasant"}
 _NEGATIVE = {"bad", "poor", "slow", "hate", "broken", "sad", "wrong", "awful"}
@@ -127,20 +127,45 @@ ROUTES = [
 ]
 
 
-def create_app(
+def create_app(deployment: Deployment, payee: str, store_path: str, *, processor: str, **options: Any) -> Starlette:
+    """The example API behind ``PaymentMiddleware`` on ``deployment``, paying ``payee``,
+    settled by ``processor`` (its address); ``store_path`` the SQLite payment store.
+
+    ``options``, as ``gateway_app``: ``exact`` payments are verified and settled by the
+    facilitator at ``facilitator_url``, or else by one in-process sending from
+    ``facilitator_key`` (neither: ``exact`` is not offered); ``min_deadline_seconds``;
+    ``chain_refresh_seconds``: how often cached chain state is re-read (default: the
+    ``ChainCache`` default). Raises ``ValueError`` naming the field for a missing or zero
+    ``processor`` or another bad setting.
+    """
+    routes = [
+        Route("/v1/forecast/{city}", forecast),
+        Route("/v1/sentiment", sentiment, methods=["POST"]),
+        Route("/v1/primes", primes),
+        Route("/health", health),
+    ]
+    return gateway_app(deployment, payee, store_path, routes, ROUTES, service="Example data API", processor=processor,
+                       **options)
+
+
+def gateway_app(
     deployment: Deployment,
     payee: str,
     store_path: str,
+    routes: list[Route],
+    priced: list[PricedRoute],
     *,
+    service: str,
     processor: str,
     facilitator_key: str | None = None,
     facilitator_url: str | None = None,
     min_deadline_seconds: int = 300,
     chain_refresh_seconds: float | None = None,
 ) -> Starlette:
-    """The example API behind ``PaymentMiddleware`` on ``deployment``, paying ``payee``,
-    settled by ``processor`` (its address); ``store_path`` the payment store's location, a
-    SQLite file or a ``postgresql://`` URL (``aep2.stores.create_store``).
+    """Starlette ``routes`` behind ``PaymentMiddleware`` charging ``priced`` on ``deployment``,
+    paying ``payee``, settled by ``processor`` (its address); ``store_path`` the payment store's
+    location, a SQLite file or a ``postgresql://`` URL (``aep2.stores.create_store``);
+    ``service`` names the API in its 402s and discovery.
 
     ``exact`` payments are verified and settled by the facilitator at ``facilitator_url``, or
     else by one in-process sending from ``facilitator_key`` (neither: ``exact`` is not offered).
@@ -175,21 +200,16 @@ def create_app(
             await store.close()
 
     return Starlette(
-        routes=[
-            Route("/v1/forecast/{city}", forecast),
-            Route("/v1/sentiment", sentiment, methods=["POST"]),
-            Route("/v1/primes", primes),
-            Route("/health", health),
-        ],
+        routes=routes,
         middleware=[
             Middleware(
                 PaymentMiddleware,
                 config=config,
-                routes=ROUTES,
+                routes=priced,
                 store=store,
                 chain=chain,
                 facilitator=facilitator,
-                service="Example data API",
+                service=service,
             )
         ],
         lifespan=lifespan,
@@ -207,53 +227,61 @@ def start_process(
     facilitator_url: str | None = None,
     uvicorn_args: tuple[str, ...] = (),
     timeout: float = 60.0,
+    app: str = "examples.payee_service:app",
+    name: str = "payee service",
+    env: Mapping[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Run this service under ``uvicorn`` in a child process on ``127.0.0.1:port``, configured
-    through the environment as in production (``store``: a SQLite file or a ``postgresql://``
-    URL, as ``AEP2_STORE``; ``processor``: the settlement processor's
-    address, as ``AEP2_PROCESSOR``; ``facilitator_url`` / ``facilitator_key`` as
-    ``AEP2_FACILITATOR_URL`` / ``AEP2_FACILITATOR_KEY``); returns the process and its base URL
-    once ``GET /health`` answers 200. Raises ``RuntimeError`` as ``start_uvicorn``.
+    """Run this service (or another gateway ``app`` configured the same way, with ``env`` on
+    top) under ``uvicorn`` in a child process on ``127.0.0.1:port``, configured through the
+    environment as in production (``store``: a SQLite file or a ``postgresql://`` URL, as
+    ``AEP2_STORE``; ``processor``: the settlement processor's address, as ``AEP2_PROCESSOR``;
+    ``facilitator_url`` / ``facilitator_key`` as ``AEP2_FACILITATOR_URL`` /
+    ``AEP2_FACILITATOR_KEY``); returns the process and its base URL once ``GET /health``
+    answers 200. Raises ``RuntimeError`` as ``start_uvicorn``.
     """
-    env = {
+    settings = {
         "AEP2_DEPLOYMENT": str(deployment),
         "AEP2_PAYEE": payee,
         "AEP2_STORE": str(store),
         "AEP2_PROCESSOR": processor,
         "AEP2_FACILITATOR_KEY": facilitator_key or "",
         "AEP2_FACILITATOR_URL": facilitator_url or "",
+        **(env or {}),
     }
     return start_uvicorn(
-        "examples.payee_service:app",
+        app,
         port,
-        env=env,
+        env=settings,
         ready_path="/health",
-        name="payee service",
+        name=name,
         uvicorn_args=uvicorn_args,
         timeout=timeout,
     )
 
 
-def _from_environment() -> Starlette:
-    deployment = Deployment.load()
+def gateway_settings() -> dict[str, Any]:
+    """The gateway's settings from the environment (see the module's docstring), as keyword
+    arguments of ``create_app`` / ``gateway_app``: ``deployment``, ``payee``, ``store_path``,
+    ``processor``, ``facilitator_key``, ``facilitator_url``. Raises ``RuntimeError`` naming a
+    missing variable."""
     payee = os.environ.get("AEP2_PAYEE")
     if not payee:
         raise RuntimeError("set AEP2_PAYEE to the address the service is paid to")
     processor = os.environ.get("AEP2_PROCESSOR")
     if not processor:
         raise RuntimeError("set AEP2_PROCESSOR to the settlement processor's address (payers' intents name it)")
-    return create_app(
-        deployment,
-        payee,
-        os.environ.get("AEP2_STORE", "payments.sqlite"),
-        processor=processor,
-        facilitator_key=os.environ.get("AEP2_FACILITATOR_KEY") or None,
-        facilitator_url=os.environ.get("AEP2_FACILITATOR_URL") or None,
-    )
+    return {
+        "deployment": Deployment.load(),
+        "payee": payee,
+        "store_path": os.environ.get("AEP2_STORE", "payments.sqlite"),
+        "processor": processor,
+        "facilitator_key": os.environ.get("AEP2_FACILITATOR_KEY") or None,
+        "facilitator_url": os.environ.get("AEP2_FACILITATOR_URL") or None,
+    }
 
 
 def __getattr__(name: str) -> Starlette:
     # `uvicorn examples.payee_service:app` builds the app from the environment on first access.
     if name == "app":
-        return _from_environment()
+        return create_app(**gateway_settings())
     raise AttributeError(name)

@@ -929,11 +929,14 @@ class CardIssuer:
 
     async def _evaluate(self, conn: AsyncConnection, row: Any, ask: _MintRequest, now: float, *,
                         review_rules: bool) -> Decision:
-        """``policy.evaluate`` of the card as a spend to its pseudo-payee, with no host."""
+        """``policy.evaluate`` of the card as a spend to its pseudo-payee, with no host; the
+        merchant id stands for the path, so the on-mission check sees what the card buys from
+        (with nothing at all to check, every card was off-mission)."""
         rules = await self.service._rules(conn, row.agent_id)
         if not review_rules:
             rules = dataclasses.replace(rules, review_above=None, review_new_payee=False)
-        request = SpendRequest(row.agent_id, row.id, card_payee(ask.merchant_id), None, ask.amount, now)
+        request = SpendRequest(row.agent_id, row.id, card_payee(ask.merchant_id), None, ask.amount, now,
+                               path=ask.merchant_id)
         history = await self.service._history(conn, request, rules)
         if rules.review_new_payee:
             carded = await conn.execute(select(wallet_cards.c.agent_id).where(wallet_cards.c.payee == request.payee))

@@ -180,6 +180,16 @@ async def test_mint_is_a_spend_the_policy_counts(wallet, cards):
     assert over.rule == "intent_per_payment_cap"
 
 
+async def test_the_on_mission_check_reads_the_merchant_a_card_is_locked_to(wallet, cards):
+    agent_id, _key, intent_id = await agent_with_intent(wallet, purpose="ads for the product launch campaign")
+    await wallet.set_rules(Rules(off_mission="deny"))
+    await minted(cards, agent_id, intent_id, 1_000, merchant_id="adnet-campaigns")
+    off = await cards.mint(agent_id, intent_id=intent_id, amount=1_000, merchant_id="casino")
+    assert (off.outcome, off.rule) == ("deny", "off_mission")
+    anywhere = await cards.mint(agent_id, intent_id=intent_id, amount=1_000)
+    assert (anywhere.outcome, anywhere.rule) == ("deny", "off_mission")  # no merchant, nothing on mission
+
+
 async def test_mint_refuses_an_intent_that_is_not_the_agents(wallet, cards):
     agent_id, _key, _intent = await agent_with_intent(wallet)
     _other, _key2, other_intent = await agent_with_intent(wallet, "other")
