@@ -420,8 +420,9 @@ async def test_failed_authentications_brake_even_correct_credentials_until_the_w
     async with from_client("203.0.113.1") as guesser, from_client("203.0.113.2") as bystander:
         (_a, key_a), (_b, key_b) = await new_agent(bystander, "a"), await new_agent(bystander, "b")
         prefix_and_id, secret = key_a.split(".")
-        for n in range(3):  # guesses at agent a's secret
-            problem(await guesser.get("/v1/intents", headers=bearer(f"{prefix_and_id}.{secret[:-1]}{n}")),
+        wrong = [c for c in "0123" if c != secret[-1]][:3]  # three guesses, none of them the secret
+        for c in wrong:  # guesses at agent a's secret
+            problem(await guesser.get("/v1/intents", headers=bearer(f"{prefix_and_id}.{secret[:-1]}{c}")),
                     401, "unauthenticated")
         braked = await guesser.get("/v1/intents", headers=bearer(key_a))  # the right key, too late
         problem(braked, 429, "rate_limited")
