@@ -95,6 +95,7 @@ from .policy import Decision, Outcome, Rule, Spend, SpendHistory, SpendRequest, 
 from .service import _SPEND_LOCK, _agent_actor, _new_id, _positive, _same_request
 from .service import (
     InvalidRequest,
+    row_or_not_found,
     InvalidState,
     NotFound,
     Unauthenticated,
@@ -1128,24 +1129,15 @@ class CardIssuer:
         return row
 
     async def _card_row(self, conn: AsyncConnection, card_id: str, *, lock: bool = False) -> Any:
-        query = select(wallet_cards).where(wallet_cards.c.id == card_id)
-        row = (await conn.execute(query.with_for_update() if lock else query)).first()
-        if row is None:
-            raise NotFound("card_id", f"no card {card_id!r}")
-        return row
+        return await row_or_not_found(conn, wallet_cards.c.id, card_id, "card_id", "card", lock=lock)
 
     async def _authorization_row(self, conn: AsyncConnection, authorization_id: str, *, lock: bool = False) -> Any:
-        query = select(wallet_card_authorizations).where(wallet_card_authorizations.c.id == authorization_id)
-        row = (await conn.execute(query.with_for_update() if lock else query)).first()
-        if row is None:
-            raise NotFound("authorization_id", f"no authorization {authorization_id!r}")
-        return row
+        return await row_or_not_found(
+            conn, wallet_card_authorizations.c.id, authorization_id, "authorization_id", "authorization", lock=lock
+        )
 
     async def _review_row(self, conn: AsyncConnection, review_id: str) -> Any:
-        row = (await conn.execute(select(wallet_card_reviews).where(wallet_card_reviews.c.id == review_id))).first()
-        if row is None:
-            raise NotFound("review_id", f"no card review {review_id!r}")
-        return row
+        return await row_or_not_found(conn, wallet_card_reviews.c.id, review_id, "review_id", "card review")
 
     async def _pending_review(self, conn: AsyncConnection, review_id: str) -> Any:
         review = await self._review_row(conn, review_id)

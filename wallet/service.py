@@ -146,6 +146,7 @@ __all__ = [
     "wallet_decisions",
     "wallet_kill_switch",
     "wallet_rules",
+    "row_or_not_found",
 ]
 
 #: The resource every spend serializes on (a PostgreSQL advisory lock; SQLite's write lock).
@@ -1574,22 +1575,13 @@ class WalletService:
     # -- internals ------------------------------------------------------------------------------
 
     async def _agent_row(self, conn: AsyncConnection, agent_id: str) -> Any:
-        row = (await conn.execute(select(wallet_agents).where(wallet_agents.c.id == agent_id))).first()
-        if row is None:
-            raise NotFound("agent_id", f"no agent {agent_id!r}")
-        return row
+        return await row_or_not_found(conn, wallet_agents.c.id, agent_id, "agent_id", "agent")
 
     async def _intent_row(self, conn: AsyncConnection, intent_id: str) -> Any:
-        row = (await conn.execute(select(wallet_intents).where(wallet_intents.c.id == intent_id))).first()
-        if row is None:
-            raise NotFound("intent_id", f"no intent {intent_id!r}")
-        return row
+        return await row_or_not_found(conn, wallet_intents.c.id, intent_id, "intent_id", "intent")
 
     async def _review_row(self, conn: AsyncConnection, review_id: str) -> Any:
-        row = (await conn.execute(select(wallet_reviews).where(wallet_reviews.c.id == review_id))).first()
-        if row is None:
-            raise NotFound("review_id", f"no review {review_id!r}")
-        return row
+        return await row_or_not_found(conn, wallet_reviews.c.id, review_id, "review_id", "review")
 
     async def _pending_review(self, conn: AsyncConnection, review_id: str) -> Any:
         """The review row if a reviewer may still decide it; ``ReviewExpired`` or ``InvalidState``."""
@@ -1602,10 +1594,7 @@ class WalletService:
         return review
 
     async def _payment_row(self, conn: AsyncConnection, payment_id: str) -> Any:
-        row = (await conn.execute(select(wallet_payments).where(wallet_payments.c.payment_id == payment_id))).first()
-        if row is None:
-            raise NotFound("payment_id", f"no payment {payment_id!r}")
-        return row
+        return await row_or_not_found(conn, wallet_payments.c.payment_id, payment_id, "payment_id", "payment")
 
     async def _intent_record(self, conn: AsyncConnection, intent_id: str) -> IntentRecord:
         row = await self._intent_row(conn, intent_id)
@@ -1731,6 +1720,18 @@ class WalletService:
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
+
+
+async def row_or_not_found(
+    conn: AsyncConnection, column: Any, value: str, field: str, what: str, *, lock: bool = False
+) -> Any:
+    """The row of ``column``'s table whose ``column`` equals ``value`` (``SELECT … FOR UPDATE``
+    with ``lock``); ``NotFound`` naming ``field`` (``"no <what> '<value>'"``) when there is none."""
+    query = select(column.table).where(column == value)
+    row = (await conn.execute(query.with_for_update() if lock else query)).first()
+    if row is None:
+        raise NotFound(field, f"no {what} {value!r}")
+    return row
 
 
 def _new_id(prefix: str) -> str:
