@@ -7,7 +7,9 @@
     python -m settlement run --deployment build/deployment.json --store payments.sqlite --key $AEP2_PROCESSOR_KEY
 
 ``run`` settles the store's accepted mandates by the batch policy (``--max-age`` seconds,
-batch size the circuit's N) until interrupted, or once with ``--once``. Keys may come from
+batch size the circuit's N) until interrupted, or once with ``--once``. ``--provers N``
+worker processes (default: one per core) each load the proving key and prove a batch at a
+time, so up to N batches are proven at once. Keys may come from
 ``$AEP2_PROCESSOR_KEY`` / ``$AEP2_DEPLOYER_KEY`` instead of ``--key``.
 """
 
@@ -28,7 +30,7 @@ from .artifacts import build_artifacts
 from .chain import SettlementClient
 from .deploy import DEFAULT_SETTLEMENT_WINDOW, DEFAULT_WITHDRAWAL_DELAY, deploy
 from .processor import BatchPolicy, SettlementProcessor
-from .prover import Prover
+from .provers import LocalProverPool, default_pool_size
 
 DEFAULT_SHAPE = (64, 4, 2)
 
@@ -38,6 +40,13 @@ def _key(args: argparse.Namespace, variable: str) -> str:
     if not key:
         raise SystemExit(f"error: pass --key or set {variable}")
     return key
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _find_artifacts(deployment: Deployment):
@@ -56,10 +65,11 @@ async def _run(args: argparse.Namespace) -> int:
     store = create_store(args.store)
     await store.open()
     client = SettlementClient(args.rpc_url or deployment.rpc_url, deployment.settlement, key)
+    provers = LocalProverPool(artifacts, size=args.provers)
     processor = SettlementProcessor(
         store,
         client,
-        Prover(artifacts),
+        provers,
         deployment.token,
         policy=BatchPolicy(max_size=artifacts.n, max_age_seconds=args.max_age),
     )
@@ -77,6 +87,7 @@ async def _run(args: argparse.Namespace) -> int:
         await processor.run(stop, poll_seconds=args.poll)
         return 0
     finally:
+        await provers.aclose()
         await client.aclose()
         await store.close()
 
@@ -112,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--key", help="processor key (or $AEP2_PROCESSOR_KEY)")
     run.add_argument("--max-age", type=float, default=30.0, help="cut a batch when its oldest mandate is this old (s)")
     run.add_argument("--poll", type=float, default=1.0)
+    run.add_argument(
+        "--provers", type=_positive, default=default_pool_size(),
+        help="prover worker processes, each holding the proving key (default: one per core)",
+    )
     run.add_argument("--once", action="store_true", help="settle what is pending now, then exit")
 
     args = parser.parse_args(argv)

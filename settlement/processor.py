@@ -14,6 +14,15 @@ Each round (``settle_once``) first reconciles, then runs four steps:
    alone: the slots the contract refuses for their own reason are failed with it, the rest
    go back to the queue, so one bad intent never stalls the others.
 
+Provers: ``provers`` is a ``settlement.provers.ProverPool`` (or one loaded ``Prover``).
+``settle_all`` and ``run`` keep up to ``provers.size`` sealed batches proving at once and
+submit them one at a time in seal order. A batch is planned against the chain's state as if
+every batch still in flight settles: their totals count against each intent's budget and the
+payer's escrow, so two batches in flight never overspend together. Nonces are one-time bits
+(docs/PROTOCOL.md §3) and a mandate is in one batch at most, so they never collide. A mandate
+found short of budget or escrow while its intent or payer has a batch in flight waits instead
+of failing: the batch ahead may still fail and give its share back.
+
 Crash safety: the store records each step before the next starts (the signed transaction
 before it is broadcast), and the chain is the truth. ``reconcile()`` runs at the start of
 every round, due or not: a submitted batch stays submitted while its transaction may still
@@ -25,10 +34,11 @@ its account nonce used by another transaction; a batch never submitted is put ba
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aep2.intent import SignedIntent
@@ -38,6 +48,7 @@ from aep2.store import BatchRecord, MandateRecord, PaymentStore
 from .batcher import IntentState, PendingMandate, plan_batch
 from .chain import ChainRevert, SettlementClient, SignedTx, TransactionPending, TxLookup, TxStatus
 from .prover import Proof, Prover
+from .provers import InProcessProverPool, ProverPool
 from .witness import BatchStatement, IntentSlot, build_statement
 
 __all__ = ["BatchPolicy", "BatchResult", "SettlementProcessor", "SLOT_REVERTS"]
@@ -69,6 +80,22 @@ class BatchPolicy:
     max_age_seconds: float = 30.0
 
 
+#: Rejections that a batch still in flight may turn around (it fails and returns its share).
+_SHORTFALLS = frozenset({"budget_exceeded", "insufficient_escrow"})
+
+
+@dataclass
+class _InFlight:
+    """A sealed batch being proven, with what it takes from each intent and payer."""
+
+    batch: BatchRecord
+    statement: BatchStatement
+    failed: list[tuple[str, str]]
+    spent: dict[bytes, int]
+    debited: dict[str, int]
+    proof: asyncio.Task[Proof]
+
+
 @dataclass
 class BatchResult:
     """One settled batch: its id, transaction, mandate count, gas used and proving seconds."""
@@ -82,26 +109,31 @@ class BatchResult:
 
 
 class SettlementProcessor:
-    """Settles the accepted mandates of ``store`` through ``client`` with ``prover``'s circuit."""
+    """Settles the accepted mandates of ``store`` through ``client`` with the circuit of ``provers``.
+
+    ``provers`` is a ``ProverPool`` or a ``Prover`` with its key loaded (proving in a thread,
+    one batch at a time).
+    """
 
     def __init__(
         self,
         store: PaymentStore,
         client: SettlementClient,
-        prover: Prover,
+        provers: ProverPool | Prover,
         asset: str,
         *,
         policy: BatchPolicy | None = None,
     ) -> None:
         self.store = store
         self.client = client
-        self.prover = prover
+        self.provers: ProverPool = InProcessProverPool(provers) if isinstance(provers, Prover) else provers
         self.asset = asset
-        shape = prover.artifacts
+        shape = self.provers.artifacts
         self.n, self.i, self.p = shape.n, shape.i, shape.p
         self.policy = policy or BatchPolicy(max_size=self.n)
         self.results: list[BatchResult] = []
         self._window: int | None = None
+        self._in_flight: collections.deque[_InFlight] = collections.deque()
 
     # -- crash recovery ------------------------------------------------------------------
 
@@ -115,7 +147,10 @@ class SettlementProcessor:
         put back, the nonce bitmaps on chain are checked: if they show its mandates
         settled (by a transaction not recorded here), it is marked settled instead.
         """
+        in_flight = {entry.batch.batch_id for entry in self._in_flight}
         for batch in await self.store.open_batches():
+            if batch.batch_id in in_flight:
+                continue  # proving here, right now
             if batch.status == "submitted":
                 reason = await self._follow(batch)
                 if reason is None:
@@ -187,25 +222,50 @@ class SettlementProcessor:
         slots (its mandates return to the queue), and what the prover or the RPC raises.
         """
         await self.reconcile()
-        if await self.store.open_batches():
-            # One settlement transaction in flight at a time: planning reads intents and
-            # escrow on chain, where the batch in flight has not taken effect yet.
+        if not await self._launch():
             return None
+        return await self._finish()
+
+    async def _launch(self) -> bool:
+        """Plan and seal the next batch and start proving it; whether one was started.
+
+        Nothing starts while a batch left by an earlier run is still open (its transaction
+        may be in flight, and the chain's state does not show it yet).
+        """
+        in_flight = {entry.batch.batch_id for entry in self._in_flight}
+        if any(batch.batch_id not in in_flight for batch in await self.store.open_batches()):
+            return False
         accepted = await self.store.accepted_mandates()
         if not accepted:
-            return None
+            return False
         intents, states = await self.load_intents(accepted)
-        planned = await self.plan(accepted, intents, states)
+        planned = await self.plan(accepted, intents, self._after_in_flight(states))
         if planned is None:
-            return None
+            return False
         batch, statement, failed = planned
-        proof = await self.prove(batch.batch_id, statement)
-        receipt = await self.submit(batch.batch_id, statement, proof)
+        spent: dict[bytes, int] = collections.defaultdict(int)
+        debited: dict[str, int] = collections.defaultdict(int)
+        for intent_id, _window, _nonces, total in statement.batch[2]:
+            spent[intent_id] += total
+            debited[intents[intent_id].intent.payer] += total
+        proof = asyncio.create_task(self.prove(batch.batch_id, statement), name=f"prove batch {batch.batch_id}")
+        self._in_flight.append(_InFlight(batch, statement, failed, dict(spent), dict(debited), proof))
+        return True
+
+    async def _finish(self) -> BatchResult | None:
+        """Wait for the oldest batch in flight to be proven, then submit it (seal order)."""
+        entry = self._in_flight[0]
+        try:
+            proof = await entry.proof
+            receipt = await self.submit(entry.batch.batch_id, entry.statement, proof)
+        finally:
+            self._in_flight.popleft()
         if receipt is None:
             return None
         tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
         result = BatchResult(
-            batch.batch_id, tx_hash, statement.mandate_count, int(receipt["gasUsed"]), proof.seconds, failed
+            entry.batch.batch_id, tx_hash, entry.statement.mandate_count, int(receipt["gasUsed"]), proof.seconds,
+            entry.failed,
         )
         self.results.append(result)
         logger.info(
@@ -213,6 +273,22 @@ class SettlementProcessor:
             result.batch_id, result.mandates, result.gas_used, result.prove_seconds, tx_hash,
         )
         return result
+
+    def _after_in_flight(self, states: dict[bytes, IntentState]) -> dict[bytes, IntentState]:
+        """``states`` as they will be once every batch in flight has settled."""
+        if not self._in_flight:
+            return states
+        spent: dict[bytes, int] = collections.defaultdict(int)
+        debited: dict[str, int] = collections.defaultdict(int)
+        for entry in self._in_flight:
+            for intent_id, amount in entry.spent.items():
+                spent[intent_id] += amount
+            for payer, amount in entry.debited.items():
+                debited[payer] += amount
+        return {
+            intent_id: replace(state, spent=state.spent + spent[intent_id], balance=state.balance - debited[state.payer])
+            for intent_id, state in states.items()
+        }
 
     async def load_intents(
         self, accepted: list[MandateRecord]
@@ -264,7 +340,18 @@ class SettlementProcessor:
             pending, states, n=min(self.n, self.policy.max_size), i=self.i, p=self.p, now=now,
             settlement_window=await self._settlement_window(),
         )
-        failed = [(rejection.payment_id, rejection.reason) for rejection in plan.rejected]
+        busy_intents = {intent_id for entry in self._in_flight for intent_id in entry.spent}
+        busy_payers = {payer for entry in self._in_flight for payer in entry.debited}
+        by_payment = {m.payment_id: m for m in pending}
+        failed = [
+            (rejection.payment_id, rejection.reason)
+            for rejection in plan.rejected
+            if rejection.reason not in _SHORTFALLS
+            or (
+                by_payment[rejection.payment_id].intent_id not in busy_intents
+                and states[by_payment[rejection.payment_id].intent_id].payer not in busy_payers
+            )
+        ]
         for reason in {reason for _, reason in failed}:
             await self.store.fail_mandates([pid for pid, r in failed if r == reason], reason)
         if not plan.slots:
@@ -281,8 +368,8 @@ class SettlementProcessor:
     async def prove(self, batch_id: int, statement: BatchStatement) -> Proof:
         """Prove the sealed batch and cross-check it; an error puts its mandates back in the queue."""
         try:
-            proof = await asyncio.to_thread(self.prover.prove, statement.inputs)
-            if not self.prover.verify(proof):
+            proof = await self.provers.prove(statement.inputs)
+            if not self.provers.verify(proof):
                 raise RuntimeError("proof does not verify in Python")
             on_chain_inputs = await self.client.public_inputs(statement.batch)
             if tuple(on_chain_inputs) != proof.public_inputs:
@@ -404,24 +491,55 @@ class SettlementProcessor:
     # -- loop ----------------------------------------------------------------------------
 
     async def settle_all(self) -> list[BatchResult]:
-        """Settle batches until no accepted mandate is left that could settle now."""
+        """Settle batches until no accepted mandate is left that could settle now, proving
+        up to ``provers.size`` of them at once.
+
+        Raises what ``settle_once`` raises; batches still proving are then abandoned to the
+        next round's ``reconcile`` (their mandates return to the queue).
+        """
+        await self.provers.start()
+        await self.reconcile()
         results = []
-        while True:
-            result = await self.settle_once()
-            if result is None:
-                return results
-            results.append(result)
+        try:
+            while True:
+                while len(self._in_flight) < self.provers.size and await self._launch():
+                    pass
+                if not self._in_flight:
+                    return results
+                result = await self._finish()
+                if result is not None:
+                    results.append(result)
+        finally:
+            await self._abandon()
+
+    async def _abandon(self) -> None:
+        """Stop proving the batches in flight and put their mandates back in the queue."""
+        while self._in_flight:
+            entry = self._in_flight.popleft()
+            entry.proof.cancel()
+            await asyncio.gather(entry.proof, return_exceptions=True)
+            await self._undo_if_not_sent(entry.batch.batch_id)
 
     async def run(self, stop: asyncio.Event, *, poll_seconds: float = 1.0) -> None:
-        """Reconcile every ``poll_seconds`` (first at start) and settle by the policy, until
-        ``stop`` is set. Errors are logged and retried with backoff."""
+        """Reconcile every ``poll_seconds`` (first at start) and settle by the policy until
+        ``stop`` is set, proving up to ``provers.size`` batches at once. Errors are logged
+        and retried with backoff; batches still proving at the stop return to the queue."""
+        await self.provers.start()
+        try:
+            await self._run(stop, poll_seconds)
+        finally:
+            await self._abandon()
+
+    async def _run(self, stop: asyncio.Event, poll_seconds: float) -> None:
         delay = poll_seconds
         while not stop.is_set():
             try:
-                if await self.due():
-                    await self.settle_once()  # reconciles first
-                else:
-                    await self.reconcile()
+                await self.reconcile()
+                while len(self._in_flight) < self.provers.size and await self.due() and await self._launch():
+                    pass
+                if self._in_flight and self._in_flight[0].proof.done():
+                    await self._finish()
+                    continue  # the next one may be proven too, or a prover is free
                 delay = poll_seconds
             except TransactionPending as exc:
                 # Not a failure: a batch's transaction stays submitted and the next round
@@ -431,7 +549,9 @@ class SettlementProcessor:
             except Exception as exc:
                 logger.warning("settlement round failed (%r); retrying in %.1f s", exc, delay)
                 delay = min(delay * 2, 30.0)
-            try:
-                await asyncio.wait_for(stop.wait(), delay)
-            except asyncio.TimeoutError:
-                pass
+            stopped = asyncio.ensure_future(stop.wait())
+            waits: set[asyncio.Future[Any]] = {stopped}
+            if self._in_flight:
+                waits.add(self._in_flight[0].proof)
+            await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()

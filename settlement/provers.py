@@ -27,6 +27,7 @@ import concurrent.futures
 import logging
 import multiprocessing
 import os
+import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -93,18 +94,25 @@ class InProcessProverPool:
 
 # -- worker processes ---------------------------------------------------------------------
 
+#: How long ``ready()`` waits for every worker to hold its key (N=256 takes minutes per key).
+_READY_TIMEOUT = 1800.0
+
 _worker_prover: Prover | None = None
 _worker_load_seconds = 0.0
+_worker_barrier: Any = None
 
 
-def _load_worker(directory: str) -> None:
-    global _worker_prover, _worker_load_seconds
+def _load_worker(directory: str, barrier: Any) -> None:
+    global _worker_prover, _worker_load_seconds, _worker_barrier
     started = time.monotonic()
     _worker_prover = Prover(CircuitArtifacts.load(Path(directory)))
     _worker_load_seconds = time.monotonic() - started
+    _worker_barrier = barrier
 
 
 def _worker_ready() -> tuple[int, float]:
+    # Held until every worker runs one of these: a worker that loaded first cannot take them all.
+    _worker_barrier.wait(_READY_TIMEOUT)
     return os.getpid(), _worker_load_seconds
 
 
@@ -133,27 +141,34 @@ class LocalProverPool:
 
     def _pool(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._executor is None:
+            context = multiprocessing.get_context("spawn")
             self._executor = concurrent.futures.ProcessPoolExecutor(
                 max_workers=self.size,
-                mp_context=multiprocessing.get_context("spawn"),
+                mp_context=context,
                 initializer=_load_worker,
-                initargs=(str(self.artifacts.directory),),
+                initargs=(str(self.artifacts.directory), context.Barrier(self.size)),
             )
+            self._warming = []
         return self._executor
 
     async def start(self) -> None:
         """Start every worker; each loads the key in its own process."""
         loop = asyncio.get_running_loop()
         pool = self._pool()
-        # The executor spawns a worker per submission while none is idle: ``size`` quick
-        # submissions start them all.
-        self._warming = [loop.run_in_executor(pool, _worker_ready) for _ in range(self.size)]
+        if not self._warming:
+            # The executor spawns a worker per submission while none is idle: ``size``
+            # submissions, each held until all have started, start them all.
+            self._warming = [loop.run_in_executor(pool, _worker_ready) for _ in range(self.size)]
 
     async def ready(self) -> list[tuple[int, float]]:
-        """Wait until the workers started by ``start()`` hold their keys: ``(pid, load seconds)``."""
-        if not self._warming:
-            await self.start()
-        return list(await asyncio.gather(*self._warming))
+        """Start the workers if need be and wait until each holds its key: ``(pid, load
+        seconds)`` per worker. Raises ``ProofError`` if a worker cannot load it."""
+        await self.start()
+        try:
+            return list(await asyncio.gather(*self._warming))
+        except (BrokenProcessPool, threading.BrokenBarrierError) as exc:
+            await self.aclose()
+            raise ProofError(f"a prover worker could not load the proving key: {exc!r}") from exc
 
     async def prove(self, inputs: Mapping[str, Any]) -> Proof:
         loop = asyncio.get_running_loop()
@@ -170,6 +185,7 @@ class LocalProverPool:
 
     async def aclose(self) -> None:
         executor, self._executor = self._executor, None
+        self._warming = []
         if executor is None:
             return
         # A proof takes up to minutes: end the workers instead of waiting for it

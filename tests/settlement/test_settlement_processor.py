@@ -1,8 +1,8 @@
 """The settlement processor against a real Anvil node and real proofs: crash safety,
 pre-submission diagnosis of batches that would revert, and RPC outages.
 
-Each test gets its own Anvil and deployment (with a one-minute window and withdrawal delay), so
-moving chain time or draining an escrow cannot disturb other tests.
+Each test gets its own Anvil and deployment (``chain``, with a one-minute window and withdrawal
+delay), so moving chain time or draining an escrow cannot disturb other tests.
 """
 
 from __future__ import annotations
@@ -11,45 +11,14 @@ import asyncio
 import contextlib
 import time
 
-import httpx
 import pytest
 from web3 import Web3
 
-from aep2.deployment import Deployment
 from examples.payee_service import create_app
-from payer import AEP2Auth, Escrow, PayerState, create_intent, create_session_key
-from settlement.deploy import deploy
-from settlement.devchain import Anvil, anvil_key
 
-from settlement_fixtures import PAYEE, PRICE, PROCESSOR, fund, processor
+from settlement_fixtures import PAYEE, PRICE, PROCESSOR, WINDOW, fund, pay, payee_balance, processor
 
 pytestmark = [pytest.mark.chain, pytest.mark.circuit]
-
-WINDOW = 60  # settlement window and withdrawal delay of these deployments (s)
-
-
-@pytest.fixture
-def chain(small_artifacts, tmp_path):
-    with Anvil() as node:
-        deployment = deploy(node.rpc_url, anvil_key(0), small_artifacts, withdrawal_delay=WINDOW, settlement_window=WINDOW)
-        yield node, deployment
-
-
-async def pay(url: str, deployment: Deployment, payer: Escrow, calls: int) -> AEP2Auth:
-    key = create_session_key()
-    intent = create_intent(
-        payer.account.key, session_key=key, asset=deployment.token, max_amount=10**6, max_per_payment=10**4,
-        valid_for_seconds=3600, chain_id=deployment.chain_id, settlement=deployment.settlement, processor=PROCESSOR,
-    )
-    auth = AEP2Auth(intent, key, PayerState())
-    async with httpx.AsyncClient(auth=auth, base_url=url) as client:
-        for k in range(calls):
-            assert (await client.get(f"/v1/forecast/c{k}")).status_code == 200
-    return auth
-
-
-def payee_balance(payer: Escrow) -> int:
-    return payer.token.functions.balanceOf(PAYEE).call()
 
 
 class Killed(BaseException):

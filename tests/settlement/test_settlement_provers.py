@@ -1,0 +1,154 @@
+"""Prover pools behind the settlement processor (``settlement.provers``), on a real Anvil node
+with real proofs: two batches proven at once settle every mandate once, batches in flight
+never overspend an escrow together, a worker that dies loses only its proof, and loading a
+proving key never stalls the processor's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+from web3 import Web3
+
+from examples.payee_service import create_app
+from settlement.prover import ProofError
+from settlement.provers import LocalProverPool
+
+from settlement_fixtures import PAYEE, PROCESSOR, PRICE, WINDOW, fund, pay, payee_balance, processor
+
+pytestmark = [pytest.mark.chain, pytest.mark.circuit]
+
+
+@pytest.fixture
+async def provers(small_artifacts):
+    pool = LocalProverPool(small_artifacts, size=2)
+    yield pool
+    await pool.aclose()
+
+
+class Concurrency:
+    """Wraps a pool's ``prove`` and records how many proofs ran at once."""
+
+    def __init__(self, pool: LocalProverPool) -> None:
+        self.inner, self.running, self.peak = pool.prove, 0, 0
+        pool.prove = self.prove  # type: ignore[method-assign]
+
+    async def prove(self, inputs):
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            return await self.inner(inputs)
+        finally:
+            self.running -= 1
+
+
+async def test_two_provers_settle_a_backlog_two_batches_at_a_time(chain, provers, serve, store_path):
+    _node, deployment = chain
+    first, second = fund(deployment, 100_000), fund(deployment, 100_000)
+    server = serve(create_app(deployment, PAYEE, store_path, processor=PROCESSOR))
+    await pay(server.url, deployment, first, 6)
+    await pay(server.url, deployment, second, 5)
+    watch = Concurrency(provers)
+    async with processor(deployment, store_path, provers) as settler:
+        results = await settler.settle_all()
+        mandates = await settler.store.mandates()
+        batches = await settler.store.batches()
+    assert watch.peak == 2
+    assert sum(r.mandates for r in results) == 11 and len(results) == 3  # N = 4
+    assert {m.status for m in mandates} == {"settled"}
+    assert [b.status for b in batches] == ["settled"] * 3
+    assert sorted(p for b in batches for p in b.payment_ids) == sorted(m.payment_id for m in mandates)
+    assert [r.batch_id for r in results] == sorted(r.batch_id for r in results)  # submitted in seal order
+    assert payee_balance(first) == 11 * PRICE
+    assert (first.balance(), second.balance()) == (100_000 - 6 * PRICE, 100_000 - 5 * PRICE)
+
+
+async def test_batches_in_flight_never_overspend_the_escrow_together(chain, provers, serve, store_path):
+    node, deployment = chain
+    payer = fund(deployment, 100_000)
+    server = serve(create_app(deployment, PAYEE, store_path, processor=PROCESSOR))
+    await pay(server.url, deployment, payer, 8)
+    # Served for 8 calls, the payer leaves 5 calls' worth in escrow: the first batch (4)
+    # fits, and the batch proven next to it may take only 1 more.
+    payer.request_withdrawal(100_000 - 5 * PRICE)
+    w3 = Web3(Web3.HTTPProvider(node.rpc_url))
+    w3.provider.make_request("evm_increaseTime", [WINDOW + 1])
+    w3.provider.make_request("evm_mine", [])
+    payer.execute_withdrawal()
+    watch = Concurrency(provers)
+    async with processor(deployment, store_path, provers) as settler:
+        results = await settler.settle_all()
+        mandates = await settler.store.mandates()
+        batches = await settler.store.batches()
+    assert watch.peak == 2
+    assert [r.mandates for r in results] == [4, 1]
+    assert [b.status for b in batches] == ["settled", "settled"]  # no batch reverted
+    assert sorted((m.status, m.reason) for m in mandates) == [("failed", "insufficient_escrow")] * 3 + [
+        ("settled", None)
+    ] * 5
+    assert payer.balance() == 0 and payee_balance(payer) == 5 * PRICE
+
+
+async def test_a_prover_worker_that_dies_loses_only_its_proof(chain, serve, store_path, small_artifacts):
+    _node, deployment = chain
+    payer = fund(deployment, 100_000)
+    server = serve(create_app(deployment, PAYEE, store_path, processor=PROCESSOR))
+    await pay(server.url, deployment, payer, 3)
+    pool = LocalProverPool(small_artifacts, size=1)
+    try:
+        [(pid, _load_seconds)] = await pool.ready()
+        prove = pool.prove
+
+        async def prove_and_kill(inputs):
+            proving = asyncio.ensure_future(prove(inputs))
+            await asyncio.sleep(0.2)
+            os.kill(pid, signal.SIGKILL)
+            return await proving
+
+        pool.prove = prove_and_kill  # type: ignore[method-assign]
+        async with processor(deployment, store_path, pool) as settler:
+            with pytest.raises(ProofError, match="worker died"):
+                await settler.settle_all()
+            assert [b.status for b in await settler.store.batches()] == ["failed"]
+            assert {m.status for m in await settler.store.mandates()} == {"accepted"}
+            pool.prove = prove  # type: ignore[method-assign]
+            results = await settler.settle_all()  # a fresh worker
+            assert [r.mandates for r in results] == [3]
+            assert {m.status for m in await settler.store.mandates()} == {"settled"}
+    finally:
+        await pool.aclose()
+    assert payee_balance(payer) == 3 * PRICE
+
+
+async def test_loading_the_proving_key_never_stalls_the_event_loop(small_artifacts):
+    pool = LocalProverPool(small_artifacts, size=2)
+    gaps: list[float] = []
+    stop = asyncio.Event()
+
+    async def heartbeat() -> None:
+        last = time.monotonic()
+        while not stop.is_set():
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    beating = asyncio.create_task(heartbeat())
+    try:
+        started = time.monotonic()
+        await pool.start()
+        assert time.monotonic() - started < 0.5  # start() does not wait for the keys
+        loaded = await pool.ready()
+    finally:
+        stop.set()
+        await beating
+        await pool.aclose()
+    assert len({pid for pid, _ in loaded}) == 2 and os.getpid() not in {pid for pid, _ in loaded}
+    slowest_load = max(seconds for _, seconds in loaded)
+    # Loading in this process would hold the GIL for the whole load (TOOLCHAIN: groth16py),
+    # one gap at least as long as the load; a busy machine stretches both alike.
+    assert max(gaps) < slowest_load / 4, (max(gaps), slowest_load)
