@@ -3,7 +3,7 @@
 Each N is proved once, in a fresh child process, on a full batch of real signed mandates; the
 same proof is then settled on chain for the gas rows (``bench.settle`` runs both, once).
 ``prove_seconds`` covers witness generation (circom's Node calculator) and the Groth16 proof,
-not loading the proving key (reported apart as ``prove_key_load_seconds_n*``).
+not loading the proving key (reported apart as ``key_load_seconds_n*``).
 ``prove_peak_gib`` adds the child's own peak RSS and its node witness child's peak RSS (an
 upper bound on their concurrent peak; both parts are reported too).
 """
@@ -36,5 +36,5 @@ def run() -> list[dict[str, Any]]:
     rows.append(row(f"prove_peak_gib_prover_only_n{largest}", big["rss_self_gib"], "GiB"))
     rows.append(row(f"prove_peak_gib_witness_child_n{largest}", big["rss_children_gib"], "GiB"))
     for n, r in sorted(res.items()):
-        rows.append(row(f"prove_key_load_seconds_n{n}", r["load_seconds"], "s"))
+        rows.append(row(f"key_load_seconds_n{n}", r["load_seconds"], "s"))
     return rows

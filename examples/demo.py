@@ -71,7 +71,7 @@ from settlement.chain import SettlementClient
 from settlement.deploy import deploy
 from settlement.devchain import Anvil, anvil_key, free_port, mint
 from settlement.processor import BatchPolicy, SettlementProcessor
-from settlement.prover import Prover
+from settlement.provers import LocalProverPool, default_pool_size
 from wallet.cards import card_payee
 
 DEPOSIT = 5_000_000  # 5 USDC of escrow per payer (6 decimals)
@@ -290,58 +290,63 @@ async def _economy(args: argparse.Namespace, world: _World) -> tuple[MissionRepo
     )
     processes.append(merchant)
 
-    step(f"loading the proving key ({artifacts.constraints:,} constraints; tens of seconds at N=64)")
-    with _progress() as progress:
-        progress.add_task("proving key", total=None)
-        prover = await asyncio.to_thread(Prover, artifacts)
-    store = SQLiteStore(str(store_path))
-    await store.open()
-    settler = SettlementProcessor(
-        store, SettlementClient(rpc_url, deployment.settlement, processor_key), prover, deployment.token,
-        policy=BatchPolicy(max_size=artifacts.n, max_age_seconds=args.max_age),
-    )
-    stop = asyncio.Event()
-    settling = asyncio.create_task(settler.run(stop, poll_seconds=1.0))
-
-    planner = planner_from_env(os.environ)
-    plan = await planner.plan(args.goal)
-    await planner.aclose()
-    step(f"the orchestrator planned \"{plan.goal}\" with the {plan.planner} planner:")
-    for task in plan.tasks:
-        say(f"{task.kind}: {task.title}: {task.brief}")
-
-    step(f"the mission runs while {args.agents} background payers make {args.calls} paid calls each; settling alongside")
-    auths = [
-        AEP2Auth(create_intent(
-            escrow.account.key, session_key=(key := create_session_key()), asset=deployment.token, max_amount=DEPOSIT,
-            max_per_payment=10_000, valid_for_seconds=24 * 3600, chain_id=deployment.chain_id,
-            settlement=deployment.settlement, processor=processor,
-        ), key, PayerState(str(world.workdir / f"payer-{escrow.address}.sqlite")))
-        for escrow in payers
-    ]
-    stop_watch = asyncio.Event()
-    with _progress() as progress:
-        background_bar = progress.add_task("background paid calls", total=args.agents * args.calls)
-        mission_bar = progress.add_task("mission steps", total=sum(len(j) for j in JOBS.values()) + 3)
-        settled_bar = progress.add_task("mandates settled (proving)", total=1)
-        watcher = asyncio.create_task(_watch_settlement(store_path, progress, settled_bar, stop_watch))
-        paid, report = await asyncio.gather(
-            asyncio.gather(*(
-                run_agent({"auth": auth, "base_url": url}, args.calls, args.in_flight,
-                          lambda: progress.advance(background_bar))
-                for auth in auths
-            )),
-            run_mission(plan, wallet_url=wallet.url, api_key=orchestrator["apiKey"], specialists=specialists,
-                        payees=mission_payees, merchant_url=merchant_url, budget=budget, say=say,
-                        tick=lambda: progress.advance(mission_bar)),
+    step(f"{args.provers} prover worker(s) load the proving key ({artifacts.constraints:,} constraints; "
+         "tens of seconds at N=64)")
+    provers = LocalProverPool(artifacts, size=args.provers)
+    try:
+        with _progress() as progress:
+            progress.add_task("proving keys", total=None)
+            await provers.ready()
+        store = SQLiteStore(str(store_path))
+        await store.open()
+        settler = SettlementProcessor(
+            store, SettlementClient(rpc_url, deployment.settlement, processor_key), provers, deployment.token,
+            policy=BatchPolicy(max_size=artifacts.n, max_age_seconds=args.max_age),
         )
-        exact_paid = await exact_calls(url, exact_payer, deployment.token, args.exact_calls)
-        stop.set()
-        await settling
-        await settler.settle_all()
-        stop_watch.set()
-        await watcher
-    await settler.client.aclose()
+        stop = asyncio.Event()
+        settling = asyncio.create_task(settler.run(stop, poll_seconds=1.0, drain=True))
+
+        planner = planner_from_env(os.environ)
+        plan = await planner.plan(args.goal)
+        await planner.aclose()
+        step(f"the orchestrator planned \"{plan.goal}\" with the {plan.planner} planner:")
+        for task in plan.tasks:
+            say(f"{task.kind}: {task.title}: {task.brief}")
+
+        step(f"the mission runs while {args.agents} background payers make {args.calls} paid calls each; settling alongside")
+        auths = [
+            AEP2Auth(create_intent(
+                escrow.account.key, session_key=(key := create_session_key()), asset=deployment.token, max_amount=DEPOSIT,
+                max_per_payment=10_000, valid_for_seconds=24 * 3600, chain_id=deployment.chain_id,
+                settlement=deployment.settlement, processor=processor,
+            ), key, PayerState(str(world.workdir / f"payer-{escrow.address}.sqlite")))
+            for escrow in payers
+        ]
+        stop_watch = asyncio.Event()
+        with _progress() as progress:
+            background_bar = progress.add_task("background paid calls", total=args.agents * args.calls)
+            mission_bar = progress.add_task("mission steps", total=sum(len(j) for j in JOBS.values()) + 3)
+            settled_bar = progress.add_task("mandates settled (proving)", total=1)
+            watcher = asyncio.create_task(_watch_settlement(store_path, progress, settled_bar, stop_watch))
+            paid, report = await asyncio.gather(
+                asyncio.gather(*(
+                    run_agent({"auth": auth, "base_url": url}, args.calls, args.in_flight,
+                              lambda: progress.advance(background_bar))
+                    for auth in auths
+                )),
+                run_mission(plan, wallet_url=wallet.url, api_key=orchestrator["apiKey"], specialists=specialists,
+                            payees=mission_payees, merchant_url=merchant_url, budget=budget, say=say,
+                            tick=lambda: progress.advance(mission_bar)),
+            )
+            exact_paid = await exact_calls(url, exact_payer, deployment.token, args.exact_calls)
+            stop.set()
+            await settling
+            await settler.settle_all()
+            stop_watch.set()
+            await watcher
+        await settler.client.aclose()
+    finally:
+        await provers.aclose()
     mandates = await store.mandates()
     totals = await store.totals()
     batches = [b for b in await store.batches() if b.status == "settled"]
@@ -450,6 +455,7 @@ async def _summarise(
         "batches": len(background["batches"]),
         "gas": gas,
         "prove_seconds": round(background["prove_seconds"], 2),
+        "provers": args.provers,
         "gas_per_mandate": round(gas / max(len(settled), 1)),
         "payee_received": sum(totals["payees"].values()) + sum(totals["exact_payees"].values()),
         "checks": {"gateway_vs_chain": not gateway_vs_chain, "ledger_vs_chain": not ledger_vs_chain,
@@ -504,6 +510,8 @@ def cli() -> int:
     parser.add_argument("--in-flight", type=int, default=8, help="concurrent requests per agent")
     parser.add_argument("--max-age", type=float, default=5.0, help="batch age that cuts a batch (s)")
     parser.add_argument("--n", type=int, default=64)
+    parser.add_argument("--provers", type=int, default=default_pool_size(),
+                        help="prover worker processes proving batches at once (default: one per core)")
     parser.add_argument("--i", type=int, default=4)
     parser.add_argument("--p", type=int, default=2)
     parser.add_argument("--keep", action="store_true", help="leave everything running until Ctrl-C")

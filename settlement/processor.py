@@ -520,13 +520,19 @@ class SettlementProcessor:
             await asyncio.gather(entry.proof, return_exceptions=True)
             await self._undo_if_not_sent(entry.batch.batch_id)
 
-    async def run(self, stop: asyncio.Event, *, poll_seconds: float = 1.0) -> None:
+    async def run(self, stop: asyncio.Event, *, poll_seconds: float = 1.0, drain: bool = False) -> None:
         """Reconcile every ``poll_seconds`` (first at start) and settle by the policy until
         ``stop`` is set, proving up to ``provers.size`` batches at once. Errors are logged
-        and retried with backoff; batches still proving at the stop return to the queue."""
+        and retried with backoff. Batches still proving at the stop are finished and
+        submitted with ``drain``, else they return to the queue (as after a crash)."""
         await self.provers.start()
         try:
             await self._run(stop, poll_seconds)
+            while drain and self._in_flight:
+                try:
+                    await self._finish()
+                except Exception as exc:  # its mandates are back in the queue or submitted
+                    logger.warning("batch in flight at the stop not settled (%r)", exc)
         finally:
             await self._abandon()
 
