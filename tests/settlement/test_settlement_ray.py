@@ -25,6 +25,9 @@ from settlement.prover import Proof, ProofError, WitnessError
 from settlement.ray_provers import ArtifactsMismatch, RayProverPool, find_artifacts
 from settlement.witness import IntentSlot, build_statement
 
+from examples.payee_service import create_app
+from settlement_fixtures import PAYEE as PAYEE_ACCOUNT, PRICE, PROCESSOR, fund, pay, payee_balance, processor
+
 pytestmark = [pytest.mark.circuit]
 
 ADDRESS = "0x" + "ab" * 20
@@ -119,3 +122,20 @@ def test_actor_refuses_a_missing_build_or_other_keys(small_artifacts, tmp_path, 
     (copy / "verification_key.json").write_text(json.dumps(key))
     with pytest.raises(ArtifactsMismatch, match="other keys"):
         find_artifacts(small_artifacts.hash, digest, elsewhere)
+
+
+@pytest.mark.chain
+async def test_processor_with_a_ray_pool_settles_a_batch_on_anvil(pool, deployment, serve, store_path):
+    payer = fund(deployment, 100_000)
+    server = serve(create_app(deployment, PAYEE_ACCOUNT, store_path, processor=PROCESSOR))
+    paid_before = payee_balance(payer)
+    await pay(server.url, deployment, payer, 3)
+    async with processor(deployment, store_path, pool) as settling:
+        [result] = await settling.settle_all()
+        assert result.mandates == 3
+        mandates = await settling.store.mandates()
+        assert {(m.status, m.tx_hash) for m in mandates} == {("settled", result.tx_hash)}
+        [batch] = await settling.store.batches()
+        assert batch.status == "settled" and batch.tx_hash == result.tx_hash
+    assert payer.balance() == 100_000 - 3 * PRICE
+    assert payee_balance(payer) - paid_before == 3 * PRICE
