@@ -36,13 +36,13 @@ from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from .artifacts import CircuitArtifacts, default_cache_dir
 from .prover import Proof, ProofError, ProofVerifier, Prover
 from .provers import default_pool_size
 
-__all__ = ["RayProverPool", "ProverInfo", "ArtifactsMismatch"]
+__all__ = ["RayProverPool", "ProverInfo", "ArtifactsMismatch", "find_artifacts"]
 
 logger = logging.getLogger("settlement.ray_provers")
 
@@ -136,6 +136,7 @@ class RayProverPool:
         self._owns_ray = False
         self._actors: list[Any] = []
         self._idle: asyncio.Queue[Any] | None = None
+        self._starting = asyncio.Lock()  # a prove() racing start() must not init Ray twice
 
     async def start(self) -> None:
         """Connect to Ray (starting it for ``"local"``) and create the actors.
@@ -143,21 +144,23 @@ class RayProverPool:
         Returns once the actors are requested; each loads its key in its own process.
         Raises ``ConnectionError`` when ``"auto"`` or an address finds no cluster.
         """
-        if self._idle is not None:
-            return
-        if not ray.is_initialized():
-            options: dict[str, Any] = {"include_dashboard": False}
-            if self.address == "local":
-                options["num_cpus"] = max(default_pool_size(), int(self.size * self._cpus))
-            # ray.init blocks for seconds while it starts or reaches the cluster.
-            await asyncio.to_thread(ray.init, address=self.address, **options)
-            self._owns_ray = True
-        if self._size_from_cluster:
-            cpus = ray.cluster_resources().get("CPU", 1)
-            self.size = max(1, int(cpus // self._cpus if self._cpus else cpus))
-        self._idle = asyncio.Queue()
-        for _ in range(self.size):
-            self._idle.put_nowait(self._new_actor())
+        async with self._starting:
+            if self._idle is not None:
+                return
+            if not ray.is_initialized():
+                options: dict[str, Any] = {"include_dashboard": False}
+                if self.address == "local":
+                    options["num_cpus"] = max(default_pool_size(), int(self.size * self._cpus))
+                # ray.init blocks for seconds while it starts or reaches the cluster.
+                await asyncio.to_thread(ray.init, address=self.address, **options)
+                self._owns_ray = True
+            if self._size_from_cluster:
+                cpus = ray.cluster_resources().get("CPU", 1)
+                self.size = max(1, int(cpus // self._cpus if self._cpus else cpus))
+            idle: asyncio.Queue[Any] = asyncio.Queue()
+            for _ in range(self.size):
+                idle.put_nowait(self._new_actor())
+            self._idle = idle
         logger.info("%d prover actors requested on Ray (%s)", self.size, self.address)
 
     def _new_actor(self) -> Any:
@@ -171,7 +174,8 @@ class RayProverPool:
         return self._new_actor()
 
     async def ready(self) -> list[ProverInfo]:
-        """Wait until every actor holds its key; where each runs.
+        """Wait until every actor holds its key (also while the cluster has no free CPU for
+        one); where each runs.
 
         Raises ``ProofError`` (``ArtifactsMismatch``'s message in it) when an actor could not start.
         """
@@ -193,17 +197,19 @@ class RayProverPool:
         actor = await idle.get()
         try:
             return await actor.prove.remote(dict(inputs))
-        except RayTaskError as exc:
+        except RayTaskError as exc:  # raised by the prover in the actor, which lives on
             if isinstance(exc.cause, ProofError):
                 raise exc.cause from None
             raise ProofError(f"a prover actor failed: {exc}") from exc
-        except RayActorError as exc:
-            actor = self._replace(actor)
-            raise ProofError(f"a prover actor died: {exc}") from exc
+        except RayError as exc:  # the actor's process, node or connection is gone
+            if self._idle is idle:  # not closed meanwhile
+                actor = self._replace(actor)
+            raise ProofError(f"a prover actor died ({type(exc).__name__}): {exc}") from exc
         finally:
             idle.put_nowait(actor)
 
     def verify(self, proof: Proof) -> bool:
+        """Check ``proof`` against its public inputs with the verifying key, in process (never raises)."""
         return self._verifier.verify(proof)
 
     async def aclose(self) -> None:
