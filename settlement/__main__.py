@@ -9,7 +9,8 @@
 ``run`` settles the store's accepted mandates by the batch policy (``--max-age`` seconds,
 batch size the circuit's N) until interrupted, or once with ``--once``. ``--provers N``
 worker processes (default: one per core) each load the proving key and prove a batch at a
-time, so up to N batches are proven at once. Keys may come from
+time, so up to N batches are proven at once; ``--ray ADDRESS`` proves on actors of a Ray cluster
+instead (``settlement.ray_provers``). Keys may come from
 ``$AEP2_PROCESSOR_KEY`` / ``$AEP2_DEPLOYER_KEY`` instead of ``--key``.
 """
 
@@ -58,14 +59,26 @@ def _find_artifacts(deployment: Deployment):
     return artifacts
 
 
+async def _ray_pool(args: argparse.Namespace, artifacts):
+    # Imported only when asked for: ray takes over a second to import.
+    from .ray_provers import RayProverPool
+
+    pool = RayProverPool(artifacts, args.ray_provers, address=args.ray)
+    try:
+        await pool.start()
+    except ConnectionError as exc:
+        raise SystemExit(f"error: no Ray cluster at --ray {args.ray}: {exc}") from exc
+    return pool
+
+
 async def _run(args: argparse.Namespace) -> int:
     key = _key(args, "AEP2_PROCESSOR_KEY")
     deployment = Deployment.load(args.deployment)
     artifacts = _find_artifacts(deployment)
+    provers = await _ray_pool(args, artifacts) if args.ray else LocalProverPool(artifacts, size=args.provers)
     store = create_store(args.store)
     await store.open()
     client = SettlementClient(args.rpc_url or deployment.rpc_url, deployment.settlement, key)
-    provers = LocalProverPool(artifacts, size=args.provers)
     processor = SettlementProcessor(
         store,
         client,
@@ -128,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         help="prover worker processes, each holding the proving key (default: one per core)",
     )
     run.add_argument("--once", action="store_true", help="settle what is pending now, then exit")
+    run.add_argument(
+        "--ray", metavar="ADDRESS",
+        help="prove on Ray actors instead: 'local' starts a Ray here, 'auto' joins the running cluster, "
+        "ray://host:10001 reaches one through Ray Client",
+    )
+    run.add_argument("--ray-provers", type=_positive, metavar="N", help="prover actors on Ray (default: one per CPU)")
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
