@@ -125,6 +125,8 @@ class EventType(StrEnum):
     PAYMENT_AUTHORIZED = "payment.authorized"
     PAYMENT_DENIED = "payment.denied"
     PAYMENT_SETTLED = "payment.settled"
+    PAYMENT_SETTLED_ON_CHAIN = "payment.settled_on_chain"  # its batch landed (wallet.settlements)
+    PAYMENT_SETTLEMENT_FAILED = "payment.settlement_failed"  # its gateway will never settle it
     KILLSWITCH_ENGAGED = "killswitch.engaged"
     CARD_CREATED = "card.created"
     CARD_AUTHORIZED = "card.authorized"

@@ -13,15 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from eth_account import Account
 
 from aep2.sqlite_store import SQLiteStore
@@ -53,31 +51,6 @@ with WalletAuth(os.environ["WALLET_URL"], os.environ["WALLET_API_KEY"]) as auth,
     statuses.append(client.post("/v1/sentiment", json={"text": "fast and correct"}).status_code)
 print(json.dumps({"statuses": statuses, "paid": [r["paymentId"] for r in auth.receipts]}))
 """
-
-
-@pytest.fixture
-async def served_here() -> AsyncIterator[Any]:
-    """``await serve(app)``: ``app`` on uvicorn on loopback, on the test's own event loop (so
-    the wallet's database pool is used on one loop); returns its URL."""
-    running: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
-
-    async def serve(app: Any) -> str:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-        running.append((server, task))
-        return f"http://127.0.0.1:{port}"
-
-    yield serve
-    for server, task in running:
-        server.should_exit = True
-        await task
 
 
 async def settle(deployment, store_path: str, processor_key: str, artifacts) -> int:
