@@ -48,6 +48,7 @@ from . import audit
 from .db import Database, metadata, utc_now
 from .execute import allowed_hosts
 from .policy import host_matches
+from .rounds import run_rounds
 from .service import PaymentStatus, WalletService, wallet_intents, wallet_payments
 from .webhooks import EventType
 
@@ -228,15 +229,7 @@ class SettlementWatcher:
     async def run(self, stop: asyncio.Event, *, interval: float = 1.0) -> None:
         """``watch_once`` every ``interval`` seconds until ``stop`` is set; a failed round is
         logged and the loop goes on."""
-        while not stop.is_set():
-            try:
-                await self.watch_once()
-            except Exception:
-                logger.exception("settlement watch round failed")
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=interval)
-            except TimeoutError:
-                pass
+        await run_rounds(self.watch_once, stop, interval, logger, "settlement watch")
 
     # -- internals ------------------------------------------------------------------------------
 

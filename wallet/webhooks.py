@@ -90,6 +90,7 @@ from . import audit
 from .audit import redact
 from .db import Database, metadata
 from .keys import Sealer, UnsealError, webhook_secret_aad
+from .rounds import run_rounds
 
 __all__ = [
     "EventType",
@@ -624,15 +625,7 @@ class Webhooks:
 
         An error in one round (the database unavailable, say) is logged and the loop goes on.
         """
-        while not stop.is_set():
-            try:
-                await self.deliver_due()
-            except Exception:
-                logger.exception("webhook delivery round failed")
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=interval)
-            except TimeoutError:
-                pass
+        await run_rounds(self.deliver_due, stop, interval, logger, "webhook delivery")
 
     async def _claim(self, at: datetime, tried: Collection[str]) -> list[_Claimed]:
         """Take up to ``batch`` due deliveries in one write transaction: lease, token, attempt + 1."""

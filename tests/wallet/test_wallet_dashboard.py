@@ -288,6 +288,22 @@ class HeldAtTheDoor(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
+async def logged_in_page(playwright: Any, wallet_url: str) -> tuple[Any, Any]:
+    """Chromium logged in to the wallet's empty dashboard, its event stream live, and marked
+    (``window.notReloaded``) so a test can show that nothing reloaded it: ``(browser, page)``."""
+    from playwright.async_api import expect
+
+    browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+    page = await browser.new_page(viewport={"width": 1400, "height": 1800})
+    await page.goto(f"{wallet_url}/dashboard/")
+    await page.fill("#token", OWNER_TOKEN)
+    await page.click("button[type=submit]")
+    await expect(page.locator("#payments")).to_contain_text("No payments yet")
+    await expect(page.locator("#live")).to_have_class(re.compile(r"\bon\b"))
+    await page.evaluate("window.notReloaded = true")
+    return browser, page
+
+
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium; make test does)")
 async def test_the_page_shows_a_payment_live_and_the_kill_switch_stops_the_next_spend(wallet_db, tmp_path):
     from playwright.async_api import async_playwright, expect
@@ -302,14 +318,7 @@ async def test_the_page_shows_a_payment_live_and_the_kill_switch_stops_the_next_
         serving(gateway.app) as gateway_url,
         async_playwright() as playwright,
     ):
-        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        page = await browser.new_page(viewport={"width": 1400, "height": 1800})
-        await page.goto(f"{wallet_url}/dashboard/")
-        await page.fill("#token", OWNER_TOKEN)
-        await page.click("button[type=submit]")
-        await expect(page.locator("#payments")).to_contain_text("No payments yet")
-        await expect(page.locator("#live")).to_have_class(re.compile(r"\bon\b"))
-        await page.evaluate("window.notReloaded = true")
+        browser, page = await logged_in_page(playwright, wallet_url)
 
         auth = WalletAuth(wallet_url, api_key, backoff=0)
         async with auth, httpx.AsyncClient(base_url=gateway_url, auth=auth, transport=door) as agent:
@@ -366,14 +375,7 @@ async def test_a_paid_call_turns_settled_on_the_page_when_its_batch_lands_on_cha
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     try:
         async with async_playwright() as playwright:
-            browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-            page = await browser.new_page(viewport={"width": 1400, "height": 1800})
-            await page.goto(f"{wallet_url}/dashboard/")
-            await page.fill("#token", OWNER_TOKEN)
-            await page.click("button[type=submit]")
-            await expect(page.locator("#payments")).to_contain_text("No payments yet")
-            await expect(page.locator("#live")).to_have_class(re.compile(r"\bon\b"))
-            await page.evaluate("window.notReloaded = true")
+            browser, page = await logged_in_page(playwright, wallet_url)
 
             auth = WalletAuth(wallet_url, api_key, backoff=0)
             async with auth, httpx.AsyncClient(base_url=gateway.url, auth=auth, timeout=30) as agent:

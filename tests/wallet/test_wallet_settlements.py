@@ -11,8 +11,12 @@ and is logged with its reason; a host the owner never named is not even asked.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -24,13 +28,16 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from wallet import audit
 from wallet.db import Database, audit_log
 from wallet.execute import ServiceAuth
+from wallet.keys import Sealer
 from wallet.policy import Rules
 from wallet.service import WalletService
 from wallet.settlements import SettlementStage, SettlementWatcher, settlement_rows, wallet_settlements
 from wallet.webhooks import EventType, webhook_deliveries
 
 from test_wallet_remote import funded_agent, new_service  # noqa: E402
-from gateway_fixtures import OFFLINE_DEPLOYMENT, InProcessGateway, StaticChainReader  # noqa: E402
+from gateway_fixtures import OFFLINE_DEPLOYMENT, PROCESSOR, InProcessGateway, StaticChainReader  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
 
 TX = "0x" + "7a" * 32
 HOST = "127.0.0.1"
@@ -214,3 +221,29 @@ async def test_polls_that_find_nothing_new_back_off_up_to_the_longest_wait(world
         await watcher.aclose()
     # recorded at 0 (next in 1 s), then nothing new: waits of 2, 4, 4, 4 s
     assert asked_at == [0, 1, 3, 7, 11, 15]
+
+
+async def test_the_cli_asks_once_and_prints_what_changed(world, wallet_db, tmp_path):
+    service: WalletService = world["service"]
+    agent_id, _ = await funded_agent(service, hosts=[HOST])
+    payment_id = await pay(world, agent_id)
+    OFFLINE_DEPLOYMENT.save(tmp_path / "deployment.json")
+    env = os.environ | {
+        "AEP2_WALLET_DB": wallet_db.url, "AEP2_WALLET_KEY": Sealer.generate_key(), "AEP2_WALLET_OWNER_PASSWORD": "pw",
+        "AEP2_WALLET_OWNER_KEYSTORE": str(next(tmp_path.glob("owner-*.json"))),  # new_service's
+        "AEP2_DEPLOYMENT": str(tmp_path / "deployment.json"), "AEP2_PROCESSOR": PROCESSOR,
+    }
+
+    async def watch() -> list[dict[str, Any]]:
+        command = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "wallet", "watch-settlements", "--json", cwd=ROOT, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(command.communicate(), timeout=120)
+        assert command.returncode == 0, err.decode()
+        return [json.loads(line) for line in out.decode().splitlines()]
+
+    (printed,) = await watch()
+    assert (printed["payment_id"], printed["stage"], printed["batch_id"]) == (payment_id, "accepted", None)
+    assert await watch() == []  # asked again: nothing new
+    assert [s.stage for s in (await settlement_rows(service.db, [payment_id])).values()] == [SettlementStage.ACCEPTED]
