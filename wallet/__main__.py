@@ -170,7 +170,8 @@ async def _serve(config: Config, args: argparse.Namespace) -> int:
     if config.owner_token is None:
         raise ConfigError("AEP2_WALLET_OWNER_TOKEN is not set: the owner's bearer credential (16+ characters)")
     async with _service(config) as service:
-        watcher = SettlementWatcher(service, interval=args.settlement_interval) if args.settlement_interval > 0 else None
+        interval = args.settlement_interval
+        watcher = SettlementWatcher(service, interval=interval) if interval > 0 else None
         try:
             app = create_app(service, owner_token=config.owner_token, rate_limit=args.rate_limit,
                              auth_failures=args.auth_failures, cards=_card_issuer(config, service),

@@ -3,10 +3,11 @@
 What it shows: balances (the escrow on chain when the service's ``chain`` can read it, and the
 ledger's view), intents with their budget used, payments on their way to the chain (authorized,
 then accepted by the payee, in batch #k, settled: ``wallet.settlements``) with the transaction,
-block, the batch's proving seconds and gas, and a panel of those batches, policy decisions with the deciding rule, reviews with the council's ballots (each judge's
-rationale and risk score), cards, the ledger's recent transactions and the spend per
-destination over the last seven days as a Chart.js chart. The owner approves or denies
-pending intents and reviews, engages or releases the kill switch and cancels cards.
+block, the batch's proving seconds and gas, and a panel of those batches, policy decisions
+with the deciding rule, reviews with the council's ballots (each judge's rationale and risk
+score), cards, the ledger's recent transactions and the spend per destination over the last
+seven days as a Chart.js chart. The owner approves or denies pending intents and reviews,
+engages or releases the kill switch and cancels cards.
 
 Live. The page subscribes to ``/dashboard/events`` (Server-Sent Events, ``sse-starlette``;
 htmx's ``sse`` extension on the page). The server polls the audit log's head every

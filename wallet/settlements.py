@@ -209,7 +209,11 @@ class SettlementWatcher:
         raised; a database error propagates.
         """
         now = self._clock()
-        due = [p for p in await self._open() if self._backoff.get(p.payment_id, (0, 0.0))[1] <= now]
+        open_payments = await self._open()
+        # Forget the waits of payments that are no longer open (final, or released).
+        self._backoff = {p.payment_id: self._backoff[p.payment_id]
+                         for p in open_payments if p.payment_id in self._backoff}
+        due = [p for p in open_payments if self._backoff.get(p.payment_id, (0, 0.0))[1] <= now]
         hosts: dict[str, frozenset[str]] = {}
         changed: list[Settlement] = []
         for start in range(0, len(due), self.batch):
@@ -221,8 +225,7 @@ class SettlementWatcher:
             for payment, settlement in zip(chunk, found):
                 recorded = settlement is not None and await self._record(settlement)
                 self._reschedule(payment.payment_id, recorded, now)
-                if recorded:
-                    assert settlement is not None
+                if settlement is not None and recorded:
                     changed.append(settlement)
         return changed
 

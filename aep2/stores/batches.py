@@ -85,14 +85,16 @@ class Batches(StoreBase):
              "prove_seconds": prove_seconds},
         )
 
-    async def mark_batch_settled(self, batch_id: int, tx_hash: str, block: int, *, gas_used: int | None = None) -> None:
+    async def mark_batch_settled(
+        self, batch_id: int, tx_hash: str, block: int, *, gas_used: int | None = None
+    ) -> None:
         """The batch's transaction succeeded in ``block``, using ``gas_used`` gas: it and its
         mandates become ``settled``."""
         params = {"batch_id": batch_id, "tx_hash": tx_hash, "block": block, "gas_used": gas_used}
         async with self.db.transaction() as tx:
             await tx.execute(
-                "UPDATE batches SET status = 'settled', tx_hash = :tx_hash, settled_block = :block, gas_used = :gas_used "
-                "WHERE batch_id = :batch_id",
+                "UPDATE batches SET status = 'settled', tx_hash = :tx_hash, settled_block = :block, "
+                "gas_used = :gas_used WHERE batch_id = :batch_id",
                 params,
             )
             await tx.execute(
