@@ -82,7 +82,10 @@ class BatchRecord:
 
     ``raw_tx`` (the signed bytes) and ``tx_nonce`` (the processor account's nonce it uses)
     are recorded with ``tx_hash`` when the batch is submitted, so the transaction can be
-    broadcast again, or shown never to be mined, after a restart.
+    broadcast again, or shown never to be mined, after a restart. ``prove_seconds`` (wall
+    seconds the Groth16 proof took) is recorded with the submission; ``block`` and
+    ``gas_used`` (the receipt's ``blockNumber`` and ``gasUsed``) when the batch settles.
+    Each is ``None`` until then, and for batches settled before the store kept them.
     """
 
     batch_id: int
@@ -93,6 +96,9 @@ class BatchRecord:
     reason: str | None = None
     raw_tx: bytes | None = None
     tx_nonce: int | None = None
+    block: int | None = None
+    prove_seconds: float | None = None
+    gas_used: int | None = None
 
 
 #: ``reason`` of an ``exact`` payment whose settlement call failed without an answer: the
@@ -195,11 +201,15 @@ class PaymentStore(Protocol):
     async def batch_mandates(self, batch_id: int) -> list[MandateRecord]:
         """The mandates of a batch, ordered by intent then nonce."""
 
-    async def mark_batch_submitted(self, batch_id: int, tx_hash: str, raw_tx: bytes, tx_nonce: int) -> None:
-        """Record the signed transaction (hash, raw bytes, account nonce) before it is broadcast."""
+    async def mark_batch_submitted(
+        self, batch_id: int, tx_hash: str, raw_tx: bytes, tx_nonce: int, *, prove_seconds: float | None = None
+    ) -> None:
+        """Record the signed transaction (hash, raw bytes, account nonce) before it is
+        broadcast, and how long its proof took (seconds)."""
 
-    async def mark_batch_settled(self, batch_id: int, tx_hash: str, block: int) -> None:
-        """The batch's transaction succeeded: its mandates become ``settled``."""
+    async def mark_batch_settled(self, batch_id: int, tx_hash: str, block: int, *, gas_used: int | None = None) -> None:
+        """The batch's transaction succeeded in ``block``, using ``gas_used`` gas: its mandates
+        become ``settled``."""
 
     async def fail_batch(self, batch_id: int, reason: str, *, retry: bool) -> None:
         """The batch did not settle: with ``retry`` its mandates go back to ``accepted``,

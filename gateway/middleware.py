@@ -32,7 +32,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aep2.errors import ErrorCode, PaymentError
-from aep2.store import CachedResponse, PaymentStore
+from aep2.store import BatchRecord, CachedResponse, PaymentStore
 from aep2.x402 import (
     PAYMENT_RESPONSE_HEADER,
     PAYMENT_SIGNATURE_HEADER,
@@ -241,6 +241,7 @@ class PaymentMiddleware:
         payment_id = payment_id.lower()
         record = await self.store.get_mandate(payment_id)
         if record is not None:
+            batch = await self.store.get_batch(record.batch_id) if record.batch_id is not None else None
             return JSONResponse(
                 {
                     "paymentId": record.payment_id,
@@ -253,6 +254,7 @@ class PaymentMiddleware:
                     "transaction": record.tx_hash or "",
                     "reason": record.reason,
                     "network": self.config.network,
+                    "batch": _batch_json(batch) if batch is not None else None,
                 }
             )
         for exact in await self.store.exact_payments():
@@ -538,3 +540,17 @@ def _private(cache_control: str) -> str:
 
 def _is_identifier(value: str) -> bool:
     return all(c.isascii() and (c.isalnum() or c in "-_") for c in value)
+
+
+def _batch_json(batch: BatchRecord) -> dict[str, Any]:
+    """The settlement batch of an ``aep2`` receipt (docs/PROTOCOL.md, receipts): its id and
+    status, the transaction (``""`` until submitted) and, as each becomes known, the block it
+    settled in, the proof's wall seconds and the transaction's gas (``null`` before)."""
+    return {
+        "id": batch.batch_id,
+        "status": batch.status,
+        "transaction": batch.tx_hash or "",
+        "block": batch.block,
+        "proveSeconds": batch.prove_seconds,
+        "gasUsed": batch.gas_used,
+    }

@@ -185,7 +185,8 @@ class SettlementProcessor:
             return f"{tx.hash} can never be mined: account nonce {tx.nonce} used by another transaction"
         if found.receipt["status"] != 1:
             return f"{tx.hash} reverted"
-        await self.store.mark_batch_settled(batch.batch_id, tx.hash, int(found.receipt["blockNumber"]))
+        await self.store.mark_batch_settled(batch.batch_id, tx.hash, int(found.receipt["blockNumber"]),
+                                            gas_used=int(found.receipt["gasUsed"]))
         logger.info("batch %d: settled on chain (%s)", batch.batch_id, tx.hash)
         return None
 
@@ -389,7 +390,8 @@ class SettlementProcessor:
             # The signed transaction is recorded before the broadcast: after a crash,
             # reconcile() follows it.
             receipt = await self.client.settle_batch(
-                proof.words, statement.batch, on_signed=functools.partial(self._record_submission, batch_id)
+                proof.words, statement.batch,
+                on_signed=functools.partial(self._record_submission, batch_id, prove_seconds=proof.seconds),
             )
         except ChainRevert as exc:
             if await self.isolate(batch_id, statement):
@@ -404,7 +406,7 @@ class SettlementProcessor:
             await self._undo_if_not_sent(batch_id)
             raise
         tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
-        await self.store.mark_batch_settled(batch_id, tx_hash, int(receipt["blockNumber"]))
+        await self.store.mark_batch_settled(batch_id, tx_hash, int(receipt["blockNumber"]), gas_used=int(receipt["gasUsed"]))
         return receipt
 
     async def isolate(self, batch_id: int, statement: BatchStatement) -> bool:
@@ -437,8 +439,8 @@ class SettlementProcessor:
                        batch_id, len(blamed), ", ".join(sorted(set(blamed.values()))))
         return True
 
-    async def _record_submission(self, batch_id: int, tx: SignedTx) -> None:
-        await self.store.mark_batch_submitted(batch_id, tx.hash, tx.raw, tx.nonce)
+    async def _record_submission(self, batch_id: int, tx: SignedTx, *, prove_seconds: float) -> None:
+        await self.store.mark_batch_submitted(batch_id, tx.hash, tx.raw, tx.nonce, prove_seconds=prove_seconds)
 
     async def _undo_if_not_sent(self, batch_id: int) -> None:
         current = await self.store.get_batch(batch_id)

@@ -1,7 +1,7 @@
 """``python -m wallet``: serve the co-wallet's API, or act as its owner from the shell.
 
     python -m wallet init                          # schema + owner keystore; prints the owner address
-    python -m wallet serve --host 127.0.0.1 --port 8080
+    python -m wallet serve --host 127.0.0.1 --port 8080 [--settlement-interval SECONDS]
     python -m wallet add-agent NAME                # prints the agent id and its API key, once
     python -m wallet deposit AMOUNT [--record-only]  # fund the escrow (base units) and book it
     python -m wallet rotate-key AGENT_ID [--grace SECONDS]   # prints the new API key, once
@@ -11,6 +11,7 @@
     python -m wallet kill-switch on|off [--agent ID] [--reason TEXT]
     python -m wallet audit verify                  # exit status 1 on a broken chain
     python -m wallet reconcile [--settle-from-chain] [--json]   # exit status 1 on a difference
+    python -m wallet watch-settlements [--json]    # ask payees once where booked payments are on chain
     python -m wallet card create --amount 25.00 --intent INTENT_ID [--merchant ID] [--mcc NNNN] [--ttl SECONDS]
     python -m wallet card list [--agent ID]
     python -m wallet card cancel CARD_ID [--reason TEXT]
@@ -34,6 +35,10 @@ the same approval as one over HTTP. Configuration is read once, from the environ
 
 ``card create`` mints a single-use card for the intent's agent, the amount in tokens with up to
 6 decimals; it prints the number and CVV, the only time they are shown.
+
+``serve`` also follows booked payments to the chain (``wallet.settlements``), asking each
+payee's gateway every ``--settlement-interval`` seconds at most; ``watch-settlements`` asks
+once and prints what changed.
 
 ``audit verify`` needs only the database: an auditor does not need the owner's keys.
 Exit status: 0 done, 1 refused (or a broken audit chain), 2 bad usage or configuration.
@@ -60,6 +65,7 @@ from .db import DEFAULT_URL, Database
 from .keys import KeyCustodyError, OwnerKeystore, Sealer
 from .ledger import LedgerError
 from .service import WalletError, WalletService
+from .settlements import SettlementWatcher
 from .webhooks import Webhooks
 
 DEFAULT_KEYSTORE = "wallet-owner.json"
@@ -164,13 +170,35 @@ async def _serve(config: Config, args: argparse.Namespace) -> int:
     if config.owner_token is None:
         raise ConfigError("AEP2_WALLET_OWNER_TOKEN is not set: the owner's bearer credential (16+ characters)")
     async with _service(config) as service:
+        interval = args.settlement_interval
+        watcher = SettlementWatcher(service, interval=interval) if interval > 0 else None
         try:
             app = create_app(service, owner_token=config.owner_token, rate_limit=args.rate_limit,
-                             auth_failures=args.auth_failures, cards=_card_issuer(config, service))
+                             auth_failures=args.auth_failures, cards=_card_issuer(config, service),
+                             settlements=watcher)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, lifespan="on", log_level=args.log_level))
-        await server.serve()
+        try:
+            await server.serve()
+        finally:
+            if watcher is not None:
+                await watcher.aclose()
+    return 0
+
+
+async def _watch_settlements(config: Config, args: argparse.Namespace) -> int:
+    async with _service(config) as service:
+        watcher = SettlementWatcher(service)
+        try:
+            changed = await watcher.watch_once()
+        finally:
+            await watcher.aclose()
+    for settlement in changed:
+        print(json.dumps(settlement.to_json()) if args.json else
+              f"{settlement.payment_id} {settlement.stage.value}"
+              + (f" batch {settlement.batch_id}" if settlement.batch_id is not None else "")
+              + (f" tx {settlement.tx_hash}" if settlement.tx_hash else ""))
     return 0
 
 
@@ -307,6 +335,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--auth-failures", default="10/minute",
                        help="failed authentications per client and per key id before 429, limits notation")
     serve.add_argument("--log-level", default="info")
+    serve.add_argument("--settlement-interval", type=float, default=2.0,
+                       help="seconds between asks for a booked payment's batch (0: do not follow them)")
+    watch = command("watch-settlements", _watch_settlements,
+                    "ask payees' gateways once where booked payments are on their way to the chain")
+    watch.add_argument("--json", action="store_true")
     command("add-agent", _add_agent, "add an agent; prints its API key once").add_argument("name")
     deposit = command("deposit", _deposit, "deposit into the escrow with the processor (base units) and book it")
     deposit.add_argument("amount", type=int)

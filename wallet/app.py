@@ -81,6 +81,7 @@ from .execute import Executor, HostNotAllowed, ResponseTooLarge, paid_call_json
 from .keys import RedactingFilter, parse_api_key
 from .ledger import InsufficientFunds, LedgerError
 from .policy import Rules
+from .settlements import SettlementWatcher
 from .service import (
     Authorization,
     ChainFailure,
@@ -1132,6 +1133,7 @@ def create_app(
     webhook_interval: float = 1.0,
     executor: Executor | None = None,
     cards: CardIssuer | None = None,
+    settlements: SettlementWatcher | None = None,
 ) -> Starlette:
     """The wallet's HTTP API over ``service``.
 
@@ -1144,6 +1146,9 @@ def create_app(
     ``executor``: makes the paid calls of ``POST /v1/payments/execute`` (default: an
     ``Executor`` on ``service``, closed with the lifespan). ``cards``: the card issuer of
     ``wallet.cards``; with it the card, card-review, acquirer and issuing routes are served.
+    ``settlements``: a ``SettlementWatcher`` the lifespan runs every ``settlements.interval``
+    seconds, following booked payments to the chain (None: none runs; it stays the caller's
+    to close).
     The owner's live dashboard (``wallet.dashboard``) is served under ``/dashboard``.
     """
     api = _Api(service, owner_token, rate_limit, max_body, auth_failures, executor or Executor(service), cards)
@@ -1153,12 +1158,14 @@ def create_app(
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         install_log_redaction()  # uvicorn configures its handlers before the app starts
         stop = asyncio.Event()
-        delivery = asyncio.create_task(service.webhooks.run(stop, interval=webhook_interval))
+        tasks = [asyncio.create_task(service.webhooks.run(stop, interval=webhook_interval))]
+        if settlements is not None:
+            tasks.append(asyncio.create_task(settlements.run(stop, interval=settlements.interval)))
         try:
             yield
         finally:
             stop.set()
-            await delivery
+            await asyncio.gather(*tasks)
             if executor is None:
                 await api.executor.aclose()
 

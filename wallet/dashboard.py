@@ -1,11 +1,13 @@
 """The owner's live dashboard: Jinja2 pages with htmx, served by the wallet app under ``/dashboard``.
 
 What it shows: balances (the escrow on chain when the service's ``chain`` can read it, and the
-ledger's view), intents with their budget used, payments with their receipt's transaction,
-policy decisions with the deciding rule, reviews with the council's ballots (each judge's
-rationale and risk score), cards, the ledger's recent transactions and the spend per
-destination over the last seven days as a Chart.js chart. The owner approves or denies
-pending intents and reviews, engages or releases the kill switch and cancels cards.
+ledger's view), intents with their budget used, payments on their way to the chain (authorized,
+then accepted by the payee, in batch #k, settled: ``wallet.settlements``) with the transaction,
+block, the batch's proving seconds and gas, and a panel of those batches, policy decisions
+with the deciding rule, reviews with the council's ballots (each judge's rationale and risk
+score), cards, the ledger's recent transactions and the spend per destination over the last
+seven days as a Chart.js chart. The owner approves or denies pending intents and reviews,
+engages or releases the kill switch and cancels cards.
 
 Live. The page subscribes to ``/dashboard/events`` (Server-Sent Events, ``sse-starlette``;
 htmx's ``sse`` extension on the page). The server polls the audit log's head every
@@ -59,6 +61,7 @@ from .db import accounts, entries, transactions
 from .ledger import AccountKind, LedgerError
 from .council import tally, wallet_council_votes
 from .service import IntentStatus, PaymentStatus, ReviewStatus, WalletError, WalletService, wallet_decisions, wallet_payments
+from .settlements import SettlementStage, wallet_settlements
 
 __all__ = ["dashboard_mount", "usd", "OwnerCheck", "EscrowBalance", "DASHBOARD_PATH", "CSRF_HEADER", "CSRF_FIELD",
            "SESSION_COOKIE"]
@@ -483,14 +486,26 @@ class _Dashboard:
                 "card_reviews": card_reviews}
 
     async def _payments(self) -> dict[str, Any]:
+        """The recent payments with their stage on the way to the chain, and the batches they are in."""
+        p, s = wallet_payments, wallet_settlements
         async with self.service.db.snapshot() as conn:
             rows = (await conn.execute(
-                select(wallet_payments.c.payment_id, wallet_payments.c.agent_id, wallet_payments.c.intent_id,
-                       wallet_payments.c.payee, wallet_payments.c.host, wallet_payments.c.amount,
-                       wallet_payments.c.status, wallet_payments.c.receipt, wallet_payments.c.created_at)
-                .order_by(desc(wallet_payments.c.at)).limit(RECENT)
+                select(p.c.payment_id, p.c.agent_id, p.c.intent_id, p.c.payee, p.c.host, p.c.amount, p.c.status,
+                       p.c.receipt, p.c.created_at, s.c.stage, s.c.batch_id, s.c.batch_status, s.c.tx_hash,
+                       s.c.block, s.c.prove_seconds, s.c.gas_used, s.c.reason)
+                .outerjoin(s, s.c.payment_id == p.c.payment_id)
+                .order_by(desc(p.c.at)).limit(RECENT)
             )).all()
-        return {"payments": [{"row": row, "tx": _receipt_tx(row.receipt)} for row in rows]}
+        payments = [{"row": row, "stage": _stage(row), "tx": row.tx_hash or _receipt_tx(row.receipt)} for row in rows]
+        batches: dict[int, dict[str, Any]] = {}
+        for row in rows:
+            if row.batch_id is not None:
+                batch = batches.setdefault(row.batch_id, {"id": row.batch_id, "payments": 0, "amount": 0})
+                batch["payments"] += 1
+                batch["amount"] += row.amount
+                batch.update(status=row.batch_status, tx=row.tx_hash, block=row.block,
+                             prove_seconds=row.prove_seconds, gas_used=row.gas_used)
+        return {"payments": payments, "batches": sorted(batches.values(), key=lambda b: -b["id"])}
 
     async def _decisions(self) -> dict[str, Any]:
         async with self.service.db.snapshot() as conn:
@@ -565,6 +580,17 @@ def _decision(request: Request) -> str:
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _stage(row: Any) -> str:
+    """Where a payment is, for the page: ``authorized`` or ``released`` (the wallet's own
+    status), else the chain's stage: ``accepted`` (its receipt booked, no batch yet),
+    ``in_batch``, ``settled`` (its batch landed) or ``failed``."""
+    if row.status != PaymentStatus.SETTLED.value:
+        return str(row.status)
+    if row.stage == SettlementStage.SETTLED_ON_CHAIN.value:
+        return "settled"
+    return str(row.stage or SettlementStage.ACCEPTED.value)
 
 
 def _receipt_tx(receipt: str | None) -> str | None:

@@ -26,7 +26,7 @@ from payer.remote import Authorize, Confirm, PollReview, Release, WalletDecision
 from .policy import host_matches
 from .service import IntentStatus, NoMatchingIntent, WalletError, WalletService
 
-__all__ = ["Executor", "HostNotAllowed", "PaidCall", "ServiceAuth"]
+__all__ = ["Executor", "HostNotAllowed", "PaidCall", "ServiceAuth", "allowed_hosts"]
 
 #: Never forwarded from the agent: the payment is the wallet's to attach, the rest is per hop.
 _DROPPED_REQUEST_HEADERS = frozenset(
@@ -34,6 +34,15 @@ _DROPPED_REQUEST_HEADERS = frozenset(
      "transfer-encoding", "upgrade", "te", "trailer", "proxy-authorization", "proxy-connection"}
 )
 _DROPPED_RESPONSE_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"})
+
+
+async def allowed_hosts(service: WalletService, agent_id: str) -> frozenset[str]:
+    """The host patterns the wallet may call for ``agent_id``: its active intents' hosts and
+    the owner's host allowlist for it (match a host with ``policy.host_matches``)."""
+    hosts = {h for record in await service.intents(agent_id=agent_id)
+             if record.status is IntentStatus.ACTIVE for h in record.hosts}
+    rules = await service.rules(agent_id)
+    return frozenset(hosts | set(rules.host_allowlist or ()))
 
 
 class HostNotAllowed(WalletError):
@@ -132,12 +141,8 @@ class Executor:
         await self.client.aclose()
 
     async def allowed_hosts(self, agent_id: str) -> frozenset[str]:
-        """The host patterns the wallet may call for ``agent_id``: its active intents' hosts
-        and the owner's host allowlist for it."""
-        hosts = {h for record in await self.service.intents(agent_id=agent_id)
-                 if record.status is IntentStatus.ACTIVE for h in record.hosts}
-        rules = await self.service.rules(agent_id)
-        return frozenset(hosts | set(rules.host_allowlist or ()))
+        """The host patterns the wallet may call for ``agent_id`` (``allowed_hosts``)."""
+        return await allowed_hosts(self.service, agent_id)
 
     async def execute(
         self,

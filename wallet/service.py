@@ -311,6 +311,8 @@ wallet_payments = Table(
     Column("nonce", BigInteger, nullable=False),
     Column("payee", String(42), nullable=False),  # lower-case hex
     Column("host", String(253), nullable=True),
+    # scheme://host[:port] of the paid URL: where its x402 receipt is read (wallet.settlements)
+    Column("origin", String(300), nullable=True),
     Column("amount", BigInteger, nullable=False),
     Column("at", Float, nullable=False),  # unix seconds of the decision (the policy's clock)
     Column("status", String(16), nullable=False),
@@ -1478,6 +1480,7 @@ class WalletService:
                 nonce=nonce,
                 payee=offer.payee,
                 host=host,
+                origin=_origin(url),
                 amount=offer.amount,
                 at=now,
                 status=PaymentStatus.AUTHORIZED.value,
@@ -1769,6 +1772,14 @@ def _target(url: str) -> tuple[str, str | None]:
     if not path.startswith("/"):
         raise InvalidRequest("url", "not a URL (absolute, or a path starting with '/')")
     return path, (parsed.host or None)
+
+
+def _origin(url: str) -> str | None:
+    """``scheme://host[:port]`` of an absolute http(s) URL (no credentials), else None."""
+    parsed = httpx.URL(url)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return None
+    return f"{parsed.scheme}://{parsed.netloc.decode('ascii')}"
 
 
 def _path_only(path: str) -> str:

@@ -90,6 +90,7 @@ from . import audit
 from .audit import redact
 from .db import Database, metadata
 from .keys import Sealer, UnsealError, webhook_secret_aad
+from .rounds import run_rounds
 
 __all__ = [
     "EventType",
@@ -125,6 +126,8 @@ class EventType(StrEnum):
     PAYMENT_AUTHORIZED = "payment.authorized"
     PAYMENT_DENIED = "payment.denied"
     PAYMENT_SETTLED = "payment.settled"
+    PAYMENT_SETTLED_ON_CHAIN = "payment.settled_on_chain"  # its batch landed (wallet.settlements)
+    PAYMENT_SETTLEMENT_FAILED = "payment.settlement_failed"  # its gateway will never settle it
     KILLSWITCH_ENGAGED = "killswitch.engaged"
     CARD_CREATED = "card.created"
     CARD_AUTHORIZED = "card.authorized"
@@ -622,15 +625,7 @@ class Webhooks:
 
         An error in one round (the database unavailable, say) is logged and the loop goes on.
         """
-        while not stop.is_set():
-            try:
-                await self.deliver_due()
-            except Exception:
-                logger.exception("webhook delivery round failed")
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=interval)
-            except TimeoutError:
-                pass
+        await run_rounds(self.deliver_due, stop, interval, logger, "webhook delivery")
 
     async def _claim(self, at: datetime, tried: Collection[str]) -> list[_Claimed]:
         """Take up to ``batch`` due deliveries in one write transaction: lease, token, attempt + 1."""

@@ -73,19 +73,30 @@ class Batches(StoreBase):
         )
         return [mandate_record(row) for row in rows]
 
-    async def mark_batch_submitted(self, batch_id: int, tx_hash: str, raw_tx: bytes, tx_nonce: int) -> None:
-        """Record the signed transaction (hash, raw bytes, account nonce) before it is broadcast."""
+    async def mark_batch_submitted(
+        self, batch_id: int, tx_hash: str, raw_tx: bytes, tx_nonce: int, *, prove_seconds: float | None = None
+    ) -> None:
+        """Record the signed transaction (hash, raw bytes, account nonce) before it is
+        broadcast, and how long its proof took (seconds)."""
         await self.db.execute(
-            "UPDATE batches SET status = 'submitted', tx_hash = :tx_hash, raw_tx = :raw_tx, tx_nonce = :tx_nonce "
-            "WHERE batch_id = :batch_id",
-            {"batch_id": batch_id, "tx_hash": tx_hash, "raw_tx": raw_tx, "tx_nonce": tx_nonce},
+            "UPDATE batches SET status = 'submitted', tx_hash = :tx_hash, raw_tx = :raw_tx, tx_nonce = :tx_nonce, "
+            "prove_seconds = :prove_seconds WHERE batch_id = :batch_id",
+            {"batch_id": batch_id, "tx_hash": tx_hash, "raw_tx": raw_tx, "tx_nonce": tx_nonce,
+             "prove_seconds": prove_seconds},
         )
 
-    async def mark_batch_settled(self, batch_id: int, tx_hash: str, block: int) -> None:
-        """The batch's transaction succeeded in ``block``: it and its mandates become ``settled``."""
-        params = {"batch_id": batch_id, "tx_hash": tx_hash, "block": block}
+    async def mark_batch_settled(
+        self, batch_id: int, tx_hash: str, block: int, *, gas_used: int | None = None
+    ) -> None:
+        """The batch's transaction succeeded in ``block``, using ``gas_used`` gas: it and its
+        mandates become ``settled``."""
+        params = {"batch_id": batch_id, "tx_hash": tx_hash, "block": block, "gas_used": gas_used}
         async with self.db.transaction() as tx:
-            await tx.execute("UPDATE batches SET status = 'settled', tx_hash = :tx_hash WHERE batch_id = :batch_id", params)
+            await tx.execute(
+                "UPDATE batches SET status = 'settled', tx_hash = :tx_hash, settled_block = :block, "
+                "gas_used = :gas_used WHERE batch_id = :batch_id",
+                params,
+            )
             await tx.execute(
                 "UPDATE mandates SET status = 'settled', tx_hash = :tx_hash, settled_block = :block "
                 "WHERE batch_id = :batch_id",

@@ -18,7 +18,10 @@ MANDATE_COLUMNS = (
 )
 EXACT_COLUMNS = 'nonce, payer, payee, asset, amount, "authorization", signature, status, tx_hash, reason'
 #: A batch's columns (table alias ``b``) and one of its payment ids per row (``m``).
-BATCH_COLUMNS = "b.batch_id, b.status, b.time_ref, b.tx_hash, b.reason, b.raw_tx, b.tx_nonce, m.payment_id"
+BATCH_COLUMNS = (
+    "b.batch_id, b.status, b.time_ref, b.tx_hash, b.reason, b.raw_tx, b.tx_nonce, b.settled_block, "
+    "b.prove_seconds, b.gas_used, m.payment_id"
+)
 
 
 def mandate_record(row: Row) -> MandateRecord:
@@ -78,6 +81,9 @@ def batch_records(rows: list[Row]) -> list[BatchRecord]:
                 reason=first["reason"],
                 raw_tx=bytes(first["raw_tx"]) if first["raw_tx"] is not None else None,
                 tx_nonce=first["tx_nonce"],
+                block=first["settled_block"],
+                prove_seconds=first["prove_seconds"],
+                gas_used=first["gas_used"],
             )
         )
     return batches

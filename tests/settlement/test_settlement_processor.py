@@ -59,7 +59,7 @@ async def test_restart_after_crash_around_submission_settles_exactly_once(chain,
                 await broadcast(raw)
             raise Killed
 
-        async def die(*args: object) -> None:
+        async def die(*args: object, **kwargs: object) -> None:
             raise Killed
 
         if crash_point == "before_recording_receipt":

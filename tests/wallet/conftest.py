@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import shutil
+import socket
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
+import uvicorn
 
 from postgres_fixtures import PostgresServer
 from wallet.db import Database
@@ -101,3 +103,28 @@ async def make_wallet_db(wallet_db_url: Callable[..., str]) -> AsyncIterator[Cal
 async def wallet_db(make_wallet_db: Callable[[], Awaitable[Database]]) -> Database:
     """A fresh, created ``Database``."""
     return await make_wallet_db()
+
+
+@pytest.fixture
+async def served_here() -> AsyncIterator[Any]:
+    """``await serve(app)``: ``app`` on uvicorn on loopback, on the test's own event loop (so
+    the wallet's database pool is used on one loop); returns its URL."""
+    running: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
+
+    async def serve(app: Any) -> str:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        running.append((server, task))
+        return f"http://127.0.0.1:{port}"
+
+    yield serve
+    for server, task in running:
+        server.should_exit = True
+        await task

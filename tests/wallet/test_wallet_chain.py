@@ -13,22 +13,21 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from eth_account import Account
 
 from aep2.sqlite_store import SQLiteStore
 from aep2.x402 import PAYMENT_REQUIRED_HEADER, PAYMENT_SIGNATURE_HEADER, decode_header
 from examples.payee_service import create_app as create_payee_app
 from settlement.chain import SettlementClient
-from settlement.processor import SettlementProcessor
+from settlement.processor import BatchResult, SettlementProcessor
 from settlement.prover import Prover
 from wallet import ledger, webhooks
 from wallet.app import create_app
@@ -55,33 +54,8 @@ print(json.dumps({"statuses": statuses, "paid": [r["paymentId"] for r in auth.re
 """
 
 
-@pytest.fixture
-async def served_here() -> AsyncIterator[Any]:
-    """``await serve(app)``: ``app`` on uvicorn on loopback, on the test's own event loop (so
-    the wallet's database pool is used on one loop); returns its URL."""
-    running: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
-
-    async def serve(app: Any) -> str:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-        running.append((server, task))
-        return f"http://127.0.0.1:{port}"
-
-    yield serve
-    for server, task in running:
-        server.should_exit = True
-        await task
-
-
-async def settle(deployment, store_path: str, processor_key: str, artifacts) -> int:
-    """Run our processor over the gateway's store until nothing is left; the mandates settled."""
+async def settle(deployment, store_path: str, processor_key: str, artifacts) -> list[BatchResult]:
+    """Run our processor over the gateway's store until nothing is left; the batches settled."""
     store = SQLiteStore(store_path)
     await store.open()
     client = SettlementClient(deployment.rpc_url, deployment.settlement, processor_key)
@@ -90,13 +64,20 @@ async def settle(deployment, store_path: str, processor_key: str, artifacts) -> 
     finally:
         await client.aclose()
         await store.close()
-    return sum(r.mandates for r in results)
+    return results
 
 
-async def test_an_agent_pays_through_the_wallet_and_ledger_store_and_chain_agree(
-    wallet_db, tmp_path, deployment, make_payer, small_artifacts, serve, served_here, store_path, payee, processor_key
-):
-    payer = make_payer(escrow=ESCROW)
+@dataclass
+class ChainWallet:
+    """A wallet service whose owner is ``payer``'s key, on the deployment's chain."""
+
+    service: WalletService
+    processor: str
+    keystore: Path
+    sealer_key: str
+
+
+def chain_wallet(wallet_db, tmp_path: Path, deployment, payer, processor_key: str) -> ChainWallet:
     processor = Account.from_key(processor_key).address
     keystore = tmp_path / "owner.json"
     owner = OwnerKeystore.create(keystore, "pw", private_key=payer.account.key, **FAST_KDF)
@@ -106,6 +87,15 @@ async def test_an_agent_pays_through_the_wallet_and_ledger_store_and_chain_agree
         wallet_db, owner=owner, sealer=sealer, deployment=deployment, processor=processor,
         webhooks=webhooks.Webhooks(wallet_db, sealer=sealer), chain=payer,
     )
+    return ChainWallet(service, processor, keystore, sealer_key)
+
+
+async def test_an_agent_pays_through_the_wallet_and_ledger_store_and_chain_agree(
+    wallet_db, tmp_path, deployment, make_payer, small_artifacts, serve, served_here, store_path, payee, processor_key
+):
+    payer = make_payer(escrow=ESCROW)
+    wallet = chain_wallet(wallet_db, tmp_path, deployment, payer, processor_key)
+    service, processor, keystore, sealer_key = wallet.service, wallet.processor, wallet.keystore, wallet.sealer_key
     try:
         await service.record_deposit(ESCROW)
         agent_id, api_key = await service.add_agent("researcher")
@@ -137,7 +127,7 @@ async def test_an_agent_pays_through_the_wallet_and_ledger_store_and_chain_agree
             served = await http.get("/v1/forecast/lost", headers={PAYMENT_SIGNATURE_HEADER: lost.header})
             assert served.status_code == 200
 
-        assert await settle(deployment, store_path, processor_key, small_artifacts) == 7
+        assert sum(r.mandates for r in await settle(deployment, store_path, processor_key, small_artifacts)) == 7
         paid_on_chain = payer.token.functions.balanceOf(payee).call() - payee_before
         assert paid_on_chain == 8_000
 

@@ -32,7 +32,9 @@ from wallet.db import Database
 from wallet.keys import session_key_aad
 from wallet.policy import Rules
 from wallet.service import PaymentStatus, WalletService, wallet_intents
+from wallet.settlements import SettlementWatcher
 
+from test_wallet_chain import ESCROW, chain_wallet, settle  # noqa: E402
 from test_wallet_remote import GATEWAY, OWNER_TOKEN, agent_client, funded_agent, new_service, wallet_auth  # noqa: E402
 from gateway_fixtures import FORECAST_PRICE, OFFLINE_DEPLOYMENT, InProcessGateway, StaticChainReader  # noqa: E402
 
@@ -286,6 +288,22 @@ class HeldAtTheDoor(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
+async def logged_in_page(playwright: Any, wallet_url: str) -> tuple[Any, Any]:
+    """Chromium logged in to the wallet's empty dashboard, its event stream live, and marked
+    (``window.notReloaded``) so a test can show that nothing reloaded it: ``(browser, page)``."""
+    from playwright.async_api import expect
+
+    browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+    page = await browser.new_page(viewport={"width": 1400, "height": 1800})
+    await page.goto(f"{wallet_url}/dashboard/")
+    await page.fill("#token", OWNER_TOKEN)
+    await page.click("button[type=submit]")
+    await expect(page.locator("#payments")).to_contain_text("No payments yet")
+    await expect(page.locator("#live")).to_have_class(re.compile(r"\bon\b"))
+    await page.evaluate("window.notReloaded = true")
+    return browser, page
+
+
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium; make test does)")
 async def test_the_page_shows_a_payment_live_and_the_kill_switch_stops_the_next_spend(wallet_db, tmp_path):
     from playwright.async_api import async_playwright, expect
@@ -300,14 +318,7 @@ async def test_the_page_shows_a_payment_live_and_the_kill_switch_stops_the_next_
         serving(gateway.app) as gateway_url,
         async_playwright() as playwright,
     ):
-        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        page = await browser.new_page(viewport={"width": 1400, "height": 1800})
-        await page.goto(f"{wallet_url}/dashboard/")
-        await page.fill("#token", OWNER_TOKEN)
-        await page.click("button[type=submit]")
-        await expect(page.locator("#payments")).to_contain_text("No payments yet")
-        await expect(page.locator("#live")).to_have_class(re.compile(r"\bon\b"))
-        await page.evaluate("window.notReloaded = true")
+        browser, page = await logged_in_page(playwright, wallet_url)
 
         auth = WalletAuth(wallet_url, api_key, backoff=0)
         async with auth, httpx.AsyncClient(base_url=gateway_url, auth=auth, transport=door) as agent:
@@ -335,3 +346,56 @@ async def test_the_page_shows_a_payment_live_and_the_kill_switch_stops_the_next_
     await door.aclose()
     await gateway.aclose()
     await service.webhooks.aclose()
+
+
+@pytest.mark.chain
+@pytest.mark.circuit
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium; make test does)")
+async def test_a_paid_call_turns_settled_on_the_page_when_its_batch_lands_on_chain(
+    wallet_db, tmp_path, deployment, make_payer, small_artifacts, serve, served_here, store_path, payee, processor_key
+):
+    """Anvil, the example payee service and our processor proving Batch(4,2,2): the row appears
+    ``accepted`` when the wallet books the receipt and turns ``settled`` with the batch's
+    transaction, block, proof seconds and gas when the processor's batch lands; no reload."""
+    from playwright.async_api import async_playwright, expect
+
+    from examples.payee_service import create_app as create_payee_app
+
+    payer = make_payer(escrow=ESCROW)
+    wallet = chain_wallet(wallet_db, tmp_path, deployment, payer, processor_key)
+    service = wallet.service
+    await service.record_deposit(ESCROW)
+    agent_id, api_key = await service.add_agent("researcher")
+    intent = await service.draft_intent(agent_id, budget=100_000, purpose="forecasts", duration_seconds=3600,
+                                        per_payment_cap=5_000, hosts=["127.0.0.1"])
+    await service.approve_intent(intent.id)
+    gateway = serve(create_payee_app(deployment, payee, store_path, processor=wallet.processor))
+    watcher = SettlementWatcher(service, interval=0.2, max_interval=0.5)
+    wallet_url = await served_here(create_app(service, owner_token=OWNER_TOKEN, settlements=watcher))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        async with async_playwright() as playwright:
+            browser, page = await logged_in_page(playwright, wallet_url)
+
+            auth = WalletAuth(wallet_url, api_key, backoff=0)
+            async with auth, httpx.AsyncClient(base_url=gateway.url, auth=auth, timeout=30) as agent:
+                assert (await agent.get("/v1/forecast/paris")).status_code == 200
+            row = page.locator("#payments tr[data-payment]")
+            await expect(row).to_have_attribute("data-stage", "accepted")
+            await page.screenshot(path=ARTIFACTS / "4-accepted.png", full_page=True)
+
+            (batch,) = await settle(deployment, store_path, processor_key, small_artifacts)
+            await expect(row).to_have_attribute("data-stage", "settled", timeout=15_000)
+            await expect(row.locator("code.tx")).to_have_attribute("title", batch.tx_hash)
+            await expect(row.locator("td.gas")).to_have_text(f"{batch.gas_used:,}")
+            await expect(row.locator("td.prove")).to_have_text(f"{batch.prove_seconds:.1f} s")
+            block = int((await row.locator("td.block").inner_text()).strip())
+            assert block == payer.token.w3.eth.get_transaction_receipt(batch.tx_hash)["blockNumber"] > 0
+            panel = page.locator(f"#payments tr[data-batch='{batch.batch_id}']")
+            await expect(panel).to_have_attribute("data-status", "settled")
+            await page.screenshot(path=ARTIFACTS / "5-settled-on-chain.png", full_page=True)
+            assert await page.evaluate("window.notReloaded") is True
+            await browser.close()
+    finally:
+        await watcher.aclose()
+        await service.webhooks.aclose()
