@@ -265,7 +265,7 @@ static inline __attribute__((always_inline)) void fe_mul(fe *r, const fe *a, con
 /* Sums of products reduced once: acc += a·b as a 512-bit integer (at most 7 terms, each below
  * r^2, so the sum stays below 2^512), then fe_reduce_wide. In Poseidon's matrix products this
  * halves the work per term: the Montgomery reduction is as costly as the product itself. */
-static inline void fe_mul_acc(uint64_t acc[8], const fe *a, const fe *b) {
+static inline void fe_mul_acc_portable(uint64_t acc[8], const fe *a, const fe *b) {
     for (int i = 0; i < 4; i++) {
         uint64_t carry = 0;
         MAC(acc[i], a->v[0], b->v[i], carry);
@@ -278,6 +278,69 @@ static inline void fe_mul_acc(uint64_t acc[8], const fe *a, const fe *b) {
             carry = (uint64_t)(s >> 64);
         }
     }
+}
+
+#ifdef HAVE_ADX_MUL
+/* Row i of the schoolbook product: p[i .. i+4] += a·b[i] (byte offset off), two carry chains. */
+#define ADX_PRODUCT_ROW(off, pi, pi1, pi2, pi3, pi4) \
+    "movq " #off "(%[b]), %%rdx\n\t" \
+    "xorl %%eax, %%eax\n\t" \
+    "mulxq 0(%[a]), %%rax, %[h]\n\t" \
+    "adoxq %%rax, %[" #pi "]\n\t" \
+    "adcxq %[h], %[" #pi1 "]\n\t" \
+    "mulxq 8(%[a]), %%rax, %[h]\n\t" \
+    "adoxq %%rax, %[" #pi1 "]\n\t" \
+    "adcxq %[h], %[" #pi2 "]\n\t" \
+    "mulxq 16(%[a]), %%rax, %[h]\n\t" \
+    "adoxq %%rax, %[" #pi2 "]\n\t" \
+    "adcxq %[h], %[" #pi3 "]\n\t" \
+    "mulxq 24(%[a]), %%rax, %[" #pi4 "]\n\t" \
+    "adoxq %%rax, %[" #pi3 "]\n\t" \
+    "movl $0, %%eax\n\t" \
+    "adcxq %%rax, %[" #pi4 "]\n\t" \
+    "adoxq %%rax, %[" #pi4 "]\n\t"
+
+/* fe_mul_acc with the 512-bit product from MULX, then one ADC chain into acc. */
+static inline __attribute__((always_inline)) void fe_mul_acc_adx(uint64_t acc[8], const fe *a, const fe *b) {
+    uint64_t p0, p1, p2, p3, p4, p5, p6, p7, h;
+    __asm__("movq 0(%[b]), %%rdx\n\t"
+            "xorl %%eax, %%eax\n\t"
+            "mulxq 0(%[a]), %[p0], %[p1]\n\t"
+            "mulxq 8(%[a]), %%rax, %[p2]\n\t"
+            "adcxq %%rax, %[p1]\n\t"
+            "mulxq 16(%[a]), %%rax, %[p3]\n\t"
+            "adcxq %%rax, %[p2]\n\t"
+            "mulxq 24(%[a]), %%rax, %[p4]\n\t"
+            "adcxq %%rax, %[p3]\n\t"
+            "movl $0, %%eax\n\t"
+            "adcxq %%rax, %[p4]\n\t"
+            ADX_PRODUCT_ROW(8, p1, p2, p3, p4, p5)
+            ADX_PRODUCT_ROW(16, p2, p3, p4, p5, p6)
+            ADX_PRODUCT_ROW(24, p3, p4, p5, p6, p7)
+            : [p0] "=&r"(p0), [p1] "=&r"(p1), [p2] "=&r"(p2), [p3] "=&r"(p3), [p4] "=&r"(p4), [p5] "=&r"(p5),
+              [p6] "=&r"(p6), [p7] "=&r"(p7), [h] "=&r"(h)
+            : [a] "r"(a->v), [b] "r"(b->v), "m"(*a), "m"(*b)
+            : "rax", "rdx", "cc");
+    unsigned char carry = 0;
+    acc[0] = add_carry(acc[0], p0, &carry);
+    acc[1] = add_carry(acc[1], p1, &carry);
+    acc[2] = add_carry(acc[2], p2, &carry);
+    acc[3] = add_carry(acc[3], p3, &carry);
+    acc[4] = add_carry(acc[4], p4, &carry);
+    acc[5] = add_carry(acc[5], p5, &carry);
+    acc[6] = add_carry(acc[6], p6, &carry);
+    acc[7] = add_carry(acc[7], p7, &carry);
+}
+#endif
+
+static inline __attribute__((always_inline)) void fe_mul_acc(uint64_t acc[8], const fe *a, const fe *b) {
+#ifdef HAVE_ADX_MUL
+    if (__builtin_expect(use_adx, 1)) {
+        fe_mul_acc_adx(acc, a, b);
+        return;
+    }
+#endif
+    fe_mul_acc_portable(acc, a, b);
 }
 
 /* Montgomery reduction of a sum of at most 7 products: T·2^-256 mod r. The result is below
