@@ -466,41 +466,72 @@ static void poseidon_hash(fe *out, const fe *inputs, int n) {
 
 /* ---------------------------------------------------------------- BabyJubJub */
 
-typedef struct { fe x, y, z, t; } ext_point;
-/* A table entry: an extended point with t premultiplied by d, saving one product per add. */
-typedef struct { fe x, y, z, dt; } table_point;
+/* Points are stored and added on the isomorphic curve -x'^2 + y^2 = 1 + d'·x'^2·y^2 with
+ * x' = s·x, s = sqrt(-a), d' = -d/a: with a = -1 the addition "add-2008-hwcd-3" takes 8
+ * products (7 against a table point kept as affine (y-x, y+x, 2d'·x·y)) where the general-a
+ * one takes 10. It stays complete: -1 is a square mod r and d' is not (as d is not). Only
+ * FixedBase's input and output and R8 cross the map; equality is preserved both ways. */
+static const fe ISO_S = {{0xe77f2cb3269fc386ULL, 0x2ffbbf36ea0da89fULL, 0x3afc6b3516e0d90fULL, 0x12bc88bf75913573ULL}};
+static const fe ISO_S_INV = {{0xe20e74d43e4fe829ULL, 0xa8d667e4f5a39962ULL, 0x406eb7865831de44ULL, 0x1f91608db0da6c67ULL}};
+static const fe ISO_K = {{0x74951b58b09ee319ULL, 0x7948709cb6cd1cd7ULL, 0xd6b6a48830a3748dULL, 0x305b9e606e11e0f8ULL}}; /* 2d' */
+
+typedef struct { fe x, y, z, t; } ext_point; /* on the a = -1 curve: x' = X/Z, y = Y/Z, T = XY/Z */
+typedef struct { fe ymx, ypx, kt; } niels_point; /* affine y - x', y + x', 2d'·x'·y */
 
 static const ext_point IDENTITY_EXT = {{{0}}, {{0xac96341c4ffffffbULL, 0x36fc76959f60cd29ULL, 0x666ea36f7879462eULL, 0x0e0a77c19a07df2fULL}},
                                        {{0xac96341c4ffffffbULL, 0x36fc76959f60cd29ULL, 0x666ea36f7879462eULL, 0x0e0a77c19a07df2fULL}}, {{0}}};
 
-/* p + q with q's t premultiplied by d: add-2008-hwcd, complete on BabyJubJub. */
-static void add_table(ext_point *r, const ext_point *p, const fe *qx, const fe *qy, const fe *qz, const fe *qdt) {
-    fe a, b, c, d, e, f, g, h, s1, s2;
-    fe_mul(&a, &p->x, qx);
-    fe_mul(&b, &p->y, qy);
-    fe_mul(&c, &p->t, qdt);
-    fe_mul(&d, &p->z, qz);
-    fe_add(&s1, &p->x, &p->y);
-    fe_add(&s2, qx, qy);
-    fe_mul(&e, &s1, &s2);
-    fe_sub(&e, &e, &a);
-    fe_sub(&e, &e, &b);
-    fe_sub(&f, &d, &c);
-    fe_add(&g, &d, &c);
-    fe_mul(&h, &CURVE_A, &a);
-    fe_sub(&h, &b, &h);
+/* The tail of add-2008-hwcd-3, shared by both additions: from A = (Y1-X1)(Y2-X2),
+ * B = (Y1+X1)(Y2+X2), C = T1·2d'·T2 and D = 2·Z1·Z2. */
+static inline void add_finish(ext_point *r, const fe *a, const fe *b, const fe *c, const fe *d) {
+    fe e, f, g, h;
+    fe_sub(&e, b, a);
+    fe_sub(&f, d, c);
+    fe_add(&g, d, c);
+    fe_add(&h, b, a);
     fe_mul(&r->x, &e, &f);
     fe_mul(&r->y, &g, &h);
     fe_mul(&r->t, &e, &h);
     fe_mul(&r->z, &f, &g);
 }
 
-static void add_ext(ext_point *r, const ext_point *p, const ext_point *q) {
-    fe qdt;
-    fe_mul(&qdt, &CURVE_D, &q->t);
-    add_table(r, p, &q->x, &q->y, &q->z, &qdt);
+/* p + q for an affine table point q (7 products). r may be p. */
+static void add_niels(ext_point *r, const ext_point *p, const fe *q_ymx, const fe *q_ypx, const fe *q_kt) {
+    fe a, b, c, d;
+    fe_sub(&a, &p->y, &p->x);
+    fe_mul(&a, &a, q_ymx);
+    fe_add(&b, &p->y, &p->x);
+    fe_mul(&b, &b, q_ypx);
+    fe_mul(&c, &p->t, q_kt);
+    fe_add(&d, &p->z, &p->z);
+    add_finish(r, &a, &b, &c, &d);
 }
 
+/* p + q, both extended (9 products); complete, so also doubles. r may be p or q. */
+static void add_ext(ext_point *r, const ext_point *p, const ext_point *q) {
+    fe a, b, c, d, s;
+    fe_sub(&a, &p->y, &p->x);
+    fe_sub(&s, &q->y, &q->x);
+    fe_mul(&a, &a, &s);
+    fe_add(&b, &p->y, &p->x);
+    fe_add(&s, &q->y, &q->x);
+    fe_mul(&b, &b, &s);
+    fe_mul(&c, &p->t, &ISO_K);
+    fe_mul(&c, &c, &q->t);
+    fe_mul(&d, &p->z, &q->z);
+    fe_add(&d, &d, &d);
+    add_finish(r, &a, &b, &c, &d);
+}
+
+/* An affine point (x, y) of BabyJubJub itself (circomlib's coordinates) on the a = -1 curve. */
+static void ext_from_babyjub(ext_point *r, const fe *x, const fe *y) {
+    fe_mul(&r->x, x, &ISO_S);
+    r->y = *y;
+    r->z = ONE;
+    fe_mul(&r->t, &r->x, y);
+}
+
+/* Whether (x, y), in circomlib's coordinates, satisfies a·x^2 + y^2 = 1 + d·x^2·y^2. */
 static int on_curve(const fe *x, const fe *y) {
     fe x2, y2, left, right;
     fe_mul(&x2, x, x);
@@ -514,11 +545,11 @@ static int on_curve(const fe *x, const fe *y) {
 }
 
 /* FixedBase: signed-window table of one point, as aep2.babyjubjub.FixedBaseTable lays it
- * out: row i holds j·2^(w·i)·P for j = 1 .. 2^(w-1). */
+ * out (row i holds j·2^(w·i)·P for j = 1 .. 2^(w-1)), each entry affine in Niels form. */
 typedef struct {
     PyObject_HEAD
     int window, rows;
-    table_point *table;
+    niels_point *table;
 } FixedBase;
 
 static int bits_at(const uint64_t k[4], int start, int count) {
@@ -540,14 +571,13 @@ static void fixed_multiply(ext_point *r, const FixedBase *fb, const uint64_t k[4
         carry = digit > half;
         if (carry) digit -= full;
         if (!digit) continue;
-        const table_point *q = &fb->table[(size_t)i * half + (digit > 0 ? digit : -digit) - 1];
+        const niels_point *q = &fb->table[(size_t)i * half + (digit > 0 ? digit : -digit) - 1];
         if (digit > 0) {
-            add_table(&acc, &acc, &q->x, &q->y, &q->z, &q->dt);
-        } else {
-            fe nx, ndt;
-            fe_neg(&nx, &q->x);
-            fe_neg(&ndt, &q->dt);
-            add_table(&acc, &acc, &nx, &q->y, &q->z, &ndt);
+            add_niels(&acc, &acc, &q->ymx, &q->ypx, &q->kt);
+        } else { /* -(x', y) = (-x', y): y - x' and y + x' swap, the product changes sign */
+            fe neg_kt;
+            fe_neg(&neg_kt, &q->kt);
+            add_niels(&acc, &acc, &q->ypx, &q->ymx, &neg_kt);
         }
     }
     *r = acc;
@@ -565,6 +595,29 @@ static int parse_point(fe *x, fe *y, const Py_buffer *buf, const char *what) {
     return 1;
 }
 
+/* Affine Niels forms of n extended points, with one inversion (Montgomery's batch trick);
+ * prefix holds n scratch elements. Z is never 0: the addition is complete. */
+static void normalise_row(niels_point *out, const ext_point *points, fe *prefix, int n) {
+    prefix[0] = points[0].z;
+    for (int j = 1; j < n; j++) fe_mul(&prefix[j], &prefix[j - 1], &points[j].z);
+    fe inv, zinv, x, y;
+    fe_inv(&inv, &prefix[n - 1]);
+    for (int j = n - 1; j >= 0; j--) {
+        if (j) {
+            fe_mul(&zinv, &inv, &prefix[j - 1]);
+            fe_mul(&inv, &inv, &points[j].z);
+        } else {
+            zinv = inv;
+        }
+        fe_mul(&x, &points[j].x, &zinv);
+        fe_mul(&y, &points[j].y, &zinv);
+        fe_sub(&out[j].ymx, &y, &x);
+        fe_add(&out[j].ypx, &y, &x);
+        fe_mul(&out[j].kt, &x, &y);
+        fe_mul(&out[j].kt, &out[j].kt, &ISO_K);
+    }
+}
+
 static int FixedBase_init(FixedBase *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"point", "window", NULL};
     Py_buffer point;
@@ -579,25 +632,26 @@ static int FixedBase_init(FixedBase *self, PyObject *args, PyObject *kwds) {
         return -1;
     }
     const int half = 1 << (window - 1), rows = (SCALAR_BITS + 1 + window - 1) / window;
-    table_point *table = PyMem_Malloc((size_t)rows * half * sizeof(table_point));
-    if (!table) {
+    niels_point *table = PyMem_Malloc((size_t)rows * half * sizeof(niels_point));
+    ext_point *row = PyMem_Malloc((size_t)half * sizeof(ext_point));
+    fe *prefix = PyMem_Malloc((size_t)half * sizeof(fe));
+    if (!table || !row || !prefix) {
+        PyMem_Free(table);
+        PyMem_Free(row);
+        PyMem_Free(prefix);
         PyErr_NoMemory();
         return -1;
     }
-    ext_point base = {x, y, ONE, {{0}}};
-    fe_mul(&base.t, &x, &y);
+    ext_point base;
+    ext_from_babyjub(&base, &x, &y);
     for (int i = 0; i < rows; i++) {
-        ext_point current = base;
-        for (int j = 0; j < half; j++) {
-            if (j) add_ext(&current, &current, &base);
-            table_point *slot = &table[(size_t)i * half + j];
-            slot->x = current.x;
-            slot->y = current.y;
-            slot->z = current.z;
-            fe_mul(&slot->dt, &CURVE_D, &current.t);
-        }
-        add_ext(&base, &current, &current); /* 2^(w-1)·base doubled: the next row's base */
+        row[0] = base;
+        for (int j = 1; j < half; j++) add_ext(&row[j], &row[j - 1], &base);
+        normalise_row(&table[(size_t)i * half], row, prefix, half);
+        add_ext(&base, &row[half - 1], &row[half - 1]); /* 2^(w-1)·base doubled: the next row's base */
     }
+    PyMem_Free(row);
+    PyMem_Free(prefix);
     PyMem_Free(self->table);
     self->table = table;
     self->window = window;
@@ -634,6 +688,7 @@ static PyObject *FixedBase_multiply(FixedBase *self, PyObject *arg) {
     fe zinv, x, y;
     fe_inv(&zinv, &p.z);
     fe_mul(&x, &p.x, &zinv);
+    fe_mul(&x, &x, &ISO_S_INV); /* back to circomlib's coordinates */
     fe_mul(&y, &p.y, &zinv);
     uint64_t plain[4];
     unsigned char out[64];
@@ -703,13 +758,13 @@ static PyObject *native_eddsa_verify(PyObject *module, PyObject *args) {
     PyBuffer_Release(&s_buf);
     if (!ok || !less_than(s, SUBGROUP_ORDER) || !on_curve(&in[0], &in[1])) Py_RETURN_FALSE;
 
-    /* hm = Poseidon(R8x, R8y, Ax, Ay, M); check S·B8 == R8 + hm·(8·A). */
+    /* hm = Poseidon(R8x, R8y, Ax, Ay, M); check S·B8 == R8 + hm·(8·A), on the a = -1 curve. */
     fe hm;
     uint64_t hm_plain[4];
     poseidon_hash(&hm, in, 5);
     fe_to_plain(hm_plain, &hm);
-    ext_point left, right, r8 = {in[0], in[1], ONE, {{0}}};
-    fe_mul(&r8.t, &in[0], &in[1]);
+    ext_point left, right, r8;
+    ext_from_babyjub(&r8, &in[0], &in[1]);
     fixed_multiply(&left, b8, s);
     fixed_multiply(&right, key8, hm_plain);
     add_ext(&right, &right, &r8);
