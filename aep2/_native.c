@@ -345,7 +345,7 @@ static inline __attribute__((always_inline)) void fe_mul_acc(uint64_t acc[8], co
 
 /* Montgomery reduction of a sum of at most 7 products: T·2^-256 mod r. The result is below
  * T/2^256 + r < 2.3r before the final subtractions. */
-static inline void fe_reduce_wide(fe *r, uint64_t t[8]) {
+static inline void fe_reduce_wide_portable(fe *r, uint64_t t[8]) {
     uint64_t high = 0;
     for (int i = 0; i < 4; i++) {
         uint64_t m = t[i] * FIELD_INV, carry = 0;
@@ -360,6 +360,35 @@ static inline void fe_reduce_wide(fe *r, uint64_t t[8]) {
     memcpy(r->v, &t[4], sizeof r->v);
     sub_field_if_needed(r->v);
     sub_field_if_needed(r->v);
+}
+
+#ifdef HAVE_ADX_MUL
+/* The same reduction with MULX: REDC(T) = REDC(T mod 2^256) + floor(T / 2^256), since the
+ * reduction's multipliers depend on the low half only. The first term is at most r. */
+static inline __attribute__((always_inline)) void fe_reduce_wide_adx(fe *r, const uint64_t t[8]) {
+    uint64_t t0 = t[0], t1 = t[1], t2 = t[2], t3 = t[3], s;
+    __asm__(ADX_REDUCE ADX_REDUCE ADX_REDUCE ADX_REDUCE
+            : [t0] "+&r"(t0), [t1] "+&r"(t1), [t2] "+&r"(t2), [t3] "+&r"(t3), [s] "=&r"(s)
+            : [q] "r"(FIELD_LIMBS), [inv] "r"(FIELD_INV), [c] "r"((uint64_t)0)
+            : "rax", "rdx", "cc");
+    unsigned char carry = 0;
+    r->v[0] = add_carry(t0, t[4], &carry);
+    r->v[1] = add_carry(t1, t[5], &carry);
+    r->v[2] = add_carry(t2, t[6], &carry);
+    r->v[3] = add_carry(t3, t[7], &carry);
+    sub_field_if_needed(r->v);
+    sub_field_if_needed(r->v);
+}
+#endif
+
+static inline __attribute__((always_inline)) void fe_reduce_wide(fe *r, uint64_t t[8]) {
+#ifdef HAVE_ADX_MUL
+    if (__builtin_expect(use_adx, 1)) {
+        fe_reduce_wide_adx(r, t);
+        return;
+    }
+#endif
+    fe_reduce_wide_portable(r, t);
 }
 
 static inline int fe_equal(const fe *a, const fe *b) { return memcmp(a->v, b->v, sizeof a->v) == 0; }
