@@ -7,15 +7,23 @@
  * of its arguments), and the gmpy2 multiplications about 180 us, against a 150 us budget
  * for the whole check. Here both run on 4x64-bit Montgomery limbs.
  *
+ * Where the time went next, and what fixed it (profiled per primitive, bench.verify):
+ * - GCC compiles 128-bit carry chains to spills: an addition cost a third of a product.
+ *   Additions use ADC/SBB (add_carry, sub_borrow); on CPUs with BMI2 and ADX the product,
+ *   Poseidon's accumulated products and its wide reductions use MULX with two carry chains
+ *   (chosen once at import; set_backend lets the tests run both paths).
+ * - Scalar multiplications spent 10 products per table addition on the general-a curve.
+ *   They run on the isomorphic a = -1 curve with affine Niels table entries: 7.
+ *
  * Every function takes and returns field elements as 32-byte big-endian strings; the
  * Python modules (aep2.poseidon, aep2.eddsa) own the ints, the range checks that name a
  * field, and the docs. Nothing here keeps state between calls except FixedBase tables,
- * which are pure functions of their base point.
+ * which are pure functions of their base point, and the backend choice.
  *
  * Field: r = 21888242871839275222246405745257275088548364400416034343698204186575808495617
  * (< 2^254, so sums of two reduced values never overflow 256 bits). Curve: circomlib
- * babyjub.circom, a = 168700, d = 168696, extended coordinates with the complete
- * "add-2008-hwcd" addition.
+ * babyjub.circom, a = 168700, d = 168696, computed on -x^2 + y^2 = 1 + d'x^2y^2 (see
+ * the BabyJubJub section) in extended coordinates with the complete "add-2008-hwcd-3".
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -252,15 +260,17 @@ static int cpu_has_adx(void) {
 #endif
 }
 
-static inline __attribute__((always_inline)) void fe_mul(fe *r, const fe *a, const fe *b) {
+/* name(...) runs name_adx or name_portable as use_adx says (a well-predicted branch). */
 #ifdef HAVE_ADX_MUL
-    if (__builtin_expect(use_adx, 1)) {
-        fe_mul_adx(r, a, b);
-        return;
-    }
+#define DISPATCH(name, ...) do { \
+    if (__builtin_expect(use_adx, 1)) name##_adx(__VA_ARGS__); \
+    else name##_portable(__VA_ARGS__); \
+} while (0)
+#else
+#define DISPATCH(name, ...) name##_portable(__VA_ARGS__)
 #endif
-    fe_mul_portable(r, a, b);
-}
+
+static inline __attribute__((always_inline)) void fe_mul(fe *r, const fe *a, const fe *b) { DISPATCH(fe_mul, r, a, b); }
 
 /* Sums of products reduced once: acc += a·b as a 512-bit integer (at most 7 terms, each below
  * r^2, so the sum stays below 2^512), then fe_reduce_wide. In Poseidon's matrix products this
@@ -333,15 +343,7 @@ static inline __attribute__((always_inline)) void fe_mul_acc_adx(uint64_t acc[8]
 }
 #endif
 
-static inline __attribute__((always_inline)) void fe_mul_acc(uint64_t acc[8], const fe *a, const fe *b) {
-#ifdef HAVE_ADX_MUL
-    if (__builtin_expect(use_adx, 1)) {
-        fe_mul_acc_adx(acc, a, b);
-        return;
-    }
-#endif
-    fe_mul_acc_portable(acc, a, b);
-}
+static inline __attribute__((always_inline)) void fe_mul_acc(uint64_t acc[8], const fe *a, const fe *b) { DISPATCH(fe_mul_acc, acc, a, b); }
 
 /* Montgomery reduction of a sum of at most 7 products: T·2^-256 mod r. The result is below
  * T/2^256 + r < 2.3r before the final subtractions. */
@@ -381,15 +383,7 @@ static inline __attribute__((always_inline)) void fe_reduce_wide_adx(fe *r, cons
 }
 #endif
 
-static inline __attribute__((always_inline)) void fe_reduce_wide(fe *r, uint64_t t[8]) {
-#ifdef HAVE_ADX_MUL
-    if (__builtin_expect(use_adx, 1)) {
-        fe_reduce_wide_adx(r, t);
-        return;
-    }
-#endif
-    fe_reduce_wide_portable(r, t);
-}
+static inline __attribute__((always_inline)) void fe_reduce_wide(fe *r, uint64_t t[8]) { DISPATCH(fe_reduce_wide, r, t); }
 
 static inline int fe_equal(const fe *a, const fe *b) { return memcmp(a->v, b->v, sizeof a->v) == 0; }
 
@@ -739,7 +733,9 @@ static PyTypeObject FixedBaseType = {
     .tp_name = "aep2._native.FixedBase",
     .tp_doc = PyDoc_STR("FixedBase(point: bytes, window: int)\n--\n\n"
                         "Signed-window table of one BabyJubJub point (64 bytes, affine x || y big-endian) "
-                        "for scalars below 2^254: ceil(255 / window) rows of 2^(window-1) points."),
+                        "for scalars below 2^254: ceil(255 / window) rows of 2^(window-1) points, "
+                        "96 bytes each; window in [2, 12]. ValueError for a coordinate not below r. "
+                        "The point is not checked to be on the curve: callers check it."),
     .tp_basicsize = sizeof(FixedBase),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = PyType_GenericNew,
