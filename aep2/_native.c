@@ -493,7 +493,9 @@ static void poseidon_hash(fe *out, const fe *inputs, int n) {
  * x' = s·x, s = sqrt(-a), d' = -d/a: with a = -1 the addition "add-2008-hwcd-3" takes 8
  * products (7 against a table point kept as affine (y-x, y+x, 2d'·x·y)) where the general-a
  * one takes 10. It stays complete: -1 is a square mod r and d' is not (as d is not). Only
- * FixedBase's input and output and R8 cross the map; equality is preserved both ways. */
+ * FixedBase's input and output and R8 cross the map; equality is preserved both ways.
+ * Montgomery forms of s = 6360561867910373094066688120553762416144456282423235903351243436111059670888
+ * (s^2 = -168700 mod r), of 1/s and of 2d' = -2·168696/168700 mod r. */
 static const fe ISO_S = {{0xe77f2cb3269fc386ULL, 0x2ffbbf36ea0da89fULL, 0x3afc6b3516e0d90fULL, 0x12bc88bf75913573ULL}};
 static const fe ISO_S_INV = {{0xe20e74d43e4fe829ULL, 0xa8d667e4f5a39962ULL, 0x406eb7865831de44ULL, 0x1f91608db0da6c67ULL}};
 static const fe ISO_K = {{0x74951b58b09ee319ULL, 0x7948709cb6cd1cd7ULL, 0xd6b6a48830a3748dULL, 0x305b9e606e11e0f8ULL}}; /* 2d' */
