@@ -243,6 +243,8 @@ async def _economy(args: argparse.Namespace, world: _World) -> tuple[MissionRepo
     budget = Budget()
     await wallet.owner("PUT", "/v1/rules", {
         "reviewAbove": REVIEW_ABOVE, "offMission": "deny",
+        # Where agents may spend over HTTP, and where the wallet asks for settlement receipts.
+        "hostAllowlist": ["127.0.0.1"],
         "autoApprove": {"maxBudget": 2_000_000, "maxDurationSeconds": 7200, "maxPerPaymentCap": 500_000,
                         "payees": mission_payees},
     })

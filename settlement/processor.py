@@ -406,7 +406,9 @@ class SettlementProcessor:
             await self._undo_if_not_sent(batch_id)
             raise
         tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
-        await self.store.mark_batch_settled(batch_id, tx_hash, int(receipt["blockNumber"]), gas_used=int(receipt["gasUsed"]))
+        await self.store.mark_batch_settled(
+            batch_id, tx_hash, int(receipt["blockNumber"]), gas_used=int(receipt["gasUsed"])
+        )
         return receipt
 
     async def isolate(self, batch_id: int, statement: BatchStatement) -> bool:

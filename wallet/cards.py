@@ -937,7 +937,7 @@ class CardIssuer:
         if not review_rules:
             rules = dataclasses.replace(rules, review_above=None, review_new_payee=False)
         request = SpendRequest(row.agent_id, row.id, card_payee(ask.merchant_id), None, ask.amount, now,
-                               path=ask.merchant_id)
+                               path=ask.merchant_id, card=True)
         history = await self.service._history(conn, request, rules)
         if rules.review_new_payee:
             carded = await conn.execute(select(wallet_cards.c.agent_id).where(wallet_cards.c.payee == request.payee))

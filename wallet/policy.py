@@ -178,6 +178,10 @@ class SpendRequest:
     or None when the agent sent a bare challenge; ``amount`` in base units (> 0); ``at`` the
     unix time of the request in seconds, read once by the service; ``path`` the paid URL's
     path without its query (which may carry credentials), or None, for the on-mission check.
+    ``card``: a single-use AgentCard authorization, which has no URL: the host rules (the
+    intent's ``hosts``, the host allow- and denylists) do not apply to it, the card being
+    locked to its merchant, whose pseudo-payee the payee rules check. Any other spend without
+    a host fails an allowlist of hosts.
 
     Raises:
         ValueError: naming the field, for a malformed address or host, a non-positive or
@@ -191,6 +195,7 @@ class SpendRequest:
     amount: int
     at: float
     path: str | None = None
+    card: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "payee", _address(self.payee, "payee"))
@@ -659,7 +664,7 @@ def _first_failure(
         return "deny", Rule.INTENT_EXPIRED, f"at {at} >= valid_before {intent.valid_before}"
     if intent.payees and payee not in intent.payees:
         return "deny", Rule.INTENT_PAYEE, f"payee {payee} is not among the intent's {len(intent.payees)} payees"
-    if intent.hosts and (host is None or not _host_matches(host, intent.hosts)):
+    if intent.hosts and not request.card and (host is None or not _host_matches(host, intent.hosts)):
         return "deny", Rule.INTENT_HOST, f"host {host} matches none of the intent's hosts"
     if amount > intent.per_payment_cap:
         return "deny", Rule.INTENT_PER_PAYMENT_CAP, f"amount {amount} > intent per_payment_cap {intent.per_payment_cap}"
@@ -673,7 +678,11 @@ def _first_failure(
         return "deny", Rule.HOST_DENYLIST, f"host {host} matches the host denylist"
     if rules.payee_allowlist is not None and payee not in rules.payee_allowlist:
         return "deny", Rule.PAYEE_ALLOWLIST, f"payee {payee} is not on the payee allowlist"
-    if rules.host_allowlist is not None and (host is None or not _host_matches(host, rules.host_allowlist)):
+    if (
+        rules.host_allowlist is not None
+        and not request.card
+        and (host is None or not _host_matches(host, rules.host_allowlist))
+    ):
         return "deny", Rule.HOST_ALLOWLIST, f"host {host} matches nothing on the host allowlist"
 
     # Amount caps.

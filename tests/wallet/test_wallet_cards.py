@@ -46,7 +46,6 @@ from wallet.keys import OwnerKeystore, Sealer
 from wallet.policy import Rules
 from wallet.service import InvalidRequest, InvalidState, NotFound, WalletService
 
-from test_wallet_chain import served_here  # noqa: F401  (a fixture)
 from test_wallet_service import (  # noqa: F401  (fixtures)
     FAST_KDF,
     PASSWORD,
@@ -178,6 +177,18 @@ async def test_mint_is_a_spend_the_policy_counts(wallet, cards):
     assert blocked.rule == "payee_denylist"
     over = await cards.mint(agent_id, intent_id=intent_id, amount=5_001)
     assert over.rule == "intent_per_payment_cap"
+
+
+async def test_an_intent_and_rules_naming_hosts_still_fund_a_card_at_an_allowed_merchant(wallet, cards):
+    agent_id, _key, intent_id = await agent_with_intent(wallet, hosts=["api.example.com"])
+    await wallet.set_rules(Rules(host_allowlist=frozenset({"api.example.com"}),
+                                 payee_denylist=frozenset({card_payee("casino")})))
+    await minted(cards, agent_id, intent_id, 1_000, merchant_id=MERCHANT)
+    blocked = await cards.mint(agent_id, intent_id=intent_id, amount=10, merchant_id="casino")
+    assert blocked.rule == "payee_denylist"
+    # An x402 spend without a host still fails both host rules.
+    bare = await wallet.authorize_payment(agent_id, requirement(1_000), "/v1/forecast/x")
+    assert not bare.allowed and bare.rule == "intent_host"
 
 
 async def test_the_on_mission_check_reads_the_merchant_a_card_is_locked_to(wallet, cards):

@@ -450,6 +450,15 @@ def test_a_request_without_host_fails_a_host_allowlist_and_passes_a_host_denylis
     assert decide({**no_host, "intent": {"hosts": {"*.example.com"}}}).rule == Rule.INTENT_HOST
 
 
+def test_host_rules_do_not_apply_to_a_card_but_the_payee_rules_do() -> None:
+    card = {"request": {"host": None, "card": True}}
+
+    assert decide({**card, "rules": {"host_allowlist": {"*.example.com"}}}).rule == Rule.DEFAULT
+    assert decide({**card, "intent": {"hosts": {"*.example.com"}}}).rule == Rule.DEFAULT
+    assert decide({**card, "rules": {"payee_allowlist": set()}}).rule == Rule.PAYEE_ALLOWLIST
+    assert decide({**card, "kill": {"engaged": True}}).rule == Rule.KILL_SWITCH_GLOBAL
+
+
 def test_an_empty_allowlist_allows_nothing() -> None:
     assert decide({"rules": {"payee_allowlist": set()}}).rule == Rule.PAYEE_ALLOWLIST
     assert decide({"rules": {"host_allowlist": set()}}).rule == Rule.HOST_ALLOWLIST
