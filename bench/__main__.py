@@ -10,7 +10,8 @@ chain before the answer) and ``aep2`` calls one at a time against an unpriced ca
 replicas on one PostgreSQL store against one (a throwaway server from Debian's package).
 ``council`` times the AI review council's decision offline and against a local Messages API stub
 at a fixed latency. ``cards`` times card authorizations under 32 concurrent merchants against
-one merchant at a time.
+one merchant at a time. ``witness`` times circom's C++ witness generator at N=256 against its
+WASM one (building the C++ one on first use).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import json
 import sys
 import time
 
-SUITES = ("verify", "throughput", "replicas", "latency", "wallet", "council", "cards", "prover", "gas")
+SUITES = ("verify", "throughput", "replicas", "latency", "wallet", "council", "cards", "witness", "prover", "gas")
 
 
 def main(argv: list[str]) -> int:
