@@ -497,25 +497,31 @@ def build_native_witness(
         return None
     final = artifacts.directory / f"native-{identity}"
     if not (final / _MANIFEST).is_file():
-        with open(artifacts.directory / f"native-{identity}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not (final / _MANIFEST).is_file():  # else another process built it while we waited
-                # Under the lock, a temporary directory is what a killed build left behind.
-                for stale in artifacts.directory.glob(f".native-{identity}-*"):
-                    shutil.rmtree(stale, ignore_errors=True)
-                work = Path(tempfile.mkdtemp(prefix=f".native-{identity}-", dir=artifacts.directory))
-                try:
-                    _build_native(work, artifacts, compiler, identity, versions, progress)
-                    os.chmod(work, 0o755)
-                    os.rename(work, final)
-                except BuildError as exc:
-                    shutil.rmtree(work, ignore_errors=True)
-                    _log(progress, f"native witness generator failed, using the WASM one: {str(exc).splitlines()[0]}")
-                    return None
-                except BaseException:
-                    shutil.rmtree(work, ignore_errors=True)
-                    raise
+        try:
+            _build_native_once(final, artifacts, compiler, identity, versions, progress)
+        except (BuildError, OSError) as exc:  # OSError: e.g. a cache another user owns
+            _log(progress, f"native witness generator failed, using the WASM one: {str(exc).splitlines()[0]}")
+            return None
     return NativeWitness(final, identity)
+
+
+def _build_native_once(final: Path, artifacts: CircuitArtifacts, compiler: str, identity: str,
+                       versions: dict[str, str], progress: bool) -> None:
+    with open(artifacts.directory / f"native-{identity}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (final / _MANIFEST).is_file():  # another process built it while we waited
+            return
+        # Under the lock, a temporary directory is what a killed build left behind.
+        for stale in artifacts.directory.glob(f".native-{identity}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        work = Path(tempfile.mkdtemp(prefix=f".native-{identity}-", dir=artifacts.directory))
+        try:
+            _build_native(work, artifacts, compiler, identity, versions, progress)
+            os.chmod(work, 0o755)  # mkdtemp makes it private
+            os.rename(work, final)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
 
 
 def _build_native(work: Path, artifacts: CircuitArtifacts, compiler: str, identity: str,
