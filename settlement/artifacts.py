@@ -56,6 +56,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import groth16py
 
@@ -259,21 +260,28 @@ def _build_keys(n: int, i: int, p: int, cache_dir: Path | str | None, progress: 
         return CircuitArtifacts.load(final)
 
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / f"{digest}.lock", "w") as lock:
+    _build_once(final, lambda work: _build(work, n, i, p, digest, progress))
+    return CircuitArtifacts.load(final)
+
+
+def _build_once(final: Path, build: Callable[[Path], None]) -> None:
+    """Run ``build(work)`` in a temporary directory beside ``final`` and rename it to ``final``,
+    under the ``fcntl`` lock ``<final>.lock``, unless ``final`` is complete (has a manifest)."""
+    with open(final.with_name(f"{final.name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (final / _MANIFEST).is_file():  # another process built it while we waited
-            return CircuitArtifacts.load(final)
-        if final.exists():  # an incomplete leftover (cannot happen with rename, but be safe)
-            shutil.rmtree(final)
-        work = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=root))
+            return
+        # Under the lock, these can only be what a killed build left behind.
+        for leftover in (final, *final.parent.glob(f".{final.name}-*")):
+            shutil.rmtree(leftover, ignore_errors=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
         try:
-            _build(work, n, i, p, digest, progress)
+            build(work)
             os.chmod(work, 0o755)  # mkdtemp makes it private
             os.rename(work, final)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
-    return CircuitArtifacts.load(final)
 
 
 def _log(progress: bool, message: str) -> None:
@@ -498,30 +506,11 @@ def build_native_witness(
     final = artifacts.directory / f"native-{identity}"
     if not (final / _MANIFEST).is_file():
         try:
-            _build_native_once(final, artifacts, compiler, identity, versions, progress)
+            _build_once(final, lambda work: _build_native(work, artifacts, compiler, identity, versions, progress))
         except (BuildError, OSError) as exc:  # OSError: e.g. a cache another user owns
             _log(progress, f"native witness generator failed, using the WASM one: {str(exc).splitlines()[0]}")
             return None
     return NativeWitness(final, identity)
-
-
-def _build_native_once(final: Path, artifacts: CircuitArtifacts, compiler: str, identity: str,
-                       versions: dict[str, str], progress: bool) -> None:
-    with open(artifacts.directory / f"native-{identity}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (final / _MANIFEST).is_file():  # another process built it while we waited
-            return
-        # Under the lock, a temporary directory is what a killed build left behind.
-        for stale in artifacts.directory.glob(f".native-{identity}-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        work = Path(tempfile.mkdtemp(prefix=f".native-{identity}-", dir=artifacts.directory))
-        try:
-            _build_native(work, artifacts, compiler, identity, versions, progress)
-            os.chmod(work, 0o755)  # mkdtemp makes it private
-            os.rename(work, final)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
 
 
 def _build_native(work: Path, artifacts: CircuitArtifacts, compiler: str, identity: str,
