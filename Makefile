@@ -1,7 +1,8 @@
 # One command each: `make demo` (end-to-end run on a local Anvil), `make test`, `make bench`.
 # Every target installs what it needs: the Python venv from pyproject.toml, the Node
-# toolchain (Anvil, forge, solc-js, circom2, circomlib) from package-lock.json, and Debian's
-# PostgreSQL server binaries for the PostgreSQL tests and the replica benchmark.
+# toolchain (Anvil, forge, solc-js, circom2, circomlib) from package-lock.json, Debian's
+# PostgreSQL server binaries for the PostgreSQL tests and the replica benchmark, and Debian's
+# C++ toolchain for circom's native witness generator.
 
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +12,7 @@ FORGE := node_modules/.bin/forge
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
 
-.PHONY: setup postgres contracts test test-forge test-python demo bench clean
+.PHONY: setup postgres native-toolchain contracts test test-forge test-python demo bench clean
 
 setup: $(VENV)/.installed node_modules/.installed postgres
 
@@ -34,6 +35,14 @@ postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || $(APT_INSTALL) postgresql \
 		|| { $(SUDO) apt-get update && $(APT_INSTALL) postgresql; }
 
+# circom's C++ witness generator (settlement/artifacts.py builds it per circuit, cached) needs
+# these; without them the WASM generator is used.
+NATIVE_PACKAGES := g++ libgmp-dev nlohmann-json3-dev nasm make
+
+native-toolchain:
+	@dpkg -s $(NATIVE_PACKAGES) >/dev/null 2>&1 || $(APT_INSTALL) $(NATIVE_PACKAGES) \
+		|| { $(SUDO) apt-get update && $(APT_INSTALL) $(NATIVE_PACKAGES); }
+
 # The dashboard's browser test drives Debian's Chromium (Playwright cannot download a browser here).
 CHROMIUM := /usr/lib/chromium/chromium
 
@@ -48,13 +57,13 @@ test: contracts test-forge test-python
 test-forge: contracts
 	$(FORGE) test
 
-test-python: contracts $(CHROMIUM)
+test-python: contracts native-toolchain $(CHROMIUM)
 	$(PY) -m pytest -q
 
-demo: contracts
+demo: contracts native-toolchain
 	$(PY) -m examples.demo
 
-bench: contracts
+bench: contracts native-toolchain
 	$(PY) -m bench
 
 clean:

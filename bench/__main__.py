@@ -10,8 +10,9 @@ chain before the answer) and ``aep2`` calls one at a time against an unpriced ca
 replicas on one PostgreSQL store against one (a throwaway server from Debian's package).
 ``council`` times the AI review council's decision offline and against a local Messages API stub
 at a fixed latency. ``cards`` times card authorizations under 32 concurrent merchants against
-one merchant at a time. ``provers`` settles a backlog of 6 batches of 64 with 2 prover workers
-against 1 (``settle_throughput``).
+one merchant at a time. ``witness`` times circom's C++ witness generator at N=256 against its
+WASM one (building the C++ one on first use). ``provers`` settles a backlog of 6 batches of 64
+with 2 prover workers against 1 (``settle_throughput``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import json
 import sys
 import time
 
-SUITES = ("verify", "throughput", "replicas", "latency", "wallet", "council", "cards", "prover", "gas", "provers")
+SUITES = (
+    "verify", "throughput", "replicas", "latency", "wallet", "council", "cards", "witness", "prover", "gas", "provers",
+)
 
 
 def main(argv: list[str]) -> int:

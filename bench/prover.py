@@ -2,7 +2,8 @@
 
 Each N is proved once, in a fresh child process, on a full batch of real signed mandates; the
 same proof is then settled on chain for the gas rows (``bench.settle`` runs both, once).
-``prove_seconds`` covers witness generation (circom's Node calculator) and the Groth16 proof,
+``prove_seconds`` covers witness generation (circom's C++ generator where its toolchain is
+present, as the processor runs it, else its Node/WASM one) and the Groth16 proof,
 not loading the proving key (reported apart as ``key_load_seconds_n*``).
 ``prove_peak_gib`` adds the child's own peak RSS and its node witness child's peak RSS (an
 upper bound on their concurrent peak; both parts are reported too).

@@ -192,7 +192,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     step(f"building the batch circuit N={args.n}, I={args.i}, P={args.p} (cached after the first run)")
     with _progress() as progress:
         progress.add_task("circuit artifacts", total=None)
-        artifacts = await asyncio.to_thread(build_artifacts, args.n, args.i, args.p)
+        artifacts = await asyncio.to_thread(build_artifacts, args.n, args.i, args.p, native_witness=True)
     processes: list[subprocess.Popen[bytes]] = []
     wallet: CoWallet | None = None
     with Anvil() as node:

@@ -11,7 +11,9 @@ batch size the circuit's N) until interrupted, or once with ``--once``. ``--prov
 worker processes (default: one per core) each load the proving key and prove a batch at a
 time, so up to N batches are proven at once; ``--ray ADDRESS`` proves on actors of a Ray cluster
 instead (``settlement.ray_provers``). Keys may come from
-``$AEP2_PROCESSOR_KEY`` / ``$AEP2_DEPLOYER_KEY`` instead of ``--key``.
+``$AEP2_PROCESSOR_KEY`` / ``$AEP2_DEPLOYER_KEY`` instead of ``--key``. ``build-circuit`` and
+``run`` also build circom's C++ witness generator once when its toolchain is present
+(``AEP2_NATIVE_WITNESS=0``: WASM only).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import sys
 from aep2.deployment import Deployment
 from aep2.stores import create_store
 
-from .artifacts import build_artifacts
+from .artifacts import build_artifacts, find_native_witness
 from .chain import SettlementClient
 from .deploy import DEFAULT_SETTLEMENT_WINDOW, DEFAULT_WITHDRAWAL_DELAY, deploy
 from .processor import BatchPolicy, SettlementProcessor
@@ -51,7 +53,8 @@ def _positive(text: str) -> int:
 
 
 def _find_artifacts(deployment: Deployment):
-    artifacts = build_artifacts(deployment.circuit.n, deployment.circuit.i, deployment.circuit.p)
+    artifacts = build_artifacts(deployment.circuit.n, deployment.circuit.i, deployment.circuit.p,
+                                native_witness=True)
     if artifacts.hash != deployment.circuit.hash:
         raise SystemExit(
             f"error: circuit artifacts {artifacts.hash} differ from the deployed verifier's {deployment.circuit.hash}"
@@ -109,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m settlement", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    build = commands.add_parser("build-circuit", help="compile the batch circuit and run the (development) setup")
+    build = commands.add_parser("build-circuit", help="compile the batch circuit, run the (development) setup "
+                                "and build circom's C++ witness generator when g++, GMP, nlohmann-json and nasm are here")
     for name, default in zip(("--n", "--i", "--p"), DEFAULT_SHAPE):
         build.add_argument(name, type=int, default=default)
 
@@ -151,9 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.command == "build-circuit":
-        artifacts = build_artifacts(args.n, args.i, args.p)
+        artifacts = build_artifacts(args.n, args.i, args.p, native_witness=True)
+        native = find_native_witness(artifacts)
         print(json.dumps({"directory": str(artifacts.directory), "constraints": artifacts.constraints,
-                          "hash": artifacts.hash, "developmentSetup": artifacts.development_setup}))
+                          "hash": artifacts.hash, "developmentSetup": artifacts.development_setup,
+                          "nativeWitness": str(native.directory) if native else None}))
         return 0
     if args.command == "deploy":
         artifacts = build_artifacts(args.n, args.i, args.p)

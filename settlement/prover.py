@@ -1,9 +1,12 @@
 """Groth16 proofs for the batch circuit (circuits/batch.circom, docs/PROTOCOL.md §5).
 
 A ``Prover`` loads the proving key once (tens of MB, seconds to load) and then turns circuit
-input dicts into proofs: circom's Node witness generator computes the witness (and fails if
-any constraint does not hold), then ``groth16py.prove_wtns`` proves it. Proving releases the
-GIL but takes seconds, so async callers run it in a thread::
+input dicts into proofs: circom's witness generator computes the witness (and fails if any
+constraint does not hold), then ``groth16py.prove_wtns`` proves it. The generator is circom's
+C++ one when it has been built for these artifacts and this machine's toolchain
+(``settlement.artifacts.build_native_witness``; several times faster, byte-identical
+witnesses), else circom's Node/WASM one. Proving releases the GIL but takes seconds, so async
+callers run it in a thread::
 
     prover = Prover(build_artifacts(16, 8, 4))
     proof = await asyncio.to_thread(prover.prove, inputs)
@@ -29,9 +32,9 @@ import groth16py
 
 from aep2.fields import FIELD_MODULUS
 
-from .artifacts import CircuitArtifacts
+from .artifacts import CircuitArtifacts, NativeWitness, find_native_witness
 
-__all__ = ["Proof", "Prover", "ProofVerifier", "WitnessError", "ProofError", "public_inputs"]
+__all__ = ["Proof", "Prover", "ProofVerifier", "WitnessError", "ProofError", "compute_witness", "public_inputs"]
 
 
 class ProofError(Exception):
@@ -39,7 +42,9 @@ class ProofError(Exception):
 
 
 class WitnessError(ProofError):
-    """The inputs do not satisfy the circuit (or are malformed); ``stderr`` is node's output."""
+    """The inputs do not satisfy the circuit (or are malformed); ``stderr`` is the witness
+    generator's output (node's error trace, or the C++ generator's ``Failed assert in
+    template/function …`` line and its abort message)."""
 
     def __init__(self, message: str, stderr: str = "") -> None:
         super().__init__(f"{message}\n{stderr}".rstrip())
@@ -116,40 +121,62 @@ class ProofVerifier:
             return False
 
 
+def compute_witness(
+    artifacts: CircuitArtifacts,
+    inputs: Mapping[str, Any],
+    wtns_path: Path,
+    *,
+    native: NativeWitness | None = None,
+    node: str = "node",
+) -> None:
+    """Write the witness of ``inputs`` to ``wtns_path`` (iden3 ``.wtns``), with ``native`` (the
+    C++ generator of ``artifacts``) when given, else with the WASM generator run by ``node``.
+
+    Raises ``WitnessError`` when an input is malformed or outside the field, or a constraint
+    does not hold (both generators then write no witness); ``inputs`` is written beside
+    ``wtns_path`` as ``<stem>.input.json``.
+    """
+    payload = {name: _to_json(value, name) for name, value in inputs.items()}
+    input_path = wtns_path.with_suffix(".input.json")
+    input_path.write_text(json.dumps(payload))
+    if native is not None:
+        command = native.command(input_path, wtns_path)
+    else:
+        command = artifacts.wasm_witness_command(input_path, wtns_path, node=node)
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0 or not wtns_path.is_file():
+        # The C++ generator names the failed assert on stdout, then aborts on stderr.
+        output = "\n".join(part.strip() for part in (result.stdout, result.stderr) if part.strip())
+        raise WitnessError(
+            "witness generation failed (a constraint does not hold or an input is malformed)", output
+        )
+
+
 class Prover:
     """Proves ``Batch(N, I, P, D)`` statements with a proving key held in memory.
 
     Loading the key holds the GIL for about 6–7 MB/s of key (seconds at N=16, minutes at
     N=256): a long-running service loads it in a worker (``settlement.provers``).
+    ``native=False`` keeps the WASM witness generator even where the C++ one is built;
+    ``compiler`` names the toolchain the C++ one was built with (see ``find_native_witness``).
     """
 
-    def __init__(self, artifacts: CircuitArtifacts, *, node: str = "node") -> None:
+    def __init__(self, artifacts: CircuitArtifacts, *, node: str = "node", native: bool = True,
+                 compiler: str = "g++") -> None:
         self.artifacts = artifacts
         self._node = node
+        self._native = find_native_witness(artifacts, compiler=compiler) if native else None
         self._pk = groth16py.ProvingKey.load(str(artifacts.proving_key))
         self._verifier = ProofVerifier(artifacts)
 
+    @property
+    def witness_generator(self) -> str:
+        """``"native"`` (circom's C++ generator) or ``"wasm"`` (circom's Node/WASM one)."""
+        return "native" if self._native is not None else "wasm"
+
     def witness(self, inputs: Mapping[str, Any], wtns_path: Path) -> None:
         """Compute the witness file for ``inputs``; raises ``WitnessError`` if unsatisfiable."""
-        payload = {name: _to_json(value, name) for name, value in inputs.items()}
-        input_path = wtns_path.with_suffix(".input.json")
-        input_path.write_text(json.dumps(payload))
-        result = subprocess.run(
-            [
-                self._node,
-                str(self.artifacts.generate_witness_js),
-                str(self.artifacts.wasm),
-                str(input_path),
-                str(wtns_path),
-            ],
-            capture_output=True,
-            text=True,
-        )
-        if result.returncode != 0 or not wtns_path.is_file():
-            raise WitnessError(
-                "witness generation failed (a constraint does not hold or an input is malformed)",
-                (result.stderr or result.stdout).strip(),
-            )
+        compute_witness(self.artifacts, inputs, wtns_path, native=self._native, node=self._node)
 
     def prove(self, inputs: Mapping[str, Any]) -> Proof:
         """Prove ``inputs`` (the circuit input JSON as a dict of ints / nested lists)."""
