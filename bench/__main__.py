@@ -12,7 +12,8 @@ replicas on one PostgreSQL store against one (a throwaway server from Debian's p
 at a fixed latency. ``cards`` times card authorizations under 32 concurrent merchants against
 one merchant at a time. ``witness`` times circom's C++ witness generator at N=256 against its
 WASM one (building the C++ one on first use). ``provers`` settles a backlog of 6 batches of 64
-with 2 prover workers against 1 (``settle_throughput``).
+with 2 prover workers against 1 (``settle_throughput``). ``keyload`` times 2 prover workers
+getting the proving key: one load forked twice against two loads.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import time
 
 SUITES = (
     "verify", "throughput", "replicas", "latency", "wallet", "council", "cards", "witness", "prover", "gas", "provers",
+    "keyload",
 )
 
 
