@@ -1,7 +1,7 @@
 """Prover pools behind the settlement processor (``settlement.provers``), on a real Anvil node
 with real proofs: two batches proven at once settle every mandate once, batches in flight
 never overspend an escrow together, a worker that dies loses only its proof, and loading a
-proving key never stalls the processor's event loop.
+proving key never stalls the processor's event loop nor stops it settling.
 """
 
 from __future__ import annotations
@@ -152,3 +152,33 @@ async def test_loading_the_proving_key_never_stalls_the_event_loop(small_artifac
     # Loading in this process would hold the GIL for the whole load (TOOLCHAIN: groth16py),
     # one gap at least as long as the load; a busy machine stretches both alike.
     assert max(gaps) < slowest_load / 4, (max(gaps), slowest_load)
+
+
+async def test_the_processor_settles_a_submitted_batch_while_its_workers_load_their_keys(
+    chain, prover, serve, store_path, small_artifacts
+):
+    _node, deployment = chain
+    payer = fund(deployment, 100_000)
+    server = serve(create_app(deployment, PAYEE, store_path, processor=PROCESSOR))
+    await pay(server.url, deployment, payer, 2)
+    async with processor(deployment, store_path, prover) as first:
+        # The first run broadcast its batch and died before it saw the receipt.
+        async def die(*args: object, **kwargs: object) -> None:
+            raise asyncio.CancelledError
+
+        first.store.mark_batch_settled = die  # type: ignore[method-assign]
+        with pytest.raises(asyncio.CancelledError):
+            await first.settle_once()
+    cold = LocalProverPool(small_artifacts, size=2)
+    try:
+        async with processor(deployment, store_path, cold) as second:
+            await cold.start()
+            loading = asyncio.ensure_future(cold.ready())
+            await second.reconcile()
+            assert not loading.done()  # the keys are still loading
+            assert [b.status for b in await second.store.batches()] == ["settled"]
+            assert {m.status for m in await second.store.mandates()} == {"settled"}
+            await loading
+    finally:
+        await cold.aclose()
+    assert payee_balance(payer) == 2 * PRICE
