@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import shutil
 import socket
 from pathlib import Path
@@ -20,8 +21,21 @@ import uvicorn
 
 from postgres_fixtures import PostgresServer
 from wallet.db import Database
+from wallet.keys import RedactingFilter
 
 BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(autouse=True)
+def no_redaction_left_behind() -> Iterator[None]:
+    """Take off the ``RedactingFilter``s a test's ``create_app`` put on the process's log
+    handlers: they redact records in place, so a later test's ``caplog`` would see hashes
+    masked by a filter it never installed."""
+    yield
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for handler in getattr(logger, "handlers", ()):
+            for found in [f for f in handler.filters if isinstance(f, RedactingFilter)]:
+                handler.removeFilter(found)
 
 
 @pytest.fixture(params=BACKENDS)
