@@ -4,16 +4,16 @@ A pool proves up to ``size`` sealed batches at once and never loads a proving ke
 caller's event loop (groth16py's ``ProvingKey.load`` holds the GIL for its whole duration,
 about 155 s at N=256, so loading it in a thread would freeze the processor)::
 
-    provers = LocalProverPool(artifacts, size=2)    # two worker processes, one key each
-    await provers.start()                           # begin loading keys; returns at once
+    provers = LocalProverPool(artifacts, size=2)    # two worker processes, one key load
+    await provers.start()                           # begin loading the key; returns at once
     proof = await provers.prove(statement.inputs)   # witness + Groth16 proof in a worker
     assert provers.verify(proof)                    # in process, with the verifying key
     await provers.aclose()
 
 - ``InProcessProverPool`` wraps an already loaded ``Prover`` (size 1, proves in a thread):
   what tests and small deployments use.
-- ``LocalProverPool`` runs ``size`` worker processes (default: one per core). Each loads the
-  key once and keeps it; witness generation and proving both run there.
+- ``LocalProverPool`` runs ``size`` worker processes (default: one per core) that share one
+  load of the key copy-on-write; witness generation and proving both run there.
 - ``settlement.ray_provers.RayProverPool`` dispatches to prover actors on a Ray cluster.
 
 All of them satisfy ``ProverPool``. ``prove`` raises ``WitnessError`` when the inputs do not
@@ -23,13 +23,13 @@ satisfy the circuit and ``ProofError`` when a worker is lost; the batch is then 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import ctypes
 import logging
 import multiprocessing
 import os
-import threading
+import signal
 import time
-from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Mapping, Protocol, runtime_checkable
 
@@ -94,40 +94,171 @@ class InProcessProverPool:
 
 # -- worker processes ---------------------------------------------------------------------
 
-#: How long ``ready()`` waits for every worker to hold its key (N=256 takes minutes per key).
-_READY_TIMEOUT = 1800.0
-
-_worker_prover: Prover | None = None
-_worker_load_seconds = 0.0
-_worker_barrier: Any = None
+_PR_SET_PDEATHSIG = 1
 
 
-def _load_worker(directory: str, barrier: Any) -> None:
-    global _worker_prover, _worker_load_seconds, _worker_barrier
+def _die_with_parent(parent: int) -> None:
+    # Linux: the kernel kills this process when the (single-threaded) loader exits, so a
+    # worker busy proving for minutes never outlives its loader.
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: EOF on the worker's pipe still ends it
+        pass
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+def _serve(conn: Connection, prover: Prover, load_seconds: float) -> None:
+    """A worker: report ``("ready", pid, load seconds)``, then answer each ``inputs`` with
+    ``("ok", proof)`` or ``("error", exception)`` until the pipe reaches EOF."""
+    conn.send(("ready", os.getpid(), load_seconds))
+    while True:
+        try:
+            inputs = conn.recv()
+        except EOFError:
+            return
+        try:
+            conn.send(("ok", prover.prove(inputs)))
+        except Exception as exc:  # WitnessError and the like: this worker keeps serving
+            conn.send(("error", exc))
+
+
+def _loader(directory: str, control: Connection, workers: list[Connection]) -> None:
+    """The loader process (spawned): load the key once, fork one worker per pipe in
+    ``workers`` sharing it copy-on-write, then hold them until ``control`` says stop or
+    reaches EOF, and end them."""
     started = time.monotonic()
-    _worker_prover = Prover(CircuitArtifacts.load(Path(directory)))
-    _worker_load_seconds = time.monotonic() - started
-    _worker_barrier = barrier
+    prover = Prover(CircuitArtifacts.load(Path(directory)))
+    load_seconds = time.monotonic() - started
+    loader, children = os.getpid(), []
+    for index, conn in enumerate(workers):
+        pid = os.fork()
+        if pid == 0:
+            _die_with_parent(loader)
+            control.close()
+            for other in workers[:index] + workers[index + 1 :]:
+                other.close()
+            try:
+                _serve(conn, prover, load_seconds)
+            finally:
+                os._exit(0)  # never run the loader's exit handlers in a worker
+        children.append(pid)
+    for conn in workers:
+        conn.close()  # the worker's EOF is then the parent's close alone
+    try:
+        control.recv()
+    except EOFError:
+        pass
+    for pid in children:
+        os.kill(pid, signal.SIGKILL)
+    for pid in children:
+        os.waitpid(pid, 0)
 
 
-def _worker_ready() -> tuple[int, float]:
-    # Held until every worker runs one of these: a worker that loaded first cannot take them all.
-    _worker_barrier.wait(_READY_TIMEOUT)
-    return os.getpid(), _worker_load_seconds
+class _WorkerLost(ProofError):
+    """A worker died (or its pool was restarted) before it answered."""
 
 
-def _worker_prove(inputs: Mapping[str, Any]) -> Proof:
-    assert _worker_prover is not None  # the initializer ran first
-    return _worker_prover.prove(inputs)
+class _Generation:
+    """One loader and the workers it forked; replaced whole when a worker dies."""
+
+    def __init__(self, directory: str, size: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.control, loader_control = context.Pipe()
+        pipes = [context.Pipe() for _ in range(size)]
+        self.process = context.Process(
+            target=_loader,
+            args=(directory, loader_control, [child for _, child in pipes]),
+            name="prover-loader",
+            daemon=True,
+        )
+        self.process.start()
+        # Only the loader and its workers hold these ends now: a dead worker means EOF here.
+        loader_control.close()
+        for _, child in pipes:
+            child.close()
+        self.idle: asyncio.Queue[Connection] = asyncio.Queue()
+        self.closed = asyncio.get_running_loop().create_future()
+        self.warming = [asyncio.ensure_future(self._warm(conn)) for conn, _ in pipes]
+
+    async def _warm(self, conn: Connection) -> tuple[int, float]:
+        try:
+            _tag, pid, load_seconds = await _receive(conn)
+        except (EOFError, OSError) as exc:
+            raise ProofError(f"a prover worker could not load the proving key: {exc!r}") from exc
+        self.idle.put_nowait(conn)
+        return pid, load_seconds
+
+    async def prove(self, inputs: dict[str, Any]) -> Proof:
+        """``inputs`` proven by the next idle worker; raises ``_WorkerLost`` if it dies."""
+        getting = asyncio.ensure_future(self.idle.get())
+        try:
+            await asyncio.wait([getting, self.closed], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not getting.done():
+                getting.cancel()
+        if getting.cancelled():
+            raise _WorkerLost("a prover worker died: the pool was restarted")
+        # Shielded: a caller that gives up still lets the worker finish and go back idle,
+        # so its pipe never carries a stale answer.
+        tag, value = await asyncio.shield(self._exchange(getting.result(), inputs))
+        if tag == "error":
+            raise value
+        return value
+
+    async def _exchange(self, conn: Connection, inputs: dict[str, Any]) -> tuple[str, Any]:
+        try:
+            # send may fill the pipe with a large batch: off the loop; the answer comes back
+            # through a loop reader, so no thread waits out the proof.
+            await asyncio.to_thread(conn.send, inputs)
+            answer = await _receive(conn)
+        except (EOFError, OSError) as exc:
+            raise _WorkerLost(f"a prover worker died: {exc!r}") from exc
+        self.idle.put_nowait(conn)
+        return answer
+
+    async def close(self) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+        for warming in self.warming:
+            warming.cancel()
+        try:
+            self.control.send("stop")
+        except OSError:  # the loader is gone already
+            pass
+        self.control.close()
+        process = self.process
+        if all(warming.done() for warming in self.warming):
+            # The loader waits on ``control`` once its workers run: it ends them and exits.
+            await asyncio.to_thread(process.join, 2)
+        if process.is_alive():  # still loading (it reads no pipe then) or stuck
+            process.kill()  # its workers, if any, die with it (PR_SET_PDEATHSIG)
+            await asyncio.to_thread(process.join, 5)
+
+
+async def _receive(conn: Connection) -> Any:
+    """The next message on ``conn``, read when the loop sees it readable (no thread waits);
+    raises ``EOFError`` when the other end is gone."""
+    loop = asyncio.get_running_loop()
+    readable = loop.create_future()
+    loop.add_reader(conn.fileno(), lambda: readable.done() or readable.set_result(None))
+    try:
+        await readable
+    finally:
+        loop.remove_reader(conn.fileno())
+    return conn.recv()
 
 
 class LocalProverPool:
-    """``size`` worker processes on this machine, each holding the circuit's proving key.
+    """``size`` worker processes on this machine sharing one load of the circuit's proving key.
 
-    Workers are started with ``spawn`` (the processor runs threads and an event loop, which
-    ``fork`` would copy mid-flight) and load the key in their initializer, so ``start()`` and
-    ``prove()`` never block the caller's loop on it. A worker that dies loses only its proof
-    (``ProofError``); the pool starts fresh workers on the next call.
+    A loader process is started with ``spawn`` (the processor runs threads and an event loop,
+    which ``fork`` would copy mid-flight): it loads the key once (groth16py's load checks
+    every G2 point, minutes at N=256), then forks ``size`` workers that share it copy-on-write,
+    each serving proofs over its own pipe. ``start()`` and ``prove()`` never block the caller's
+    loop on it. A worker that dies fails its proof and those in flight beside it
+    (``ProofError``); the pool starts a fresh loader and workers on the next call. Workers end with their loader (Linux
+    ``PR_SET_PDEATHSIG``) and the loader ends when its pipe to this process closes.
     """
 
     def __init__(self, artifacts: CircuitArtifacts, size: int | None = None) -> None:
@@ -136,62 +267,42 @@ class LocalProverPool:
         if self.size < 1:
             raise ValueError(f"size must be at least 1, got {self.size}")
         self._verifier = ProofVerifier(artifacts)
-        self._executor: concurrent.futures.ProcessPoolExecutor | None = None
-        self._warming: list[asyncio.Future[tuple[int, float]]] = []
+        self._generation: _Generation | None = None
 
-    def _pool(self) -> concurrent.futures.ProcessPoolExecutor:
-        if self._executor is None:
-            context = multiprocessing.get_context("spawn")
-            self._executor = concurrent.futures.ProcessPoolExecutor(
-                max_workers=self.size,
-                mp_context=context,
-                initializer=_load_worker,
-                initargs=(str(self.artifacts.directory), context.Barrier(self.size)),
-            )
-            self._warming = []
-        return self._executor
+    def _current(self) -> _Generation:
+        if self._generation is None:
+            self._generation = _Generation(str(self.artifacts.directory), self.size)
+        return self._generation
 
     async def start(self) -> None:
-        """Start every worker; each loads the key in its own process."""
-        loop = asyncio.get_running_loop()
-        pool = self._pool()
-        if not self._warming:
-            # The executor spawns a worker per submission while none is idle: ``size``
-            # submissions, each held until all have started, start them all.
-            self._warming = [loop.run_in_executor(pool, _worker_ready) for _ in range(self.size)]
+        """Start the loader; it loads the key once and forks the workers."""
+        self._current()
 
     async def ready(self) -> list[tuple[int, float]]:
-        """Start the workers if need be and wait until each holds its key: ``(pid, load
-        seconds)`` per worker. Raises ``ProofError`` if a worker cannot load it."""
-        await self.start()
+        """Start the workers if need be and wait until each holds the key: ``(pid, load
+        seconds)`` per worker (one load, so the same seconds for all). Raises ``ProofError``
+        if the key cannot be loaded."""
+        generation = self._current()
         try:
-            return list(await asyncio.gather(*self._warming))
-        except (BrokenProcessPool, threading.BrokenBarrierError) as exc:
+            return list(await asyncio.gather(*generation.warming))
+        except ProofError:
             await self.aclose()
-            raise ProofError(f"a prover worker could not load the proving key: {exc!r}") from exc
+            raise
 
     async def prove(self, inputs: Mapping[str, Any]) -> Proof:
-        loop = asyncio.get_running_loop()
+        generation = self._current()
         try:
-            return await loop.run_in_executor(self._pool(), _worker_prove, dict(inputs))
-        except BrokenProcessPool as exc:
-            broken, self._executor = self._executor, None
-            if broken is not None:
-                broken.shutdown(wait=False, cancel_futures=True)
-            raise ProofError(f"a prover worker died: {exc}") from exc
+            return await generation.prove(dict(inputs))
+        except _WorkerLost:
+            if self._generation is generation:
+                self._generation = None
+            await generation.close()
+            raise
 
     def verify(self, proof: Proof) -> bool:
         return self._verifier.verify(proof)
 
     async def aclose(self) -> None:
-        executor, self._executor = self._executor, None
-        self._warming = []
-        if executor is None:
-            return
-        # A proof takes up to minutes: end the workers instead of waiting for it
-        # (ProcessPoolExecutor.terminate_workers() does this from Python 3.14 on).
-        processes = list(getattr(executor, "_processes", {}).values())
-        executor.shutdown(wait=False, cancel_futures=True)
-        for process in processes:
-            process.terminate()
-        await asyncio.to_thread(lambda: [process.join(5) for process in processes])
+        generation, self._generation = self._generation, None
+        if generation is not None:
+            await generation.close()
