@@ -182,3 +182,56 @@ async def test_the_processor_settles_a_submitted_batch_while_its_workers_load_th
     finally:
         await cold.aclose()
     assert payee_balance(payer) == 2 * PRICE
+
+
+def parent_pid(pid: int) -> int:
+    # /proc/<pid>/stat: "pid (comm) state ppid ...": comm may hold spaces, so split after ")".
+    return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+
+
+async def test_the_workers_share_one_load_of_the_key_and_end_with_the_pool(small_artifacts):
+    pool = LocalProverPool(small_artifacts, size=2)
+    try:
+        loaded = await pool.ready()
+        pids = [pid for pid, _ in loaded]
+        [loader] = {parent_pid(pid) for pid in pids}  # forked by one process...
+        assert len(set(pids)) == 2 and loader != os.getpid()
+        assert parent_pid(loader) == os.getpid()
+        assert len({seconds for _, seconds in loaded}) == 1  # ...from one load
+    finally:
+        await pool.aclose()
+    # Reaped, not left as zombies or orphans.
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in [loader, *pids])
+
+
+async def test_a_pool_whose_workers_are_killed_mid_proof_proves_again(chain, serve, store_path, small_artifacts):
+    _node, deployment = chain
+    payer = fund(deployment, 100_000)
+    server = serve(create_app(deployment, PAYEE, store_path, processor=PROCESSOR))
+    await pay(server.url, deployment, payer, 3)
+    pool = LocalProverPool(small_artifacts, size=2)
+    try:
+        killed = [pid for pid, _ in await pool.ready()]
+        prove = pool.prove
+
+        async def prove_and_kill(inputs):
+            proving = asyncio.ensure_future(prove(inputs))
+            await asyncio.sleep(0.2)
+            for pid in killed:  # whichever of them took the proof
+                os.kill(pid, signal.SIGKILL)
+            return await proving
+
+        pool.prove = prove_and_kill  # type: ignore[method-assign]
+        async with processor(deployment, store_path, pool) as settler:
+            with pytest.raises(ProofError, match="worker died"):
+                await settler.settle_all()
+            pool.prove = prove  # type: ignore[method-assign]
+            fresh = [pid for pid, _ in await pool.ready()]
+            assert not set(fresh) & set(killed)
+            assert len({parent_pid(pid) for pid in fresh}) == 1
+            results = await settler.settle_all()
+            assert [r.mandates for r in results] == [3]
+    finally:
+        await pool.aclose()
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in killed + fresh)
+    assert payee_balance(payer) == 3 * PRICE
