@@ -29,6 +29,7 @@ import multiprocessing
 import os
 import signal
 import time
+from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Mapping, Protocol, runtime_checkable
@@ -123,32 +124,54 @@ def _serve(conn: Connection, prover: Prover, load_seconds: float) -> None:
             conn.send(("error", exc))
 
 
+def _fork_worker(loader: int, conn: Connection, prover: Prover, load_seconds: float,
+                 inherited: list[Connection]) -> int:
+    """Fork a worker serving on ``conn``; it closes the ``inherited`` ends it must not hold."""
+    pid = os.fork()
+    if pid == 0:
+        _die_with_parent(loader)
+        for other in inherited:
+            other.close()
+        try:
+            _serve(conn, prover, load_seconds)
+        finally:
+            os._exit(0)  # never run the loader's exit handlers in a worker
+    return pid
+
+
+def _reap(children: set[int]) -> None:
+    for pid in list(children):
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            children.discard(pid)
+
+
 def _loader(directory: str, control: Connection, workers: list[Connection]) -> None:
     """The loader process (spawned): load the key once, fork one worker per pipe in
-    ``workers`` sharing it copy-on-write, then hold them until ``control`` says stop or
-    reaches EOF, and end them."""
+    ``workers`` sharing it copy-on-write, then obey ``control``: ``"fork"`` forks one more
+    worker from the same key and sends this process's end of its pipe back as a file
+    descriptor; ``"stop"`` or EOF ends every worker and the loader."""
     started = time.monotonic()
     prover = Prover(CircuitArtifacts.load(Path(directory)))
     load_seconds = time.monotonic() - started
-    loader, children = os.getpid(), []
+    loader, parent = os.getpid(), os.getppid()
+    children = set()
     for index, conn in enumerate(workers):
-        pid = os.fork()
-        if pid == 0:
-            _die_with_parent(loader)
-            control.close()
-            for other in workers[:index] + workers[index + 1 :]:
-                other.close()
-            try:
-                _serve(conn, prover, load_seconds)
-            finally:
-                os._exit(0)  # never run the loader's exit handlers in a worker
-        children.append(pid)
+        others = [control, *workers[:index], *workers[index + 1 :]]
+        children.add(_fork_worker(loader, conn, prover, load_seconds, others))
     for conn in workers:
         conn.close()  # the worker's EOF is then the parent's close alone
-    try:
-        control.recv()
-    except EOFError:
-        pass
+    while True:
+        try:
+            if control.recv() != "fork":
+                break
+        except EOFError:
+            break
+        _reap(children)
+        ours, theirs = multiprocessing.Pipe()
+        children.add(_fork_worker(loader, theirs, prover, load_seconds, [control, ours]))
+        theirs.close()
+        reduction.send_handle(control, ours.fileno(), parent)
+        ours.close()
     for pid in children:
         os.kill(pid, signal.SIGKILL)
     for pid in children:
@@ -156,11 +179,12 @@ def _loader(directory: str, control: Connection, workers: list[Connection]) -> N
 
 
 class _WorkerLost(ProofError):
-    """A worker died (or its pool was restarted) before it answered."""
+    """A worker died (or its pool was closed) before it answered."""
 
 
-class _Generation:
-    """One loader and the workers it forked; replaced whole when a worker dies."""
+class _Workers:
+    """One loader and the workers it forked; a worker that dies is replaced by a fresh fork
+    of the loader's key. ``broken`` once the loader is gone."""
 
     def __init__(self, directory: str, size: int) -> None:
         context = multiprocessing.get_context("spawn")
@@ -177,51 +201,103 @@ class _Generation:
         loader_control.close()
         for _, child in pipes:
             child.close()
-        self.idle: asyncio.Queue[Connection] = asyncio.Queue()
+        self.idle: asyncio.Queue[tuple[int, Connection]] = asyncio.Queue()
         self.closed = asyncio.get_running_loop().create_future()
-        self.warming = [asyncio.ensure_future(self._warm(conn)) for conn, _ in pipes]
+        self.broken = False
+        self.forking = asyncio.Lock()  # one replacement at a time on ``control``
+        self.replacing: set[asyncio.Future[None]] = set()
+        self.warming = [asyncio.ensure_future(self._warm(slot, conn)) for slot, (conn, _) in enumerate(pipes)]
 
-    async def _warm(self, conn: Connection) -> tuple[int, float]:
+    async def _warm(self, slot: int, conn: Connection) -> tuple[int, float]:
         try:
             _tag, pid, load_seconds = await _receive(conn)
         except (EOFError, OSError) as exc:
             raise ProofError(f"a prover worker could not load the proving key: {exc!r}") from exc
-        self.idle.put_nowait(conn)
+        self._idle(slot, conn)
         return pid, load_seconds
+
+    def _idle(self, slot: int, conn: Connection) -> None:
+        # An idle worker sends nothing: its pipe turning readable means it died (EOF).
+        asyncio.get_running_loop().add_reader(conn.fileno(), self._lost, slot, conn)
+        self.idle.put_nowait((slot, conn))
+
+    def _lost(self, slot: int, conn: Connection) -> None:
+        """Worker ``slot`` died: have the loader fork its replacement."""
+        if not conn.closed:
+            asyncio.get_running_loop().remove_reader(conn.fileno())
+            conn.close()  # ``prove`` skips it if it is still queued as idle
+        if self.closed.done():
+            return
+        replacing = asyncio.ensure_future(self._replace(slot))
+        self.replacing.add(replacing)
+        replacing.add_done_callback(self.replacing.discard)
+
+    async def ready(self) -> list[tuple[int, float]]:
+        while True:
+            if self.replacing:
+                await asyncio.wait(list(self.replacing))
+            warming = list(self.warming)
+            loaded = await asyncio.gather(*warming)
+            if warming == self.warming and not self.replacing:  # none replaced meanwhile
+                return list(loaded)
 
     async def prove(self, inputs: dict[str, Any]) -> Proof:
         """``inputs`` proven by the next idle worker; raises ``_WorkerLost`` if it dies."""
-        getting = asyncio.ensure_future(self.idle.get())
-        try:
-            await asyncio.wait([getting, self.closed], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not getting.done():
-                getting.cancel()
-        if getting.cancelled():
-            raise _WorkerLost("a prover worker died: the pool was restarted")
+        while True:
+            getting = asyncio.ensure_future(self.idle.get())
+            try:
+                await asyncio.wait([getting, self.closed], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not getting.done():
+                    getting.cancel()
+            if getting.cancelled():
+                raise _WorkerLost("a prover worker died and its loader with it")
+            slot, conn = getting.result()
+            if not conn.closed:  # else it died while idle
+                break
+        asyncio.get_running_loop().remove_reader(conn.fileno())
         # Shielded: a caller that gives up still lets the worker finish and go back idle,
         # so its pipe never carries a stale answer.
-        tag, value = await asyncio.shield(self._exchange(getting.result(), inputs))
+        tag, value = await asyncio.shield(self._exchange(slot, conn, inputs))
         if tag == "error":
             raise value
         return value
 
-    async def _exchange(self, conn: Connection, inputs: dict[str, Any]) -> tuple[str, Any]:
+    async def _exchange(self, slot: int, conn: Connection, inputs: dict[str, Any]) -> tuple[str, Any]:
         try:
             # send may fill the pipe with a large batch: off the loop; the answer comes back
             # through a loop reader, so no thread waits out the proof.
             await asyncio.to_thread(conn.send, inputs)
             answer = await _receive(conn)
         except (EOFError, OSError) as exc:
+            self._lost(slot, conn)
             raise _WorkerLost(f"a prover worker died: {exc!r}") from exc
-        self.idle.put_nowait(conn)
+        self._idle(slot, conn)
         return answer
+
+    async def _replace(self, slot: int) -> None:
+        async with self.forking:
+            try:
+                self.control.send("fork")
+                await _readable(self.control)
+                conn = Connection(reduction.recv_handle(self.control))
+            except (EOFError, OSError, RuntimeError):  # the loader is gone
+                self.broken = True
+                if not self.closed.done():
+                    self.closed.set_result(None)
+                return
+        self.warming[slot] = asyncio.ensure_future(self._warm(slot, conn))
 
     async def close(self) -> None:
         if not self.closed.done():
             self.closed.set_result(None)
-        for warming in self.warming:
-            warming.cancel()
+        for task in [*self.warming, *self.replacing]:
+            task.cancel()
+        while not self.idle.empty():
+            _slot, conn = self.idle.get_nowait()
+            if not conn.closed:
+                asyncio.get_running_loop().remove_reader(conn.fileno())
+                conn.close()
         try:
             self.control.send("stop")
         except OSError:  # the loader is gone already
@@ -236,9 +312,8 @@ class _Generation:
             await asyncio.to_thread(process.join, 5)
 
 
-async def _receive(conn: Connection) -> Any:
-    """The next message on ``conn``, read when the loop sees it readable (no thread waits);
-    raises ``EOFError`` when the other end is gone."""
+async def _readable(conn: Connection) -> None:
+    """Wait, on the loop and without a thread, until ``conn`` has data or reached EOF."""
     loop = asyncio.get_running_loop()
     readable = loop.create_future()
     loop.add_reader(conn.fileno(), lambda: readable.done() or readable.set_result(None))
@@ -246,6 +321,11 @@ async def _receive(conn: Connection) -> Any:
         await readable
     finally:
         loop.remove_reader(conn.fileno())
+
+
+async def _receive(conn: Connection) -> Any:
+    """The next message on ``conn``; raises ``EOFError`` when the other end is gone."""
+    await _readable(conn)
     return conn.recv()
 
 
@@ -256,9 +336,10 @@ class LocalProverPool:
     which ``fork`` would copy mid-flight): it loads the key once (groth16py's load checks
     every G2 point, minutes at N=256), then forks ``size`` workers that share it copy-on-write,
     each serving proofs over its own pipe. ``start()`` and ``prove()`` never block the caller's
-    loop on it. A worker that dies fails its proof and those in flight beside it
-    (``ProofError``); the pool starts a fresh loader and workers on the next call. Workers end with their loader (Linux
-    ``PR_SET_PDEATHSIG``) and the loader ends when its pipe to this process closes.
+    loop on it. A worker that dies loses only its proof (``ProofError``): the loader forks a
+    replacement from the key it still holds; if the loader is gone too, the next call starts
+    a fresh one. Workers end with their loader (Linux ``PR_SET_PDEATHSIG``) and the loader
+    when its pipe to this process closes.
     """
 
     def __init__(self, artifacts: CircuitArtifacts, size: int | None = None) -> None:
@@ -267,42 +348,38 @@ class LocalProverPool:
         if self.size < 1:
             raise ValueError(f"size must be at least 1, got {self.size}")
         self._verifier = ProofVerifier(artifacts)
-        self._generation: _Generation | None = None
+        self._workers: _Workers | None = None
 
-    def _current(self) -> _Generation:
-        if self._generation is None:
-            self._generation = _Generation(str(self.artifacts.directory), self.size)
-        return self._generation
+    async def _current(self) -> _Workers:
+        if self._workers is not None and self._workers.broken:
+            await self.aclose()
+        if self._workers is None:
+            self._workers = _Workers(str(self.artifacts.directory), self.size)
+        return self._workers
 
     async def start(self) -> None:
         """Start the loader; it loads the key once and forks the workers."""
-        self._current()
+        await self._current()
 
     async def ready(self) -> list[tuple[int, float]]:
         """Start the workers if need be and wait until each holds the key: ``(pid, load
         seconds)`` per worker (one load, so the same seconds for all). Raises ``ProofError``
         if the key cannot be loaded."""
-        generation = self._current()
+        workers = await self._current()
         try:
-            return list(await asyncio.gather(*generation.warming))
+            return await workers.ready()
         except ProofError:
             await self.aclose()
             raise
 
     async def prove(self, inputs: Mapping[str, Any]) -> Proof:
-        generation = self._current()
-        try:
-            return await generation.prove(dict(inputs))
-        except _WorkerLost:
-            if self._generation is generation:
-                self._generation = None
-            await generation.close()
-            raise
+        workers = await self._current()
+        return await workers.prove(dict(inputs))
 
     def verify(self, proof: Proof) -> bool:
         return self._verifier.verify(proof)
 
     async def aclose(self) -> None:
-        generation, self._generation = self._generation, None
-        if generation is not None:
-            await generation.close()
+        workers, self._workers = self._workers, None
+        if workers is not None:
+            await workers.close()

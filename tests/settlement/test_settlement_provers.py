@@ -204,14 +204,16 @@ async def test_the_workers_share_one_load_of_the_key_and_end_with_the_pool(small
     assert not any(os.path.exists(f"/proc/{pid}") for pid in [loader, *pids])
 
 
-async def test_a_pool_whose_workers_are_killed_mid_proof_proves_again(chain, serve, store_path, small_artifacts):
+async def test_workers_killed_mid_proof_are_forked_again_from_the_loaded_key(chain, serve, store_path, small_artifacts):
     _node, deployment = chain
     payer = fund(deployment, 100_000)
     server = serve(create_app(deployment, PAYEE, store_path, processor=PROCESSOR))
     await pay(server.url, deployment, payer, 3)
     pool = LocalProverPool(small_artifacts, size=2)
     try:
-        killed = [pid for pid, _ in await pool.ready()]
+        before = await pool.ready()
+        killed = [pid for pid, _ in before]
+        loader = parent_pid(killed[0])
         prove = pool.prove
 
         async def prove_and_kill(inputs):
@@ -226,9 +228,12 @@ async def test_a_pool_whose_workers_are_killed_mid_proof_proves_again(chain, ser
             with pytest.raises(ProofError, match="worker died"):
                 await settler.settle_all()
             pool.prove = prove  # type: ignore[method-assign]
-            fresh = [pid for pid, _ in await pool.ready()]
+            after = await pool.ready()
+            fresh = [pid for pid, _ in after]
             assert not set(fresh) & set(killed)
-            assert len({parent_pid(pid) for pid in fresh}) == 1
+            # Forked again by the same loader from the key it holds: no second load.
+            assert {parent_pid(pid) for pid in fresh} == {loader}
+            assert {seconds for _, seconds in after} == {seconds for _, seconds in before}
             results = await settler.settle_all()
             assert [r.mandates for r in results] == [3]
     finally:
