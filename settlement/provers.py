@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import logging
 import multiprocessing
 import os
 import signal
@@ -38,8 +37,6 @@ from .artifacts import CircuitArtifacts
 from .prover import Proof, ProofError, ProofVerifier, Prover
 
 __all__ = ["ProverPool", "InProcessProverPool", "LocalProverPool", "default_pool_size"]
-
-logger = logging.getLogger("settlement.provers")
 
 
 def default_pool_size() -> int:
