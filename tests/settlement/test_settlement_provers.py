@@ -15,10 +15,11 @@ import pytest
 from web3 import Web3
 
 from examples.payee_service import create_app
+from payer import Escrow
 from settlement.prover import ProofError
 from settlement.provers import LocalProverPool
 
-from settlement_fixtures import PAYEE, PROCESSOR, PRICE, WINDOW, fund, pay, payee_balance, processor
+from settlement_fixtures import PAYEE, PRICE, PROCESSOR, WINDOW, fund, pay, payee_balance, processor
 
 pytestmark = [pytest.mark.chain, pytest.mark.circuit]
 
@@ -28,6 +29,17 @@ async def provers(small_artifacts):
     pool = LocalProverPool(small_artifacts, size=2)
     yield pool
     await pool.aclose()
+
+
+async def served(deployment, serve, store_path: str, *calls: int) -> list[Escrow]:
+    """One funded payer per entry of ``calls``, each served that many paid calls by the
+    example payee service over the store at ``store_path``."""
+    server = serve(create_app(deployment, PAYEE, store_path, processor=PROCESSOR))
+    payers = []
+    for count in calls:
+        payers.append(fund(deployment, 100_000))
+        await pay(server.url, deployment, payers[-1], count)
+    return payers
 
 
 class Concurrency:
@@ -48,10 +60,7 @@ class Concurrency:
 
 async def test_two_provers_settle_a_backlog_two_batches_at_a_time(chain, provers, serve, store_path):
     _node, deployment = chain
-    first, second = fund(deployment, 100_000), fund(deployment, 100_000)
-    server = serve(create_app(deployment, PAYEE, store_path, processor=PROCESSOR))
-    await pay(server.url, deployment, first, 6)
-    await pay(server.url, deployment, second, 5)
+    first, second = await served(deployment, serve, store_path, 6, 5)
     watch = Concurrency(provers)
     async with processor(deployment, store_path, provers) as settler:
         results = await settler.settle_all()
@@ -69,9 +78,7 @@ async def test_two_provers_settle_a_backlog_two_batches_at_a_time(chain, provers
 
 async def test_batches_in_flight_never_overspend_the_escrow_together(chain, provers, serve, store_path):
     node, deployment = chain
-    payer = fund(deployment, 100_000)
-    server = serve(create_app(deployment, PAYEE, store_path, processor=PROCESSOR))
-    await pay(server.url, deployment, payer, 8)
+    (payer,) = await served(deployment, serve, store_path, 8)
     # Served for 8 calls, the payer leaves 5 calls' worth in escrow: the first batch (4)
     # fits, and the batch proven next to it may take only 1 more.
     payer.request_withdrawal(100_000 - 5 * PRICE)
@@ -95,9 +102,7 @@ async def test_batches_in_flight_never_overspend_the_escrow_together(chain, prov
 
 async def test_a_prover_worker_that_dies_loses_only_its_proof(chain, serve, store_path, small_artifacts):
     _node, deployment = chain
-    payer = fund(deployment, 100_000)
-    server = serve(create_app(deployment, PAYEE, store_path, processor=PROCESSOR))
-    await pay(server.url, deployment, payer, 3)
+    (payer,) = await served(deployment, serve, store_path, 3)
     pool = LocalProverPool(small_artifacts, size=1)
     try:
         [(pid, _load_seconds)] = await pool.ready()
@@ -158,9 +163,7 @@ async def test_the_processor_settles_a_submitted_batch_while_its_workers_load_th
     chain, prover, serve, store_path, small_artifacts
 ):
     _node, deployment = chain
-    payer = fund(deployment, 100_000)
-    server = serve(create_app(deployment, PAYEE, store_path, processor=PROCESSOR))
-    await pay(server.url, deployment, payer, 2)
+    (payer,) = await served(deployment, serve, store_path, 2)
     async with processor(deployment, store_path, prover) as first:
         # The first run broadcast its batch and died before it saw the receipt.
         async def die(*args: object, **kwargs: object) -> None:
@@ -206,9 +209,7 @@ async def test_the_workers_share_one_load_of_the_key_and_end_with_the_pool(small
 
 async def test_workers_killed_mid_proof_are_forked_again_from_the_loaded_key(chain, serve, store_path, small_artifacts):
     _node, deployment = chain
-    payer = fund(deployment, 100_000)
-    server = serve(create_app(deployment, PAYEE, store_path, processor=PROCESSOR))
-    await pay(server.url, deployment, payer, 3)
+    (payer,) = await served(deployment, serve, store_path, 3)
     pool = LocalProverPool(small_artifacts, size=2)
     try:
         before = await pool.ready()
