@@ -42,6 +42,22 @@ async def served(deployment, serve, store_path: str, *calls: int) -> list[Escrow
     return payers
 
 
+def kill_mid_proof(pool: LocalProverPool, pids: list[int]):
+    """Make ``pool.prove`` SIGKILL the workers ``pids`` 0.2 s into each proof; returns the
+    original ``prove`` to put back."""
+    prove = pool.prove
+
+    async def prove_and_kill(inputs):
+        proving = asyncio.ensure_future(prove(inputs))
+        await asyncio.sleep(0.2)
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        return await proving
+
+    pool.prove = prove_and_kill  # type: ignore[method-assign]
+    return prove
+
+
 class Concurrency:
     """Wraps a pool's ``prove`` and records how many proofs ran at once."""
 
@@ -106,15 +122,7 @@ async def test_a_prover_worker_that_dies_loses_only_its_proof(chain, serve, stor
     pool = LocalProverPool(small_artifacts, size=1)
     try:
         [(pid, _load_seconds)] = await pool.ready()
-        prove = pool.prove
-
-        async def prove_and_kill(inputs):
-            proving = asyncio.ensure_future(prove(inputs))
-            await asyncio.sleep(0.2)
-            os.kill(pid, signal.SIGKILL)
-            return await proving
-
-        pool.prove = prove_and_kill  # type: ignore[method-assign]
+        prove = kill_mid_proof(pool, [pid])
         async with processor(deployment, store_path, pool) as settler:
             with pytest.raises(ProofError, match="worker died"):
                 await settler.settle_all()
@@ -215,16 +223,7 @@ async def test_workers_killed_mid_proof_are_forked_again_from_the_loaded_key(cha
         before = await pool.ready()
         killed = [pid for pid, _ in before]
         loader = parent_pid(killed[0])
-        prove = pool.prove
-
-        async def prove_and_kill(inputs):
-            proving = asyncio.ensure_future(prove(inputs))
-            await asyncio.sleep(0.2)
-            for pid in killed:  # whichever of them took the proof
-                os.kill(pid, signal.SIGKILL)
-            return await proving
-
-        pool.prove = prove_and_kill  # type: ignore[method-assign]
+        prove = kill_mid_proof(pool, killed)  # whichever of them takes the proof
         async with processor(deployment, store_path, pool) as settler:
             with pytest.raises(ProofError, match="worker died"):
                 await settler.settle_all()
