@@ -74,15 +74,22 @@ class Concurrency:
             self.running -= 1
 
 
-async def test_two_provers_settle_a_backlog_two_batches_at_a_time(chain, provers, serve, store_path):
-    _node, deployment = chain
-    first, second = await served(deployment, serve, store_path, 6, 5)
+async def settle_two_at_a_time(deployment, store_path: str, provers: LocalProverPool):
+    """``settle_all`` over the store with ``provers``, checking that 2 proofs ran at once:
+    ``(results, mandates, batches)`` afterwards."""
     watch = Concurrency(provers)
     async with processor(deployment, store_path, provers) as settler:
         results = await settler.settle_all()
         mandates = await settler.store.mandates()
         batches = await settler.store.batches()
     assert watch.peak == 2
+    return results, mandates, batches
+
+
+async def test_two_provers_settle_a_backlog_two_batches_at_a_time(chain, provers, serve, store_path):
+    _node, deployment = chain
+    first, second = await served(deployment, serve, store_path, 6, 5)
+    results, mandates, batches = await settle_two_at_a_time(deployment, store_path, provers)
     assert sum(r.mandates for r in results) == 11 and len(results) == 3  # N = 4
     assert {m.status for m in mandates} == {"settled"}
     assert [b.status for b in batches] == ["settled"] * 3
@@ -102,12 +109,7 @@ async def test_batches_in_flight_never_overspend_the_escrow_together(chain, prov
     w3.provider.make_request("evm_increaseTime", [WINDOW + 1])
     w3.provider.make_request("evm_mine", [])
     payer.execute_withdrawal()
-    watch = Concurrency(provers)
-    async with processor(deployment, store_path, provers) as settler:
-        results = await settler.settle_all()
-        mandates = await settler.store.mandates()
-        batches = await settler.store.batches()
-    assert watch.peak == 2
+    results, mandates, batches = await settle_two_at_a_time(deployment, store_path, provers)
     assert [r.mandates for r in results] == [4, 1]
     assert [b.status for b in batches] == ["settled", "settled"]  # no batch reverted
     assert sorted((m.status, m.reason) for m in mandates) == [("failed", "insufficient_escrow")] * 3 + [
